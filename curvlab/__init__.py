@@ -1,0 +1,82 @@
+"""curvlab: see and use the curvature of differentiable functions, with JAX.
+
+The Hessian is always a linear operator ``v -> H v``; see :mod:`curvlab.hvp`,
+:mod:`curvlab.operators`, the Krylov solvers (:mod:`curvlab.lanczos`,
+:mod:`curvlab.spectral`, :mod:`curvlab.cg`) and the optimizers
+(:mod:`curvlab.optim`). Public names are imported lazily, so ``import curvlab``
+is cheap and never imports the optional widget stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> defining module (one concept per module)
+_EXPORTS = {
+    # hvp
+    "hvp": "curvlab.hvp",
+    "hvp_fn": "curvlab.hvp",
+    "fd_hvp": "curvlab.hvp",
+    "fd_default_eps": "curvlab.hvp",
+    "directional_curvature": "curvlab.hvp",
+    "gnvp": "curvlab.hvp",
+    # operators
+    "LinearOperator": "curvlab.operators",
+    "DenseOperator": "curvlab.operators",
+    "DiagonalOperator": "curvlab.operators",
+    "IdentityOperator": "curvlab.operators",
+    "LowRankOperator": "curvlab.operators",
+    "BlockDiagonalOperator": "curvlab.operators",
+    "KroneckerOperator": "curvlab.operators",
+    "SumOperator": "curvlab.operators",
+    "ScaledOperator": "curvlab.operators",
+    "FunctionOperator": "curvlab.operators",
+    "hessian_operator": "curvlab.operators",
+    "ggn_operator": "curvlab.operators",
+    "fisher_operator": "curvlab.operators",
+    "as_operator": "curvlab.operators",
+    # Krylov
+    "lanczos": "curvlab.lanczos",
+    "LanczosResult": "curvlab.lanczos",
+    "eigsh": "curvlab.lanczos",
+    "EigshResult": "curvlab.lanczos",
+    "spectral_density": "curvlab.spectral",
+    "SpectralDensity": "curvlab.spectral",
+    "trace": "curvlab.spectral",
+    "diagonal": "curvlab.spectral",
+    "Estimate": "curvlab.spectral",
+    "cg": "curvlab.cg",
+    "steihaug_cg": "curvlab.cg",
+    "CGResult": "curvlab.cg",
+    "CGStatus": "curvlab.cg",
+    "condition_bound": "curvlab.cg",
+    # optimizers
+    "newton_cg": "curvlab.optim",
+    "trust_region_newton": "curvlab.optim",
+    "hessian_free": "curvlab.optim",
+    "OptimizeResult": "curvlab.optim",
+    # diagnostics
+    "diagnose": "curvlab.diagnostics",
+    "CurvatureReport": "curvlab.diagnostics",
+    # formulas
+    "parse_formula": "curvlab.formula",
+    "FormulaError": "curvlab.formula",
+}
+
+__all__ = sorted(_EXPORTS) + ["problems", "preconditioners"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in ("problems", "preconditioners", "plots", "widgets"):
+        return importlib.import_module(f"curvlab.{name}")
+    raise AttributeError(f"module 'curvlab' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,88 @@
+"""Argument checks shared by the core: clear errors at call time, before tracing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def tree_vdot(a: Any, b: Any) -> jax.Array:
+    """Sum of elementwise products over all leaves: :math:`\\langle a, b\\rangle`."""
+    leaves = [jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
+    if not leaves:
+        return jnp.asarray(0.0)
+    return sum(leaves[1:], leaves[0])
+
+
+def _shape_dtype(leaf):
+    return tuple(np.shape(leaf)), jnp.result_type(leaf)
+
+
+def check_like(x: Any, v: Any, xname: str = "x", vname: str = "v") -> None:
+    """Raise if ``v`` does not have the pytree structure, shapes and dtypes of ``x``.
+
+    The message names the first mismatching leaf by its path (e.g. ``['w'][0]``).
+    """
+    x_paths, x_def = jax.tree_util.tree_flatten_with_path(x)
+    v_paths, v_def = jax.tree_util.tree_flatten_with_path(v)
+    if x_def != v_def:
+        xk = [jax.tree_util.keystr(p) for p, _ in x_paths]
+        vk = [jax.tree_util.keystr(p) for p, _ in v_paths]
+        first = next((i for i, (a, b) in enumerate(zip(xk, vk)) if a != b), min(len(xk), len(vk)))
+        where = (
+            f"first difference at leaf {first}: {xname} has "
+            f"{xk[first] if first < len(xk) else '<no leaf>'!s}, {vname} has "
+            f"{vk[first] if first < len(vk) else '<no leaf>'!s}"
+        )
+        raise ValueError(
+            f"{vname} must have the same pytree structure as {xname} "
+            f"({len(xk)} leaves vs {len(vk)}); {where}"
+        )
+    for (path, a), (_, b) in zip(x_paths, v_paths):
+        (sa, da), (sb, db) = _shape_dtype(a), _shape_dtype(b)
+        name = jax.tree_util.keystr(path) or "<root>"
+        if sa != sb:
+            raise ValueError(f"shape mismatch at leaf {name}: {xname} has {sa}, {vname} has {sb}")
+        if da != db:
+            raise TypeError(f"dtype mismatch at leaf {name}: {xname} has {da}, {vname} has {db}")
+
+
+def check_scalar_output(f, x, *args) -> None:
+    """Raise ``ValueError`` unless ``f(x, *args)`` is a real scalar."""
+    try:
+        out = jax.eval_shape(f, x, *args)
+    except TypeError as err:  # pragma: no cover - message passthrough
+        raise TypeError(f"could not evaluate f(x, *args): {err}") from err
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ValueError(
+            f"f must return a scalar (shape ()), got output of shape {shape}; "
+            "reduce it (e.g. with .mean() or .sum()) before asking for curvature"
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"f must return a real floating scalar, got dtype {out.dtype}")
+
+
+def is_concrete(x) -> bool:
+    """True if ``x`` holds concrete values (not a tracer inside jit/vmap)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_finite(name: str, value) -> None:
+    """Raise ``ValueError`` if a concrete array holds NaN or infinity."""
+    leaves = jax.tree_util.tree_leaves(value)
+    for leaf in leaves:
+        if is_concrete(leaf) and not bool(jnp.all(jnp.isfinite(leaf))):
+            raise ValueError(f"{name} contains non-finite values (NaN or infinity)")
+
+
+def check_positive_int(name: str, value, minimum: int = 1) -> int:
+    """Return ``value`` as an int, raising if it is not an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)

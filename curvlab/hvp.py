@@ -1,0 +1,256 @@
+"""Hessian-vector products.
+
+The Hessian of a scalar function :math:`f` at :math:`x` is never formed: every
+routine here returns :math:`H_f(x)\\,v` as a pytree shaped like ``x`` at the cost
+of a small constant number of gradient evaluations.
+
+Three automatic-differentiation compositions are offered (Pearlmutter 1994):
+
+* ``"fwd_rev"`` -- forward over reverse, :math:`\\partial_t \\nabla f(x + t v)`
+  (``jax.jvp`` of ``jax.grad``); the default, cheapest in memory and time.
+* ``"rev_fwd"`` -- reverse over forward, :math:`\\nabla_x \\langle \\nabla f(x), v\\rangle`
+  computed as ``jax.grad`` of a ``jax.jvp``.
+* ``"rev_rev"`` -- reverse over reverse, ``jax.grad`` of
+  :math:`\\langle \\nabla f(x), v\\rangle` with the inner gradient by ``jax.grad``
+  (what PyTorch's double backprop does).
+
+plus finite differences of gradients (:func:`fd_hvp`) as a teaching contrast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from curvlab._validation import check_like, check_scalar_output, tree_vdot
+
+PyTree = Any
+
+HVP_MODES = ("fwd_rev", "rev_fwd", "rev_rev")
+FD_SCHEMES = ("forward", "central")
+
+__all__ = [
+    "HVP_MODES",
+    "FD_SCHEMES",
+    "hvp",
+    "hvp_fn",
+    "fd_hvp",
+    "fd_default_eps",
+    "directional_curvature",
+    "gnvp",
+]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in HVP_MODES:
+        raise ValueError(f"mode must be one of {HVP_MODES}, got {mode!r}")
+
+
+def _hvp_kernel(f: Callable, mode: str, args: tuple) -> Callable:
+    """Return ``(x, v) -> H v`` for the given mode (traceable, not jitted)."""
+
+    def g(x):
+        return jax.grad(f)(x, *args)
+
+    if mode == "fwd_rev":
+        return lambda x, v: jax.jvp(g, (x,), (v,))[1]
+    if mode == "rev_fwd":
+
+        def rev_fwd(x, v):
+            return jax.grad(lambda y: jax.jvp(lambda z: f(z, *args), (y,), (v,))[1])(x)
+
+        return rev_fwd
+
+    def rev_rev(x, v):
+        return jax.grad(lambda y: tree_vdot(g(y), v))(x)
+
+    return rev_rev
+
+
+def hvp(f: Callable, x: PyTree, v: PyTree, *args, mode: str = "fwd_rev") -> PyTree:
+    """Hessian-vector product :math:`H_f(x)\\,v`.
+
+    Parameters
+    ----------
+    f : callable
+        Scalar function ``f(x, *args)``.
+    x, v : pytree
+        Point and direction, with the same structure, shapes and dtypes.
+    *args
+        Extra arguments passed through to ``f`` (a data batch, say); not
+        differentiated.
+    mode : {"fwd_rev", "rev_fwd", "rev_rev"}
+        Which composition of forward and reverse mode to use.
+
+    Returns
+    -------
+    pytree
+        :math:`H_f(x)\\,v`, shaped like ``x``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> f = lambda x: x[0] ** 2 * x[1] + jnp.sin(x[1])
+    >>> hvp(f, jnp.array([1.0, 0.0]), jnp.array([1.0, 0.0])).tolist()
+    [0.0, 2.0]
+    """
+    _check_mode(mode)
+    check_like(x, v, "x", "v")
+    check_scalar_output(f, x, *args)
+    return _hvp_jit(f, mode, x, v, args)
+
+
+def _hvp_impl(f, mode, x, v, args):
+    return _hvp_kernel(f, mode, args)(x, v)
+
+
+_hvp_jit = jax.jit(_hvp_impl, static_argnums=(0, 1))
+
+
+def hvp_fn(
+    f: Callable, x: PyTree, *args, mode: str = "fwd_rev", linearize: bool = False
+) -> Callable[[PyTree], PyTree]:
+    """A jitted function ``v -> H_f(x) v`` for many products at one point.
+
+    With ``linearize=True`` the gradient is linearized once with
+    ``jax.linearize``; each later product replays only the tangent part, which
+    skips the forward (primal) computation of ``f`` and its gradient.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> H = hvp_fn(lambda x: jnp.sum(x**3), jnp.array([1.0, 2.0]), linearize=True)
+    >>> H(jnp.array([1.0, 1.0])).tolist()
+    [6.0, 12.0]
+    """
+    _check_mode(mode)
+    check_scalar_output(f, x, *args)
+    if linearize:
+        _, lin = jax.linearize(lambda y: jax.grad(f)(y, *args), x)
+        # ``lin`` is a jax.tree_util.Partial: its residuals are pytree leaves,
+        # so passing it as an argument keeps them out of the compiled constants.
+        apply = jax.jit(lambda fn, v: fn(v))
+
+        def product(v):
+            check_like(x, v, "x", "v")
+            return apply(lin, v)
+
+        return product
+
+    def product(v):
+        check_like(x, v, "x", "v")
+        return _hvp_jit(f, mode, x, v, args)
+
+    return product
+
+
+def fd_default_eps(x: PyTree, v: PyTree, scheme: str = "central") -> float:
+    """Textbook step for a finite-difference HVP.
+
+    :math:`h = \\epsilon_{\\mathrm{mach}}^{1/2}` (forward) or
+    :math:`\\epsilon_{\\mathrm{mach}}^{1/3}` (central), scaled by
+    :math:`\\max(1, \\lVert x\\rVert) / \\lVert v\\rVert` so that the perturbation
+    ``h v`` is small relative to ``x`` whatever the length of ``v``.
+    """
+    if scheme not in FD_SCHEMES:
+        raise ValueError(f"scheme must be one of {FD_SCHEMES}, got {scheme!r}")
+    leaves = jax.tree_util.tree_leaves(x)
+    dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+    mach = float(jnp.finfo(dtype).eps)
+    base = mach ** 0.5 if scheme == "forward" else mach ** (1.0 / 3.0)
+    xnorm = float(np.sqrt(sum(float(jnp.vdot(a, a)) for a in leaves)))
+    vnorm = float(np.sqrt(float(tree_vdot(v, v))))
+    if vnorm == 0.0:
+        return base
+    return base * max(1.0, xnorm) / vnorm
+
+
+def fd_hvp(
+    f: Callable,
+    x: PyTree,
+    v: PyTree,
+    *args,
+    eps: float | None = None,
+    scheme: str = "central",
+) -> PyTree:
+    """Finite-difference approximation of :math:`H_f(x)\\,v` from gradients.
+
+    forward: :math:`(\\nabla f(x + h v) - \\nabla f(x)) / h`, error
+    :math:`O(h) + O(\\epsilon_{\\mathrm{mach}}/h)`;
+    central: :math:`(\\nabla f(x + h v) - \\nabla f(x - h v)) / 2h`, error
+    :math:`O(h^2) + O(\\epsilon_{\\mathrm{mach}}/h)`.
+
+    Parameters
+    ----------
+    eps : float, optional
+        The step ``h``; default :func:`fd_default_eps`.
+    scheme : {"forward", "central"}
+    """
+    if scheme not in FD_SCHEMES:
+        raise ValueError(f"scheme must be one of {FD_SCHEMES}, got {scheme!r}")
+    check_like(x, v, "x", "v")
+    check_scalar_output(f, x, *args)
+    if eps is None:
+        eps = fd_default_eps(x, v, scheme)
+    eps = float(eps)
+    if not np.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be a positive finite number, got {eps}")
+    return _fd_jit(f, scheme, x, v, eps, args)
+
+
+def _fd_impl(f, scheme, x, v, eps, args):
+    g = jax.grad(f)
+    dtype_of = jax.tree_util.tree_map(lambda a: a.dtype, x)
+
+    def shift(s):
+        return jax.tree_util.tree_map(lambda a, b, d: (a + (s * eps) * b).astype(d), x, v, dtype_of)
+
+    if scheme == "forward":
+        return jax.tree_util.tree_map(
+            lambda a, b: (a - b) / eps, g(shift(1.0), *args), g(x, *args)
+        )
+    return jax.tree_util.tree_map(
+        lambda a, b: (a - b) / (2 * eps), g(shift(1.0), *args), g(shift(-1.0), *args)
+    )
+
+
+_fd_jit = jax.jit(_fd_impl, static_argnums=(0, 1))
+
+
+def directional_curvature(f: Callable, x: PyTree, v: PyTree, *args, mode: str = "fwd_rev") -> jax.Array:
+    """Curvature of ``f`` along ``v``: :math:`v^\\top H v / v^\\top v`.
+
+    Positive: ``f`` bends upward along ``v``; negative: downward; zero: flat.
+    Raises ``ValueError`` for ``v = 0``.
+    """
+    check_like(x, v, "x", "v")
+    vv = tree_vdot(v, v)
+    if not isinstance(vv, jax.core.Tracer) and float(vv) == 0.0:
+        raise ValueError("v must be non-zero: the curvature along the zero vector is undefined")
+    return tree_vdot(v, hvp(f, x, v, *args, mode=mode)) / vv
+
+
+def gnvp(model_fn: Callable, loss_fn: Callable, x: PyTree, v: PyTree) -> PyTree:
+    """Generalized Gauss-Newton product :math:`J^\\top H_L J v`.
+
+    ``model_fn(x) -> z`` maps parameters to outputs (any pytree), ``loss_fn(z)``
+    is scalar; :math:`J = \\partial z / \\partial x` and
+    :math:`H_L = \\nabla^2_z L`. The GGN is positive semidefinite whenever the
+    loss is convex in the outputs, unlike the Hessian.
+    """
+    check_like(x, v, "x", "v")
+    return _gnvp_jit(model_fn, loss_fn, x, v)
+
+
+def _gnvp_impl(model_fn, loss_fn, x, v):
+    z, jv = jax.jvp(model_fn, (x,), (v,))
+    hjv = jax.jvp(jax.grad(loss_fn), (z,), (jv,))[1]
+    _, vjp = jax.vjp(model_fn, x)
+    return vjp(hjv)[0]
+
+
+_gnvp_jit = jax.jit(_gnvp_impl, static_argnums=(0, 1))

@@ -32,6 +32,11 @@ def check_like(x: Any, v: Any, xname: str = "x", vname: str = "v") -> None:
         xk = [jax.tree_util.keystr(p) for p, _ in x_paths]
         vk = [jax.tree_util.keystr(p) for p, _ in v_paths]
         first = next((i for i, (a, b) in enumerate(zip(xk, vk)) if a != b), min(len(xk), len(vk)))
+        if xk == vk:  # same leaf paths, different containers (e.g. list vs tuple)
+            raise ValueError(
+                f"{vname} must have the same pytree structure as {xname}: the leaf paths agree but the "
+                f"containers differ ({xname}: {x_def}, {vname}: {v_def})"
+            )
         where = (
             f"first difference at leaf {first}: {xname} has "
             f"{xk[first] if first < len(xk) else '<no leaf>'!s}, {vname} has "

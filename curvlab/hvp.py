@@ -19,6 +19,8 @@ plus finite differences of gradients (:func:`fd_hvp`) as a teaching contrast.
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -130,14 +132,16 @@ def hvp_fn(
     _check_mode(mode)
     check_scalar_output(f, x, *args)
     if linearize:
-        _, lin = jax.linearize(lambda y: jax.grad(f)(y, *args), x)
-        # ``lin`` is a jax.tree_util.Partial: its residuals are pytree leaves,
-        # so passing it as an argument keeps them out of the compiled constants.
-        apply = jax.jit(lambda fn, v: fn(v))
+        # Linearize under jit (one compiled forward + backward pass, not an
+        # op-by-op eager trace). ``lin`` is a jax.tree_util.Partial whose
+        # residuals are pytree leaves, so passing it to ``_apply_linear_jit``
+        # keeps them out of the compiled constants, and a second ``hvp_fn`` at
+        # a new point with the same shapes reuses both compiled functions.
+        lin = _linearize_grad_jit(f, x, args)
 
         def product(v):
             check_like(x, v, "x", "v")
-            return apply(lin, v)
+            return _apply_linear_jit(lin, v)
 
         return product
 
@@ -146,6 +150,14 @@ def hvp_fn(
         return _hvp_jit(f, mode, x, v, args)
 
     return product
+
+
+def _linearize_grad_impl(f, x, args):
+    return jax.linearize(lambda y: jax.grad(f)(y, *args), x)[1]
+
+
+_linearize_grad_jit = jax.jit(_linearize_grad_impl, static_argnums=(0,))
+_apply_linear_jit = jax.jit(lambda fn, v: fn(v))
 
 
 def fd_default_eps(x: PyTree, v: PyTree, scheme: str = "central") -> float:
@@ -194,15 +206,32 @@ def fd_hvp(
         raise ValueError(f"scheme must be one of {FD_SCHEMES}, got {scheme!r}")
     check_like(x, v, "x", "v")
     check_scalar_output(f, x, *args)
-    if eps is None:
-        eps = fd_default_eps(x, v, scheme)
-    eps = float(eps)
-    if not np.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a positive finite number, got {eps}")
+    if isinstance(eps, jax.core.Tracer):  # traced step, e.g. jax.vmap over a grid of eps
+        return _fd_impl(f, scheme, x, v, eps, args)
+    if eps is not None:
+        eps = float(eps)
+        if not np.isfinite(eps) or eps <= 0:
+            raise ValueError(f"eps must be a positive finite number, got {eps}")
+    # eps=None: the default step (fd_default_eps's formula) is computed inside
+    # the compiled function, with no host round trips, and works under jit.
     return _fd_jit(f, scheme, x, v, eps, args)
 
 
+def _default_eps_traced(x, v, scheme):
+    """:func:`fd_default_eps` as traced array operations."""
+    leaves = jax.tree_util.tree_leaves(x)
+    dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+    mach = float(jnp.finfo(dtype).eps)
+    base = mach**0.5 if scheme == "forward" else mach ** (1.0 / 3.0)
+    xnorm = jnp.sqrt(tree_vdot(x, x))
+    vnorm = jnp.sqrt(tree_vdot(v, v))
+    safe = jnp.where(vnorm == 0, 1.0, vnorm)
+    return jnp.where(vnorm == 0, base, base * jnp.maximum(1.0, xnorm) / safe)
+
+
 def _fd_impl(f, scheme, x, v, eps, args):
+    if eps is None:
+        eps = _default_eps_traced(x, v, scheme)
     g = jax.grad(f)
     dtype_of = jax.tree_util.tree_map(lambda a: a.dtype, x)
 
@@ -243,6 +272,7 @@ def gnvp(model_fn: Callable, loss_fn: Callable, x: PyTree, v: PyTree) -> PyTree:
     loss is convex in the outputs, unlike the Hessian.
     """
     check_like(x, v, "x", "v")
+    check_scalar_output(loss_fn, jax.eval_shape(model_fn, x))
     return _gnvp_jit(model_fn, loss_fn, x, v)
 
 
@@ -254,3 +284,20 @@ def _gnvp_impl(model_fn, loss_fn, x, v):
 
 
 _gnvp_jit = jax.jit(_gnvp_impl, static_argnums=(0, 1))
+
+
+class _CallableModule(types.ModuleType):
+    """The module ``curvlab.hvp`` that is also callable as the function :func:`hvp`.
+
+    ``curvlab.hvp`` names both this submodule and the public function. Once the
+    submodule has been imported (``curvlab.operators`` imports it), Python's import
+    system binds the attribute ``curvlab.hvp`` to the module, which would hide the
+    function; calling the module forwards to :func:`hvp` so ``curvlab.hvp(f, x, v)``
+    works in any import order.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return hvp(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

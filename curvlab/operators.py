@@ -296,7 +296,7 @@ class LowRankOperator(LinearOperator):
         return self.U @ (self.s * (self.U.T @ v))
 
     def diagonal(self):
-        return jnp.sum(self.U**2 * self.s, axis=1)
+        return jnp.sum(self.U**2 * self.s[None, :], axis=1)
 
 
 @_register
@@ -370,6 +370,10 @@ class SumOperator(LinearOperator):
         flat = []
         for t in terms:
             flat.extend(t.terms if isinstance(t, SumOperator) else (t,))
+        if not flat:
+            raise ValueError("SumOperator needs at least one term")
+        if any(t.size != flat[0].size for t in flat):
+            raise ValueError(f"cannot add operators of shapes {[t.shape for t in flat]}")
         self.terms = tuple(flat)
 
     size = property(lambda self: self.terms[0].size)

@@ -258,7 +258,7 @@ TWO_D_PROBLEMS = {"seed": seed_example, "rosenbrock": rosenbrock, "himmelblau": 
 # ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits_numpy():
     try:
         from sklearn.datasets import load_digits as _load
@@ -330,7 +330,7 @@ def logistic_regression(num_examples: int = 512, *, l2: float = 1e-3, key=None, 
     params = {"W": 0.01 * jax.random.normal(key, (64, 10), dtype), "b": jnp.zeros(10, dtype)}
 
     def apply(p, inputs):
-        return inputs @ p["W"] + p["b"]
+        return _affine(inputs, p["W"], p["b"])
 
     return _classification_problem(
         "logistic", "\\text{softmax regression on digits}", params, apply, X, y, l2
@@ -340,16 +340,22 @@ def logistic_regression(num_examples: int = 512, *, l2: float = 1e-3, key=None, 
 def _init_layers(key, sizes, dtype, scale=None):
     params = []
     for k, (m, n) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
-        s = (1.0 / np.sqrt(m)) if scale is None else scale
+        s = float(1.0 / np.sqrt(m)) if scale is None else float(scale)
         params.append({"W": s * jax.random.normal(k, (m, n), dtype), "b": jnp.zeros(n, dtype)})
     return params
+
+
+def _affine(h, W, b):
+    """``h W + b`` with the bias broadcast explicitly (no implicit rank promotion)."""
+    z = h @ W
+    return z + jnp.broadcast_to(b, z.shape)
 
 
 def _mlp_apply(params, inputs, activation=jnp.tanh):
     h = inputs
     for layer in params[:-1]:
-        h = activation(h @ layer["W"] + layer["b"])
-    return h @ params[-1]["W"] + params[-1]["b"]
+        h = activation(_affine(h, layer["W"], layer["b"]))
+    return _affine(h, params[-1]["W"], params[-1]["b"])
 
 
 def mlp(

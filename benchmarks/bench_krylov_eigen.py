@@ -1,0 +1,358 @@
+"""Benchmark curvlab's Lanczos / eigsh on the Hessian of an MLP, against scipy, matfree and power iteration.
+
+Model: MLP 784-256-256-10 (tanh), softmax cross-entropy, batch 512 of random inputs and labels,
+float32: n = 269,322 parameters. ``--quick`` uses 64-32-10 on a batch of 128 (2,410 parameters).
+
+Measures
+  * one HVP (jitted ``op.matvec``: forward-over-reverse, primal included) and one HVP inside a
+    loop on the linearized gradient (``op.prepare()``, what every curvlab solver uses);
+  * Lanczos, k = 60 steps, full reorthogonalization: time per step, as a multiple of either HVP;
+  * matfree's ``tridiag_sym(60, reortho="full")`` with the same linearized product: time per step;
+  * top-5 eigenpairs to relative residual 1e-6: curvlab ``eigsh`` vs ``scipy.sparse.linalg.eigsh``
+    (ARPACK) on ``op.to_scipy()`` (a LinearOperator calling the jitted HVP); curvlab is run both
+    with the linearized product (default) and with the very same jitted HVP as scipy
+    (``linearize=False``);
+  * top-1 eigenvalue to 1e-4 relative: curvlab ``eigsh(k=1, tol=1e-4)`` (a residual below 1e-4 |theta|
+    guarantees an eigenvalue within 1e-4 relative) vs a PyHessian-style power iteration written in
+    JAX (stop when the Rayleigh quotient changes by < 1e-4 relative), same linearized product.
+
+Run::
+
+    nice .venv/bin/python benchmarks/bench_krylov_eigen.py [--quick]
+
+Writes ``benchmarks/results/krylov_eigen.json`` (``krylov_eigen_quick.json`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from curvlab.lanczos import eigsh, lanczos  # noqa: E402
+from curvlab.operators import hessian_operator  # noqa: E402
+
+
+def mlp_problem(sizes, batch, seed=0):
+    key = jax.random.key(seed)
+    params = []
+    for din, dout in zip(sizes[:-1], sizes[1:], strict=True):
+        key, k1 = jax.random.split(key)
+        params.append(
+            {"w": jax.random.normal(k1, (din, dout), jnp.float32) / np.sqrt(din), "b": jnp.zeros(dout)}
+        )
+    key, kx, ky = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (batch, sizes[0]), jnp.float32)
+    y = jax.random.randint(ky, (batch,), 0, sizes[-1])
+
+    def loss(params, x, y):
+        h = x
+        for layer in params[:-1]:
+            h = jnp.tanh(h @ layer["w"] + layer["b"][None, :])
+        logits = h @ params[-1]["w"] + params[-1]["b"][None, :]
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    return loss, params, x, y
+
+
+def timed(fn, repeats=3):
+    """Median wall time of ``fn()`` (result blocked on), after one warm-up call (compilation)."""
+    out = jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), out
+
+
+@jax.jit
+def _hvp_call(op, v):
+    return op.matvec(v)
+
+
+def _products_in_loop(op, v, num_steps):
+    """``num_steps`` sequential normalized products with the linearized HVP (Lanczos minus Gram-Schmidt)."""
+    mv = op.prepare()
+
+    def body(_, v):
+        w = mv(v)
+        return w / jnp.linalg.norm(w)
+
+    return jax.lax.fori_loop(0, num_steps, body, v)
+
+
+_products_in_loop = jax.jit(_products_in_loop, static_argnames=("num_steps",))
+
+
+def _power_history(op, v0, num_iters):
+    """Rayleigh quotients of power iteration, one per HVP."""
+    mv = op.prepare()
+
+    def body(v, _):
+        hv = mv(v)
+        return hv / jnp.linalg.norm(hv), jnp.vdot(v, hv)
+
+    _, rq = jax.lax.scan(body, v0 / jnp.linalg.norm(v0), None, length=num_iters)
+    return rq
+
+
+_power_history = jax.jit(_power_history, static_argnames=("num_iters",))
+
+
+def _power_iteration(op, v0, tol, maxiter):
+    """PyHessian's ``eigenvalues`` loop (top-1): power iteration on the Rayleigh quotient."""
+    mv = op.prepare()
+
+    def cond(s):
+        _, eig, prev, it = s
+        return (it < maxiter) & ((it < 2) | (jnp.abs(eig - prev) / (jnp.abs(prev) + 1e-6) >= tol))
+
+    def body(s):
+        v, eig, _, it = s
+        hv = mv(v)
+        new = jnp.vdot(v, hv)
+        return hv / jnp.linalg.norm(hv), new, eig, it + 1
+
+    v = v0 / jnp.linalg.norm(v0)
+    v, eig, _, it = jax.lax.while_loop(cond, body, (v, jnp.zeros((), v.dtype), jnp.zeros((), v.dtype), 0))
+    return eig, it
+
+
+_power_iteration = jax.jit(_power_iteration, static_argnames=("maxiter",))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small model (64-32-10, batch 128)")
+    parser.add_argument("--out", default=None, help="JSON output path")
+    args = parser.parse_args(argv)
+
+    sizes, batch = ((64, 32, 10), 128) if args.quick else ((784, 256, 256, 10), 512)
+    loss, params, x, y = mlp_problem(sizes, batch)
+    op = hessian_operator(loss, params, x, y)  # linearize=True
+    op_plain = hessian_operator(loss, params, x, y, linearize=False)
+    n = op.size
+    print(f"MLP {'-'.join(map(str, sizes))}, batch {batch}, float32, n = {n:,} parameters")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, {platform.processor()}"
+    )
+    results = {
+        "model": "MLP " + "-".join(map(str, sizes)),
+        "batch": batch,
+        "dtype": "float32",
+        "n": n,
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0]),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg()[0],
+    }
+    key = jax.random.key(1)
+    v = jax.random.normal(key, (n,), jnp.float32)
+
+    # --- one HVP -------------------------------------------------------------
+    t_hvp, _ = timed(lambda: _hvp_call(op_plain, v), repeats=7)
+    results["hvp_seconds"] = t_hvp
+
+    # --- Lanczos k = 60 vs the same 60 products without Gram-Schmidt, interleaved ----------
+    # (interleaving A, B, A, B, ... makes the ratio robust to the load of a shared machine)
+    k = 60
+    loop = lambda: _products_in_loop(op, v, num_steps=k)  # noqa: E731
+    run = lambda: lanczos(op, k, key=key).alpha  # noqa: E731
+    jax.block_until_ready((loop(), run()))
+    t_loops, t_runs = [], []
+    for _ in range(3):
+        t_loops.append(timed(loop, repeats=1)[0])
+        t_runs.append(timed(run, repeats=1)[0])
+    t_hvp_lin = float(np.median(t_loops)) / k  # linearized HVP + normalization, one linearization per 60
+    t_lz = float(np.median(t_runs))
+    per_step = t_lz / k
+    results["hvp_linearized_in_loop_seconds"] = t_hvp_lin
+    results["lanczos_over_loop_of_products_paired"] = [b / a for a, b in zip(t_loops, t_runs, strict=True)]
+    t_lz_nh, _ = timed(lambda: lanczos(op, k, key=key, history=False).alpha, repeats=1)
+    lres = lanczos(op, k, key=key)
+    Q = np.asarray(lres.basis[:k], dtype=np.float64)
+    orth = float(np.abs(Q @ Q.T - np.eye(k)).max())
+    results["lanczos"] = {
+        "num_steps": k,
+        "status": lres.status.name,
+        "seconds": t_lz,
+        "seconds_per_step": per_step,
+        "seconds_per_step_without_history": t_lz_nh / k,
+        "per_step_over_hvp": per_step / t_hvp,
+        "per_step_over_linearized_hvp": per_step / t_hvp_lin,
+        "orthogonality_error": orth,
+    }
+
+    # --- matfree -------------------------------------------------------------
+    try:
+        from matfree import decomp
+
+        tridiag = decomp.tridiag_sym(k, reortho="full")
+
+        @jax.jit
+        def matfree_lanczos(op, v0):
+            mv = op.prepare()
+            return tridiag(lambda w: mv(w), v0)
+
+        t_mf, _ = timed(lambda: matfree_lanczos(op, v), repeats=3)
+        results["matfree"] = {
+            "seconds": t_mf,
+            "seconds_per_step": t_mf / k,
+            "per_step_over_hvp": t_mf / k / t_hvp,
+            "per_step_over_linearized_hvp": t_mf / k / t_hvp_lin,
+            "curvlab_over_matfree": t_lz / t_mf,
+        }
+    except Exception as err:  # pragma: no cover - optional comparison
+        results["matfree"] = {"error": repr(err)}
+
+    # --- top-5 to 1e-6 vs scipy ----------------------------------------------
+    import scipy
+    import scipy.sparse.linalg as sla
+
+    top, tol = 5, 1e-6
+    t_eig, eres = timed(lambda: eigsh(op, top, which="LA", tol=tol, key=key), repeats=1)
+    t_eig_plain, eres_plain = timed(lambda: eigsh(op_plain, top, which="LA", tol=tol, key=key), repeats=1)
+    sop = op.to_scipy()
+    counter = {"n": 0}
+    base_mv = sop.matvec
+
+    class Counting(sla.LinearOperator):
+        def __init__(self):
+            super().__init__(np.float32, (n, n))
+
+        def _matvec(self, x):
+            counter["n"] += 1
+            return base_mv(x)
+
+    cop = Counting()
+    cop.matvec(np.ones(n, np.float32))  # compile the jitted HVP
+    v0 = np.asarray(jax.random.normal(key, (n,), jnp.float32))
+    counter["n"] = 0
+    t0 = time.perf_counter()
+    w_sp, U_sp = sla.eigsh(cop, k=top, which="LA", tol=tol, v0=v0)
+    t_sp = time.perf_counter() - t0
+    sp_mv = counter["n"]
+    order = np.argsort(-w_sp)
+    w_sp, U_sp = w_sp[order], U_sp[:, order]
+    sp_res = [
+        float(np.linalg.norm(base_mv(U_sp[:, i]) - w * U_sp[:, i]) / abs(w)) for i, w in enumerate(w_sp)
+    ]
+    ev = np.asarray(eres.eigenvalues)
+    results["top5"] = {
+        "tol": tol,
+        "curvlab_seconds": t_eig,
+        "curvlab_matvecs": eres.num_matvecs,
+        "curvlab_restarts": eres.num_restarts,
+        "curvlab_status": eres.status.name,
+        "curvlab_eigenvalues": ev.tolist(),
+        "curvlab_relative_residuals": (np.asarray(eres.residual_norms) / np.abs(ev)).tolist(),
+        "curvlab_same_hvp_seconds": t_eig_plain,
+        "curvlab_same_hvp_matvecs": eres_plain.num_matvecs,
+        "curvlab_same_hvp_status": eres_plain.status.name,
+        "scipy_version": scipy.__version__,
+        "scipy_seconds": t_sp,
+        "scipy_matvecs": sp_mv,
+        "scipy_eigenvalues": w_sp.tolist(),
+        "scipy_relative_residuals": sp_res,
+        "curvlab_over_scipy_time": t_eig / t_sp,
+        "curvlab_same_hvp_over_scipy_time": t_eig_plain / t_sp,
+        "max_relative_eigenvalue_difference": float(np.max(np.abs(ev - w_sp) / np.abs(w_sp))),
+    }
+
+    # --- top-1 to 1e-4 vs power iteration ------------------------------------
+    ref = eigsh(op, 1, which="LA", tol=1e-6, key=jax.random.key(7))
+    lam_ref = float(ref.eigenvalues[0])
+    t_top1, r1 = timed(lambda: eigsh(op, 1, which="LA", tol=1e-4, key=key), repeats=3)
+    t_pow, (eig_pow, it_pow) = timed(lambda: _power_iteration(op, v, 1e-4, maxiter=1000), repeats=3)
+    t_tol2, r2 = timed(lambda: eigsh(op, 1, which="LA", tol=1e-2, key=key), repeats=3)
+    iters = 400
+    rq = np.asarray(_power_history(op, v, num_iters=iters))
+    err = np.abs(rq - lam_ref) / abs(lam_ref)
+    hit = np.nonzero(err <= 1e-4)[0]
+    power_needed = int(hit[0]) + 1 if hit.size else None
+    t_hist, _ = timed(lambda: _power_history(op, v, num_iters=iters), repeats=1)
+    results["top1"] = {
+        "reference_eigenvalue": lam_ref,
+        "curvlab_tol_1e-2_seconds": t_tol2,
+        "curvlab_tol_1e-2_matvecs": r2.num_matvecs,
+        "curvlab_tol_1e-2_relative_error": abs(float(r2.eigenvalues[0]) - lam_ref) / abs(lam_ref),
+        "power_hvps_to_reach_1e-4": power_needed,
+        "power_seconds_to_reach_1e-4": None if power_needed is None else t_hist / iters * power_needed,
+        "power_relative_error_after_400": float(err[-1]),
+        "curvlab_seconds": t_top1,
+        "curvlab_matvecs": r1.num_matvecs,
+        "curvlab_relative_error": abs(float(r1.eigenvalues[0]) - lam_ref) / abs(lam_ref),
+        "power_seconds": t_pow,
+        "power_hvps": int(it_pow),
+        "power_relative_error": abs(float(eig_pow) - lam_ref) / abs(lam_ref),
+        "curvlab_over_power_time": t_top1 / t_pow,
+    }
+    results["load_average_at_end"] = os.getloadavg()[0]
+
+    # --- report ----------------------------------------------------------------
+    rows = [
+        ("HVP (jitted, primal included)", f"{1e3 * t_hvp:.2f} ms"),
+        ("HVP inside a loop (linearized), per step", f"{1e3 * t_hvp_lin:.2f} ms"),
+        ("Lanczos k=60 reorth, per step", f"{1e3 * per_step:.2f} ms"),
+        ("  / HVP, / linearized HVP in loop", f"{per_step / t_hvp:.2f}x, {per_step / t_hvp_lin:.2f}x"),
+        ("  orthogonality ||QQ^T - I||", f"{orth:.1e}"),
+    ]
+    mf = results["matfree"]
+    if "seconds" in mf:
+        rows += [
+            ("matfree tridiag_sym k=60 full, per step", f"{1e3 * mf['seconds_per_step']:.2f} ms"),
+            (
+                "  / HVP, / linearized HVP",
+                f"{mf['per_step_over_hvp']:.2f}x, {mf['per_step_over_linearized_hvp']:.2f}x",
+            ),
+        ]
+    t5 = results["top5"]
+    rows += [
+        ("eigsh top-5 tol 1e-6: curvlab", f"{t_eig:.2f} s, {eres.num_matvecs} matvecs, {eres.status.name}"),
+        ("  curvlab, same HVP as scipy", f"{t_eig_plain:.2f} s, {eres_plain.num_matvecs} matvecs"),
+        ("  scipy (ARPACK)", f"{t_sp:.2f} s, {sp_mv} matvecs"),
+        (
+            "  curvlab / scipy time",
+            f"{t5['curvlab_over_scipy_time']:.2f} ({t5['curvlab_same_hvp_over_scipy_time']:.2f})",
+        ),
+        (
+            "top-1 to 1e-4: curvlab eigsh",
+            f"{t_top1:.2f} s, {r1.num_matvecs} HVPs, err {results['top1']['curvlab_relative_error']:.1e}",
+        ),
+        (
+            "  power iteration",
+            f"{t_pow:.2f} s, {int(it_pow)} HVPs, err {results['top1']['power_relative_error']:.1e}",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, val in rows:
+        print(f"{name:<{width}}  {val}")
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT
+        / "benchmarks"
+        / "results"
+        / ("krylov_eigen_quick.json" if args.quick else "krylov_eigen.json")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,767 @@
+"""Conjugate gradient for symmetric positive definite operators, with its full history.
+
+:func:`cg` solves :math:`A x = b` for a symmetric positive definite operator
+:math:`A` (any :class:`~curvlab.operators.LinearOperator`, e.g. a damped
+Hessian or Gauss-Newton matrix), optionally preconditioned by
+:math:`P \\approx A^{-1}` (see :mod:`curvlab.preconditioners`). Equivalently it
+minimizes the quadratic
+
+.. math:: q(x) = \\tfrac12 x^\\top A x - b^\\top x
+
+over the Krylov spaces :math:`x_0 + \\mathcal K_k(PA, P r_0)`. The whole loop is
+one jit-compiled ``lax.while_loop`` that records, in preallocated buffers, the
+residual norms, :math:`q(x_k)`, optionally the :math:`A`-norm errors, and the
+Lanczos tridiagonal implied by the CG coefficients, so that a plot can show how
+it converged. CG never returns garbage: a direction of non-positive curvature
+(an indefinite :math:`A`) or a non-finite number stops it with a
+:class:`CGStatus` saying so, and the last good iterate.
+
+:func:`steihaug_cg` is the truncated CG of Steihaug and Toint for trust-region
+subproblems, and :func:`condition_bound` the classical convergence bound.
+
+Preconditioned CG here (PCG) is, with :math:`z = P r`:
+
+.. math::
+    r_0 = b - A x_0,\\ z_0 = P r_0,\\ p_0 = z_0,\\qquad
+    \\gamma_k = \\frac{r_k^\\top z_k}{p_k^\\top A p_k},\\
+    x_{k+1} = x_k + \\gamma_k p_k,\\ r_{k+1} = r_k - \\gamma_k A p_k,\\
+    \\beta_k = \\frac{r_{k+1}^\\top z_{k+1}}{r_k^\\top z_k},\\ p_{k+1} = z_{k+1} + \\beta_k p_k .
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from curvlab._validation import check_positive_int, is_concrete
+from curvlab.operators import LinearOperator, as_operator
+
+__all__ = [
+    "CGStatus",
+    "CGResult",
+    "SteihaugResult",
+    "ConditionEstimate",
+    "cg",
+    "steihaug_cg",
+    "condition_estimate",
+    "condition_bound",
+    "martens_schedule",
+]
+
+#: Loop still running (never returned).
+_RUNNING = -1
+
+
+class CGStatus(enum.IntEnum):
+    """Why a CG run stopped. An ``IntEnum``: its values live in the ``int32`` ``status`` array."""
+
+    CONVERGED = 0
+    MAX_ITERATIONS = 1
+    NEGATIVE_CURVATURE = 2
+    NONFINITE = 3
+    BOUNDARY = 4
+    RELATIVE_PROGRESS = 5
+    BREAKDOWN = 6
+
+    @property
+    def message(self) -> str:
+        return _MESSAGES[self]
+
+
+_MESSAGES = {
+    CGStatus.CONVERGED: "converged: the residual norm fell below max(rtol * ||b||, atol)",
+    CGStatus.MAX_ITERATIONS: "stopped at maxiter before the residual norm reached the tolerance",
+    CGStatus.NEGATIVE_CURVATURE: (
+        "stopped: found a direction p with p^T A p <= 0, so the operator is not positive definite "
+        "(indefinite or singular); returned the last iterate and the direction "
+        "(negative_curvature_direction). Damp the operator or use a Gauss-Newton matrix"
+    ),
+    CGStatus.NONFINITE: (
+        "stopped: a matvec or preconditioner produced NaN or infinity; returned the last finite iterate"
+    ),
+    CGStatus.BOUNDARY: "stopped on the trust-region boundary: the step reached the radius",
+    CGStatus.RELATIVE_PROGRESS: (
+        "converged by the Martens relative-progress rule: over the last k iterations the quadratic "
+        "decreased by less than k * martens_eps relative to its value"
+    ),
+    CGStatus.BREAKDOWN: (
+        "stopped: r^T P r <= 0 with a nonzero residual, so the preconditioner is not positive definite"
+    ),
+}
+
+
+class CGResult(NamedTuple):
+    """Result of :func:`cg`. Histories have ``maxiter + 1`` entries (entry ``k`` is iterate ``k``),
+    NaN past ``num_iterations``.
+
+    Attributes
+    ----------
+    x : (n,) array
+        Last iterate :math:`x_k` (the solution when converged).
+    residual_norms : (maxiter + 1,) array
+        :math:`\\|r_k\\|_2` of the recursively updated residual, entry 0 is :math:`\\|b - A x_0\\|`.
+    num_iterations : int array
+        Number of CG steps taken (matvecs beyond the initial residual).
+    status : int32 array
+        A :class:`CGStatus` value; see :attr:`status_enum` and :attr:`message`.
+    quadratic_values : (maxiter + 1,) array
+        :math:`q(x_k) = \\tfrac12 x_k^\\top A x_k - b^\\top x_k = -\\tfrac12 (b + r_k)^\\top x_k`
+        (no extra matvec).
+    anorm_errors : (maxiter + 1,) array
+        :math:`\\|x_k - x_\\star\\|_A` when ``x_true`` was given (one extra matvec per step), else NaN.
+    lanczos_alpha, lanczos_beta : (maxiter,) arrays
+        Diagonal and off-diagonal of the Lanczos tridiagonal :math:`T_k` of :math:`PA` implied by CG:
+        :math:`\\alpha_j = 1/\\gamma_j + \\beta_{j-1}/\\gamma_{j-1}`,
+        :math:`\\eta_j = \\sqrt{\\beta_j}/\\gamma_j`. :math:`T_k` uses the first ``k`` alphas and
+        ``k - 1`` betas; see :func:`condition_estimate`.
+    negative_curvature_direction : (n,) array
+        The search direction :math:`p` with :math:`p^\\top A p \\le 0` when status is
+        ``NEGATIVE_CURVATURE``, zeros otherwise.
+    curvature : array
+        :math:`p^\\top A p / p^\\top p` of that direction (NaN unless ``NEGATIVE_CURVATURE``).
+    saved_iterates : (m, n) array
+        With ``save_iterates=True``: :math:`x_k` at the iterations ``saved_iterations``
+        (Martens' geometric schedule :math:`\\lceil 1.3^j \\rceil`), NaN rows not reached; else ``(0, n)``.
+    saved_iterations : (m,) int32 array
+        The iteration numbers of the rows of ``saved_iterates``.
+    """
+
+    x: jax.Array
+    residual_norms: jax.Array
+    num_iterations: jax.Array
+    status: jax.Array
+    quadratic_values: jax.Array
+    anorm_errors: jax.Array
+    lanczos_alpha: jax.Array
+    lanczos_beta: jax.Array
+    negative_curvature_direction: jax.Array
+    curvature: jax.Array
+    saved_iterates: jax.Array
+    saved_iterations: jax.Array
+
+    @property
+    def status_enum(self) -> CGStatus:
+        """``status`` as a :class:`CGStatus` (needs a concrete, not traced, result)."""
+        return CGStatus(int(self.status))
+
+    @property
+    def message(self) -> str:
+        """A readable sentence saying why CG stopped."""
+        return f"{self.status_enum.message} (after {int(self.num_iterations)} iterations)"
+
+    @property
+    def converged(self) -> bool:
+        """True for ``CONVERGED`` and ``RELATIVE_PROGRESS``."""
+        return self.status_enum in (CGStatus.CONVERGED, CGStatus.RELATIVE_PROGRESS)
+
+
+class SteihaugResult(NamedTuple):
+    """Result of :func:`steihaug_cg`.
+
+    Attributes
+    ----------
+    x : (n,) array
+        The step :math:`p` (approximately) minimizing :math:`m(p) = g^\\top p + \\tfrac12 p^\\top B p`
+        subject to :math:`\\|p\\| \\le \\Delta` (with ``b = -g``).
+    status : int32 array
+        ``CONVERGED`` (interior, residual small), ``BOUNDARY`` (a CG step left the trust region;
+        the step was cut at the boundary), ``NEGATIVE_CURVATURE`` (went to the boundary along a
+        direction of non-positive curvature), ``MAX_ITERATIONS`` or ``NONFINITE``.
+    residual_norms : (maxiter + 1,) array
+        :math:`\\|b - B p_k\\|`, NaN-padded.
+    num_iterations : int array
+    step_norm : array
+        :math:`\\|p\\|` (the :math:`P^{-1}`-norm :math:`\\sqrt{p^\\top P^{-1} p}` when preconditioned).
+    predicted_reduction : array
+        :math:`m(0) - m(p) = b^\\top p - \\tfrac12 p^\\top B p \\ge 0`.
+    """
+
+    x: jax.Array
+    status: jax.Array
+    residual_norms: jax.Array
+    num_iterations: jax.Array
+    step_norm: jax.Array
+    predicted_reduction: jax.Array
+
+    @property
+    def status_enum(self) -> CGStatus:
+        return CGStatus(int(self.status))
+
+    @property
+    def message(self) -> str:
+        return f"{self.status_enum.message} (after {int(self.num_iterations)} iterations)"
+
+
+class ConditionEstimate(NamedTuple):
+    """Extreme eigenvalues of the CG Lanczos tridiagonal and their ratio (Ritz values of :math:`PA`)."""
+
+    min_eigenvalue: float
+    max_eigenvalue: float
+    condition_number: float
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def default_maxiter(n: int) -> int:
+    """Default iteration cap: ``10 n`` for small problems, but at most ``max(n, 1000)``.
+
+    In exact arithmetic CG ends within ``n`` steps; in floating point an
+    ill-conditioned problem can need a few times more, so small problems get
+    the ``10 n`` of SciPy and ``jax.scipy``. For large ``n`` the cap keeps the
+    history buffers (``maxiter + 1`` entries each) small.
+    """
+    return max(min(10 * n, max(n, 1000)), 1)
+
+
+def martens_schedule(maxiter: int, base: float = 1.3) -> np.ndarray:
+    """Distinct iterations :math:`\\lceil b^j \\rceil \\le` ``maxiter``, ascending (iterates saved)."""
+    out, j = [], 0
+    while True:
+        it = math.ceil(base**j - 1e-12)
+        if it > maxiter:
+            break
+        if not out or it != out[-1]:
+            out.append(it)
+        j += 1
+    return np.asarray(out, dtype=np.int32)
+
+
+def _check_tol(name, value):
+    if is_concrete(value):
+        v = np.asarray(value)
+        if v.ndim != 0:
+            raise ValueError(f"{name} must be a scalar, got shape {v.shape}")
+        if not np.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def _check_vector(name, v, n, dtype):
+    v = jnp.asarray(v)
+    if v.ndim != 1 or v.shape[0] != n:
+        raise ValueError(
+            f"{name} must be a 1-D array of length n = {n} (the operator's size), got shape {v.shape}"
+        )
+    if not jnp.issubdtype(v.dtype, jnp.floating):
+        v = v.astype(dtype)
+    if is_concrete(v) and not bool(jnp.all(jnp.isfinite(v))):
+        raise ValueError(f"{name} contains non-finite values (NaN or infinity)")
+    return v
+
+
+def _prepare_inputs(op, b, x0, preconditioner, x_true, rtol, atol, maxiter):
+    from curvlab.preconditioners import as_preconditioner
+
+    op = as_operator(op)
+    if not isinstance(op, LinearOperator):  # pragma: no cover - as_operator raises first
+        raise TypeError("op must be a LinearOperator")
+    n = op.size
+    b = _check_vector("b", b, n, jnp.result_type(float))
+    dtype = jnp.result_type(b.dtype, op.dtype)
+    b = b.astype(dtype)
+    x0 = jnp.zeros(n, dtype) if x0 is None else _check_vector("x0", x0, n, dtype).astype(dtype)
+    if x_true is not None:
+        x_true = _check_vector("x_true", x_true, n, dtype).astype(dtype)
+    _check_tol("rtol", rtol)
+    _check_tol("atol", atol)
+    maxiter = default_maxiter(n) if maxiter is None else check_positive_int("maxiter", maxiter, minimum=0)
+    precond = as_preconditioner(preconditioner, n=n, dtype=dtype)
+    if precond is not None and precond.size != n:
+        raise ValueError(f"preconditioner has size {precond.size}, the operator has size {n}")
+    return op, b, x0, precond, x_true, dtype, maxiter
+
+
+def _make_mv(fn, n, dtype, what):
+    def mv(v):
+        out = fn(v)
+        if getattr(out, "shape", None) != (n,):
+            raise ValueError(
+                f"{what} must map a vector of shape ({n},) to shape ({n},), got {getattr(out, 'shape', out)}"
+            )
+        return out.astype(dtype)
+
+    return mv
+
+
+def _neg_curv(pAp, pp, ApAp, dtype):
+    """Non-positive curvature test with a tiny relative threshold: p^T A p <= eps ||p|| ||A p||."""
+    eps = jnp.finfo(dtype).eps
+    return pAp <= eps * jnp.sqrt(pp * ApAp)
+
+
+# ---------------------------------------------------------------------------
+# CG
+# ---------------------------------------------------------------------------
+
+
+class _CGState(NamedTuple):
+    k: jax.Array
+    status: jax.Array
+    x: jax.Array
+    r: jax.Array
+    p: jax.Array
+    rz: jax.Array
+    res: jax.Array
+    qvals: jax.Array
+    aerr: jax.Array
+    gammas: jax.Array
+    betas: jax.Array
+    ncdir: jax.Array
+    curv: jax.Array
+    saved: jax.Array
+    save_ptr: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("maxiter", "stop_rule", "save_iterates"))
+def _cg_impl(op, b, x0, precond, x_true, rtol, atol, martens_eps, *, maxiter, stop_rule, save_iterates):
+    n, dtype = b.shape[0], b.dtype
+    mv = _make_mv(op.prepare(), n, dtype, "the operator")
+    pc = None if precond is None else _make_mv(precond.prepare(), n, dtype, "the preconditioner")
+    nan = jnp.asarray(jnp.nan, dtype)
+    rtol, atol, martens_eps = (jnp.asarray(t, dtype) for t in (rtol, atol, martens_eps))
+
+    bnorm = jnp.linalg.norm(b)
+    tol = jnp.maximum(rtol * bnorm, atol)
+    # b = 0: the solution is 0 whatever x0 is (as in SciPy).
+    x0 = jnp.where(bnorm == 0, jnp.zeros_like(x0), x0)
+    r0 = b - mv(x0)
+    z0 = r0 if pc is None else pc(r0)
+    rz0 = jnp.vdot(r0, z0)
+    rnorm0 = jnp.sqrt(rz0) if pc is None else jnp.linalg.norm(r0)
+
+    def anorm_err(x):
+        if x_true is None:
+            return nan
+        e = x - x_true
+        return jnp.sqrt(jnp.maximum(jnp.vdot(e, mv(e)), 0.0))
+
+    def quad(x, r):
+        return -0.5 * jnp.vdot(b + r, x)
+
+    schedule = martens_schedule(maxiter) if save_iterates else np.zeros(0, np.int32)
+    m = schedule.shape[0]
+    sched = jnp.asarray(schedule, jnp.int32)
+
+    status0 = jnp.where(
+        rnorm0 <= tol,
+        CGStatus.CONVERGED,
+        jnp.where(jnp.isfinite(rz0) & jnp.isfinite(rnorm0), _RUNNING, CGStatus.NONFINITE),
+    ).astype(jnp.int32)
+    status0 = jnp.where((status0 == _RUNNING) & (rz0 <= 0), CGStatus.BREAKDOWN, status0).astype(jnp.int32)
+    init = _CGState(
+        k=jnp.asarray(0, jnp.int32),
+        status=status0,
+        x=x0,
+        r=r0,
+        p=z0,
+        rz=rz0,
+        res=jnp.full(maxiter + 1, nan).at[0].set(rnorm0),
+        qvals=jnp.full(maxiter + 1, nan).at[0].set(quad(x0, r0)),
+        aerr=jnp.full(maxiter + 1, nan).at[0].set(anorm_err(x0)),
+        gammas=jnp.full(maxiter, nan),
+        betas=jnp.full(maxiter, nan),
+        ncdir=jnp.zeros(n, dtype),
+        curv=nan,
+        saved=jnp.full((m, n), nan, dtype),
+        save_ptr=jnp.asarray(0, jnp.int32),
+    )
+
+    def cond(s):
+        return (s.status == _RUNNING) & (s.k < maxiter)
+
+    def body(s):
+        k = s.k
+        Ap = mv(s.p)
+        pAp, pp, ApAp = jnp.vdot(s.p, Ap), jnp.vdot(s.p, s.p), jnp.vdot(Ap, Ap)
+        gamma = s.rz / pAp
+        x = s.x + gamma * s.p
+        r = s.r - gamma * Ap
+        z = r if pc is None else pc(r)
+        rz = jnp.vdot(r, z)
+        rnorm = jnp.sqrt(rz) if pc is None else jnp.linalg.norm(r)
+        beta = rz / s.rz
+        p = z + beta * s.p
+
+        curv_ok = jnp.isfinite(pAp) & jnp.isfinite(ApAp)
+        negative = curv_ok & _neg_curv(pAp, pp, ApAp, dtype)
+        finite = curv_ok & (negative | (jnp.isfinite(rz) & jnp.isfinite(rnorm)))
+        accept = finite & ~negative
+        k1 = k + 1
+        q = quad(x, r)
+
+        status = jnp.where(rnorm <= tol, CGStatus.CONVERGED, _RUNNING)
+        if stop_rule == "martens":
+            gap = jnp.maximum(10, jnp.ceil(0.1 * k1).astype(jnp.int32))
+            q_old = s.qvals[jnp.maximum(k1 - gap, 0)]
+            stalled = (k1 > gap) & (q < 0) & ((q - q_old) / q < gap * martens_eps)
+            status = jnp.where(
+                status == _RUNNING, jnp.where(stalled, CGStatus.RELATIVE_PROGRESS, _RUNNING), status
+            )
+        status = jnp.where((status == _RUNNING) & (rz <= 0), CGStatus.BREAKDOWN, status)
+        status = jnp.where(
+            finite, jnp.where(negative, CGStatus.NEGATIVE_CURVATURE, status), CGStatus.NONFINITE
+        ).astype(jnp.int32)
+
+        def put(buf, i, val):
+            return buf.at[i].set(jnp.where(accept, val, buf[i]))
+
+        sel = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
+        saved, save_ptr = s.saved, s.save_ptr
+        if m:
+            ptr = jnp.minimum(save_ptr, m - 1)
+            hit = accept & (save_ptr < m) & (sched[ptr] == k1)
+            saved = saved.at[ptr].set(jnp.where(hit, x, saved[ptr]))
+            save_ptr = save_ptr + hit.astype(jnp.int32)
+        return _CGState(
+            k=jnp.where(accept, k1, k),
+            status=status,
+            x=sel(x, s.x),
+            r=sel(r, s.r),
+            p=sel(p, s.p),
+            rz=sel(rz, s.rz),
+            res=put(s.res, k1, rnorm),
+            qvals=put(s.qvals, k1, q),
+            aerr=s.aerr if x_true is None else put(s.aerr, k1, anorm_err(x)),
+            gammas=put(s.gammas, k, gamma),
+            betas=put(s.betas, k, beta),
+            ncdir=jnp.where(negative, s.p, s.ncdir),
+            curv=jnp.where(negative, pAp / pp, s.curv),
+            saved=saved,
+            save_ptr=save_ptr,
+        )
+
+    s = lax.while_loop(cond, body, init) if maxiter > 0 else init
+    status = jnp.where(s.status == _RUNNING, CGStatus.MAX_ITERATIONS, s.status).astype(jnp.int32)
+    alpha, beta = _lanczos_from_cg(s.gammas, s.betas) if maxiter > 0 else (s.gammas, s.betas)
+    return CGResult(
+        x=s.x,
+        residual_norms=s.res,
+        num_iterations=s.k,
+        status=status,
+        quadratic_values=s.qvals,
+        anorm_errors=s.aerr,
+        lanczos_alpha=alpha,
+        lanczos_beta=beta,
+        negative_curvature_direction=s.ncdir,
+        curvature=s.curv,
+        saved_iterates=s.saved,
+        saved_iterations=sched,
+    )
+
+
+def _lanczos_from_cg(gammas, betas):
+    """Lanczos tridiagonal from CG coefficients (Golub & Van Loan §11.3; Saad §6.7.3)."""
+    prev = jnp.concatenate([jnp.zeros(1, gammas.dtype), betas[:-1] / gammas[:-1]])
+    alpha = 1.0 / gammas + prev
+    beta = jnp.sqrt(jnp.maximum(betas, 0.0)) / gammas
+    return alpha, beta
+
+
+def cg(
+    op: LinearOperator | jax.typing.ArrayLike,
+    b: jax.typing.ArrayLike,
+    *,
+    x0: jax.typing.ArrayLike | None = None,
+    preconditioner: Any = None,
+    rtol: float = 1e-6,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    x_true: jax.typing.ArrayLike | None = None,
+    stop_rule: str = "residual",
+    martens_eps: float = 5e-4,
+    save_iterates: bool = False,
+    throw: bool = False,
+) -> CGResult:
+    """Solve :math:`A x = b` by (preconditioned) conjugate gradient, recording the history.
+
+    Stops at the first of: :math:`\\|r_k\\| \\le \\max(\\text{rtol}\\,\\|b\\|, \\text{atol})`
+    (``CONVERGED``); ``maxiter`` steps (``MAX_ITERATIONS``); a search direction with
+    :math:`p^\\top A p \\le \\epsilon\\,\\|p\\|\\,\\|Ap\\|` (``NEGATIVE_CURVATURE``: the last iterate
+    and the direction are returned); a NaN or infinity (``NONFINITE``: the last finite
+    iterate is returned); :math:`r^\\top P r \\le 0` with :math:`r \\ne 0` (``BREAKDOWN``);
+    and, with ``stop_rule="martens"``, Martens' (2010, §4.4) relative-progress test
+    at iteration :math:`i`:
+
+    .. math:: i > k,\\quad q(x_i) < 0,\\quad \\frac{q(x_i) - q(x_{i-k})}{q(x_i)} < k\\,\\varepsilon,
+              \\qquad k = \\max(10, \\lceil 0.1\\,i \\rceil)
+
+    (``RELATIVE_PROGRESS``), checked in addition to the residual test (pass ``rtol=0`` to
+    use it alone).
+
+    Parameters
+    ----------
+    op : LinearOperator or (n, n) array
+        Symmetric positive definite :math:`A`. Called through ``op.prepare()`` once per solve.
+    b : (n,) array
+        Right-hand side. Must be finite.
+    x0 : (n,) array, optional
+        Starting point (default 0). Ignored when ``b = 0`` (the answer is then ``x = 0``).
+    preconditioner : None, LinearOperator, callable ``r -> z``, or array
+        :math:`P \\approx A^{-1}`, symmetric positive definite, applied as ``z = P(r)``; a 1-D
+        array is the diagonal of :math:`P`. See :func:`curvlab.preconditioners.as_preconditioner`.
+    rtol, atol : float
+        Residual tolerances (see above); ``>= 0``. They are traced: changing them does not recompile.
+    maxiter : int, optional
+        Iteration cap and history buffer length (static). Default :func:`default_maxiter`:
+        ``10 n`` for small ``n``, at most ``max(n, 1000)``, the same with or without a preconditioner.
+    x_true : (n,) array, optional
+        The exact solution; then ``anorm_errors`` records :math:`\\|x_k - x_\\star\\|_A`
+        at the cost of one more matvec per step.
+    stop_rule : {"residual", "martens"}
+    martens_eps : float
+        :math:`\\varepsilon` of the Martens rule.
+    save_iterates : bool
+        Save :math:`x_k` at :math:`k = \\lceil 1.3^j \\rceil` (for Hessian-free CG backtracking).
+    throw : bool
+        Raise ``RuntimeError`` with the message unless the run converged (needs concrete values,
+        so not under ``jit``).
+
+    Returns
+    -------
+    CGResult
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> A = jnp.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> res = cg(A, jnp.array([1.0, 2.0]), rtol=1e-5)
+    >>> [round(float(v), 6) for v in res.x]
+    [0.090909, 0.636364]
+    >>> res.status_enum.name, int(res.num_iterations)
+    ('CONVERGED', 2)
+    """
+    if stop_rule not in ("residual", "martens"):
+        raise ValueError(f"stop_rule must be 'residual' or 'martens', got {stop_rule!r}")
+    _check_tol("martens_eps", martens_eps)
+    op, b, x0, precond, x_true, dtype, maxiter = _prepare_inputs(
+        op, b, x0, preconditioner, x_true, rtol, atol, maxiter
+    )
+    res = _cg_impl(
+        op,
+        b,
+        x0,
+        precond,
+        x_true,
+        rtol,
+        atol,
+        martens_eps,
+        maxiter=maxiter,
+        stop_rule=stop_rule,
+        save_iterates=bool(save_iterates),
+    )
+    if throw and not res.converged:
+        raise RuntimeError(f"cg did not converge: {res.message}")
+    return res
+
+
+def condition_estimate(result: CGResult) -> ConditionEstimate:
+    """Extreme eigenvalues of the Lanczos tridiagonal :math:`T_k` built from a CG run.
+
+    After :math:`k` steps, the eigenvalues of :math:`T_k` (Ritz values) approximate
+    those of :math:`PA` (:math:`A` without preconditioner), the extreme ones first;
+    ``condition_number`` is their ratio, a lower bound on :math:`\\kappa(PA)` that
+    tightens as :math:`k` grows. NaN when no step was taken. Runs on the host (NumPy).
+    """
+    k = int(result.num_iterations)
+    if k == 0:
+        return ConditionEstimate(math.nan, math.nan, math.nan)
+    a = np.asarray(result.lanczos_alpha[:k], dtype=np.float64)
+    e = np.asarray(result.lanczos_beta[: k - 1], dtype=np.float64)
+    T = np.diag(a) + np.diag(e, 1) + np.diag(e, -1)
+    w = np.linalg.eigvalsh(T)
+    lo, hi = float(w[0]), float(w[-1])
+    return ConditionEstimate(lo, hi, hi / lo if lo > 0 else math.inf)
+
+
+def condition_bound(kappa, k) -> jax.Array:
+    """Classical CG bound :math:`\\|x_k - x_\\star\\|_A / \\|x_0 - x_\\star\\|_A \\le
+    2\\left(\\frac{\\sqrt\\kappa - 1}{\\sqrt\\kappa + 1}\\right)^k` (broadcasts over ``kappa`` and ``k``).
+
+    Examples
+    --------
+    >>> [round(v, 6) for v in condition_bound(4.0, [0, 1, 2]).tolist()]
+    [2.0, 0.666667, 0.222222]
+    """
+    kappa = jnp.asarray(kappa, dtype=jnp.result_type(float))
+    if is_concrete(kappa) and bool(jnp.any(kappa < 1)):
+        raise ValueError(f"kappa must be >= 1 (a condition number), got {kappa}")
+    k = jnp.asarray(k)
+    if is_concrete(k) and bool(jnp.any(k < 0)):
+        raise ValueError("k must be >= 0")
+    s = jnp.sqrt(kappa)
+    return 2.0 * ((s - 1.0) / (s + 1.0)) ** k
+
+
+# ---------------------------------------------------------------------------
+# Steihaug-Toint truncated CG
+# ---------------------------------------------------------------------------
+
+
+class _STState(NamedTuple):
+    k: jax.Array
+    status: jax.Array
+    x: jax.Array
+    r: jax.Array
+    d: jax.Array
+    rz: jax.Array
+    xMx: jax.Array
+    xMd: jax.Array
+    dMd: jax.Array
+    res: jax.Array
+
+
+def _boundary_tau(xMx, xMd, dMd, radius):
+    """Positive root of ||x + tau d||^2 = radius^2 (stable form, xMd >= 0 in Steihaug's CG)."""
+    slack = jnp.maximum(radius**2 - xMx, 0.0)
+    disc = jnp.sqrt(xMd**2 + dMd * slack)
+    return jnp.where(xMd >= 0, slack / (xMd + disc), (disc - xMd) / dMd)
+
+
+@functools.partial(jax.jit, static_argnames=("maxiter",))
+def _steihaug_impl(op, b, precond, radius, rtol, *, maxiter):
+    n, dtype = b.shape[0], b.dtype
+    mv = _make_mv(op.prepare(), n, dtype, "the operator")
+    pc = None if precond is None else _make_mv(precond.prepare(), n, dtype, "the preconditioner")
+    nan = jnp.asarray(jnp.nan, dtype)
+    radius = jnp.asarray(radius, dtype)
+    bnorm = jnp.linalg.norm(b)
+    tol = jnp.asarray(rtol, dtype) * bnorm
+    z0 = b if pc is None else pc(b)
+    rz0 = jnp.vdot(b, z0)
+    zero = jnp.zeros((), dtype)
+    init = _STState(
+        k=jnp.asarray(0, jnp.int32),
+        status=jnp.where(bnorm <= tol, CGStatus.CONVERGED, _RUNNING).astype(jnp.int32),
+        x=jnp.zeros(n, dtype),
+        r=b,
+        d=z0,
+        rz=rz0,
+        xMx=zero,
+        xMd=zero,
+        dMd=rz0,
+        res=jnp.full(maxiter + 1, nan).at[0].set(bnorm),
+    )
+
+    def cond(s):
+        return (s.status == _RUNNING) & (s.k < maxiter)
+
+    def body(s):
+        Bd = mv(s.d)
+        dBd, dd, BdBd = jnp.vdot(s.d, Bd), jnp.vdot(s.d, s.d), jnp.vdot(Bd, Bd)
+        finite = jnp.isfinite(dBd) & jnp.isfinite(BdBd)
+        negative = _neg_curv(dBd, dd, BdBd, dtype)
+        gamma = s.rz / dBd
+        xMx_new = s.xMx + 2 * gamma * s.xMd + gamma**2 * s.dMd
+        outside = negative | (xMx_new >= radius**2)
+        tau = _boundary_tau(s.xMx, s.xMd, s.dMd, radius)
+        step = jnp.where(outside, tau, gamma)
+        x = s.x + step * s.d
+        r = s.r - step * Bd
+        z = r if pc is None else pc(r)
+        rz = jnp.vdot(r, z)
+        rnorm = jnp.linalg.norm(r)
+        beta = rz / s.rz
+        d = z + beta * s.d
+        if pc is None:  # Euclidean norms, computed directly
+            xMx, xMd, dMd = jnp.vdot(x, x), jnp.vdot(x, d), jnp.vdot(d, d)
+        else:  # P^{-1}-norms by the Steihaug-Toint recurrences (Conn, Gould & Toint §7.5.1)
+            xMx = jnp.where(outside, radius**2, xMx_new)
+            xMd = beta * (s.xMd + gamma * s.dMd)
+            dMd = rz + beta**2 * s.dMd
+        finite = finite & jnp.isfinite(rnorm) & jnp.all(jnp.isfinite(x)) & (jnp.isfinite(rz) | outside)
+        status = jnp.where(
+            negative,
+            CGStatus.NEGATIVE_CURVATURE,
+            jnp.where(outside, CGStatus.BOUNDARY, jnp.where(rnorm <= tol, CGStatus.CONVERGED, _RUNNING)),
+        )
+        status = jnp.where(finite, status, CGStatus.NONFINITE).astype(jnp.int32)
+        sel = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        k1 = k = s.k + 1
+        return _STState(
+            k=jnp.where(finite, k1, s.k),
+            status=status,
+            x=sel(x, s.x),
+            r=sel(r, s.r),
+            d=sel(d, s.d),
+            rz=sel(rz, s.rz),
+            xMx=sel(xMx, s.xMx),
+            xMd=sel(xMd, s.xMd),
+            dMd=sel(dMd, s.dMd),
+            res=s.res.at[k].set(jnp.where(finite, rnorm, nan)),
+        )
+
+    s = lax.while_loop(cond, body, init) if maxiter > 0 else init
+    status = jnp.where(s.status == _RUNNING, CGStatus.MAX_ITERATIONS, s.status).astype(jnp.int32)
+    step_norm = jnp.linalg.norm(s.x) if pc is None else jnp.sqrt(jnp.maximum(s.xMx, 0.0))
+    return SteihaugResult(
+        x=s.x,
+        status=status,
+        residual_norms=s.res,
+        num_iterations=s.k,
+        step_norm=step_norm,
+        predicted_reduction=0.5 * jnp.vdot(b + s.r, s.x),
+    )
+
+
+def steihaug_cg(
+    op: LinearOperator | jax.typing.ArrayLike,
+    b: jax.typing.ArrayLike,
+    radius: float,
+    *,
+    preconditioner: Any = None,
+    rtol: float = 1e-6,
+    maxiter: int | None = None,
+) -> SteihaugResult:
+    """Steihaug-Toint truncated CG for the trust-region subproblem.
+
+    Convention: with gradient :math:`g` and curvature :math:`B` (possibly indefinite), pass
+    ``b = -g``; the function approximately solves
+
+    .. math:: \\min_p\\ m(p) = g^\\top p + \\tfrac12 p^\\top B p = -b^\\top p + \\tfrac12 p^\\top B p
+              \\quad\\text{s.t.}\\quad \\|p\\| \\le \\Delta
+
+    by CG on :math:`B p = b` from :math:`p_0 = 0` (Nocedal & Wright, Alg. 7.2). CG iterates
+    grow in norm, so the first step leaving the ball is cut at the boundary (``BOUNDARY``);
+    a direction :math:`d` with :math:`d^\\top B d \\le 0` is followed to the boundary
+    (``NEGATIVE_CURVATURE``); otherwise CG runs until
+    :math:`\\|b - B p\\| \\le \\text{rtol}\\,\\|b\\|` (``CONVERGED``, an interior Newton step).
+    With a preconditioner :math:`P \\approx B^{-1}` the trust region is measured in the
+    :math:`P^{-1}`-norm :math:`\\sqrt{p^\\top P^{-1} p}` (computed by recurrences, without
+    :math:`P^{-1}`), the norm in which preconditioned CG iterates grow.
+
+    Parameters
+    ----------
+    op : LinearOperator or (n, n) array
+        :math:`B`, symmetric.
+    b : (n,) array
+        Minus the gradient.
+    radius : float
+        Trust radius :math:`\\Delta > 0` (traced; does not recompile).
+    preconditioner : optional
+        As in :func:`cg`.
+    rtol : float
+    maxiter : int, optional
+        Default as in :func:`cg`.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> res = steihaug_cg(jnp.eye(2), jnp.array([3.0, 4.0]), radius=1.0)
+    >>> res.status_enum.name, round(float(res.step_norm), 6)
+    ('BOUNDARY', 1.0)
+    """
+    if is_concrete(radius):
+        rad = np.asarray(radius)
+        if rad.ndim != 0 or not np.isfinite(rad) or rad <= 0:
+            raise ValueError(f"radius must be a finite number > 0, got {radius}")
+    op, b, _, precond, _, _, maxiter = _prepare_inputs(op, b, None, preconditioner, None, rtol, 0.0, maxiter)
+    return _steihaug_impl(op, b, precond, radius, rtol, maxiter=maxiter)

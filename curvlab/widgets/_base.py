@@ -1,0 +1,296 @@
+"""Base class of the curvlab explorers: controls -> ``compute`` -> figure.
+
+An explorer is an :class:`ipywidgets.VBox` holding named controls, one
+:class:`plotly.graph_objects.FigureWidget`, a readout line and an error area.
+A subclass
+
+1. builds its controls and its figure (from a pure builder in
+   :mod:`curvlab.plots`), stores each control as an attribute, and calls
+   ``self._setup(controls, figure)``;
+2. implements ``compute(self, **controls)``: a plain function of the control
+   values (no widget access), returning a ``NamedTuple`` of numbers that all
+   come from curvlab core calls, so that it can be tested without a browser;
+3. implements ``_render(self, result)``: writes ``result`` into ``self.figure``
+   (assigning trace/layout properties) and ``self.readout``.
+
+The base wires every control's ``value`` to :meth:`Explorer.refresh`, which runs
+``compute`` then ``_render`` inside ``figure.batch_update()`` and catches every
+exception: the message goes to ``self.error`` (shown in red), the figure keeps
+its last good state, and the kernel carries on. A later successful refresh
+clears the error.
+
+Refresh scheduling (how fast slider drags are handled)
+-----------------------------------------------------
+The kernel handles widget messages one at a time, so a fast drag sends a queue
+of slider values; rendering each of them would make the plot lag behind the
+hand. The base therefore distinguishes two origins of a change:
+
+* a change made **in Python** (``explorer.angle.value = 30``, in a test or a
+  notebook cell) refreshes **synchronously**: when the assignment returns,
+  ``last_result`` and the figure reflect the new value;
+* a change sent **by the browser** (ipywidgets sets the trait while holding
+  ``_property_lock``) only marks the explorer dirty and schedules one refresh
+  with ``loop.call_soon`` on the kernel's asyncio loop. Every browser message
+  handled before that callback runs just updates a value, and the single
+  refresh reads the newest values: intermediate slider positions are skipped,
+  the last one is always rendered. Without a running event loop (plain Python)
+  the refresh is synchronous.
+
+Use ``with explorer.hold_refresh(): ...`` to change several controls (or slider
+ranges) with a single refresh at the end, and override
+``_control_changed(name, change)`` to adjust other controls when one changes
+(it runs before the refresh, and changes it makes trigger no extra refresh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import re
+import time
+from typing import Any
+
+try:
+    import anywidget  # noqa: F401  (plotly's FigureWidget needs it)
+    import ipywidgets
+    import plotly.graph_objects as go
+except ImportError as _err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"curvlab.widgets needs ipywidgets, plotly and anywidget ({_err}); install them with: "
+        "pip install curvlab[viz]"
+    ) from _err
+
+__all__ = ["Explorer", "css_class"]
+
+
+def css_class(name: str) -> str:
+    """``"FiniteDifference"`` / ``"finite_difference"`` -> ``"finite-difference"`` (for CSS classes)."""
+    s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name)
+    return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
+
+
+class Explorer(ipywidgets.VBox):
+    """Controls + one plotly ``FigureWidget`` + readout + error area.
+
+    Attributes (set by :meth:`_setup`)
+    ----------------------------------
+    figure : plotly.graph_objects.FigureWidget
+    error : ipywidgets.HTML
+        Empty and hidden when the last refresh succeeded; otherwise a readable
+        message in red.
+    readout : ipywidgets.HTML
+        The numbers shown under the controls (subclasses set ``readout.value``).
+    controls : dict[str, ipywidgets.Widget]
+        The controls by name; each is also an attribute of the explorer.
+    last_result : NamedTuple or None
+        The result of the last successful ``compute``.
+    last_error : Exception or None
+        The exception of the last refresh, ``None`` if it succeeded.
+    last_refresh_seconds : float
+        Wall time of the last refresh (compute + render).
+    num_refreshes : int
+        Number of refreshes run (successful or not).
+
+    CSS classes: ``curvlab-explorer`` and ``curvlab-<css_name>`` on the
+    explorer (``css_name`` defaults to the kebab-cased class name without
+    "Explorer", e.g. ``curvlab-finite-difference``), ``curvlab-control-<name>``
+    on each control, ``curvlab-figure``, ``curvlab-readout`` and
+    ``curvlab-error`` on the figure, readout and error area.
+    """
+
+    #: Suffix of the per-explorer CSS class; ``None`` derives it from the class name.
+    css_name: str | None = None
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.controls: dict[str, ipywidgets.Widget] = {}
+        self.figure: go.FigureWidget | None = None
+        self.error = ipywidgets.HTML(value="", layout=ipywidgets.Layout(display="none"))
+        self.error.add_class("curvlab-error")
+        self.readout = ipywidgets.HTML(value="")
+        self.readout.add_class("curvlab-readout")
+        self.last_result = None
+        self.last_error: Exception | None = None
+        self.last_refresh_seconds = 0.0
+        self.num_refreshes = 0
+        self._hold_depth = 0
+        self._dirty = False
+        self._flush_scheduled = False
+        self._control_names: dict[int, str] = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def _setup(
+        self,
+        controls: dict[str, ipywidgets.Widget],
+        figure: go.FigureWidget,
+        layout_children: list | None = None,
+    ) -> None:
+        """Register the controls and the figure, lay them out, and run the first refresh.
+
+        Parameters
+        ----------
+        controls : dict
+            Name -> widget. Names are the keyword arguments of ``compute``
+            (for widgets that have a ``value``); each widget is also set as an
+            attribute of the explorer under its name (if not already). Widgets
+            without ``value`` (buttons) are registered for layout and CSS only.
+        figure : go.FigureWidget
+            The figure ``_render`` updates.
+        layout_children : list, optional
+            The explorer's children; default: the controls in a wrapping row,
+            then the error area, the readout and the figure.
+        """
+        if not isinstance(figure, go.FigureWidget):
+            raise TypeError(
+                f"figure must be a plotly.graph_objects.FigureWidget, got {type(figure).__name__}"
+            )
+        for name, widget in controls.items():
+            if not name.isidentifier():
+                raise ValueError(f"control name {name!r} must be a Python identifier")
+            if hasattr(type(self), name):
+                raise ValueError(f"control name {name!r} clashes with an attribute of {type(self).__name__}")
+            existing = self.__dict__.get(name)
+            if existing is not None and existing is not widget:
+                raise ValueError(f"attribute {name!r} is already set to a different object")
+            setattr(self, name, widget)
+            widget.add_class(f"curvlab-control-{css_class(name)}")
+        self.controls = dict(controls)
+        self._control_names = {id(w): n for n, w in controls.items()}
+        self.figure = figure
+        with contextlib.suppress(AttributeError):
+            figure.add_class("curvlab-figure")
+        self.add_class("curvlab-explorer")
+        self.add_class(f"curvlab-{self.css_name or css_class(type(self).__name__.removesuffix('Explorer'))}")
+        if layout_children is None:
+            row = ipywidgets.HBox(list(controls.values()), layout=ipywidgets.Layout(flex_flow="row wrap"))
+            row.add_class("curvlab-controls")
+            layout_children = [row, self.error, self.readout, figure]
+        self.children = tuple(layout_children)
+        for widget in controls.values():
+            if widget.has_trait("value"):
+                widget.observe(self._on_control_change, names="value")
+        self.refresh()  # first refresh: compiles the jitted functions (warm-up)
+
+    # --------------------------------------------------------------- contract
+
+    def compute(self, **controls: Any):  # pragma: no cover - abstract
+        """Numbers for the given control values (a plain function; override)."""
+        raise NotImplementedError
+
+    def _render(self, result) -> None:  # pragma: no cover - abstract
+        """Write ``result`` into ``self.figure`` and ``self.readout`` (override)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
+
+    def values(self) -> dict[str, Any]:
+        """Current control values by name (controls that have a ``value``)."""
+        return {name: w.value for name, w in self.controls.items() if w.has_trait("value")}
+
+    def refresh(self):
+        """``compute(**values())`` then ``_render``; errors go to :attr:`error`, never raise.
+
+        Returns the result, or ``None`` if compute or render failed (the figure
+        then keeps its last good state).
+        """
+        self._dirty = False
+        self.num_refreshes += 1
+        start = time.perf_counter()
+        try:
+            result = self.compute(**self.values())
+            self._render_batched(result)
+        except Exception as err:  # noqa: BLE001 - shown to the user, never propagated
+            self.last_error = err
+            self.show_error(err)
+            return None
+        finally:
+            self.last_refresh_seconds = time.perf_counter() - start
+        self.last_result = result
+        self.last_error = None
+        self.clear_error()
+        return result
+
+    def _render_batched(self, result) -> None:
+        fig = self.figure
+        with fig.batch_update():
+            try:
+                self._render(result)
+            except Exception:
+                # batch_update applies whatever was queued even on error: drop
+                # the partial edits so the figure keeps its last good state.
+                for attr in ("_batch_trace_edits", "_batch_layout_edits"):
+                    with contextlib.suppress(AttributeError):
+                        getattr(fig, attr).clear()
+                raise
+
+    def show_error(self, err: Exception | str) -> None:
+        """Show ``err`` (an exception or a message) in red in the error area."""
+        if isinstance(err, Exception):
+            msg = str(err) or type(err).__name__
+            if not isinstance(err, (ValueError, TypeError)):
+                msg = f"{type(err).__name__}: {msg}"
+        else:
+            msg = str(err)
+        self.error.value = f'<span style="color:#c62828"><b>Error:</b> {html.escape(msg)}</span>'
+        self.error.layout.display = None
+
+    def clear_error(self) -> None:
+        """Empty and hide the error area."""
+        if self.error.value:
+            self.error.value = ""
+        self.error.layout.display = "none"
+
+    # ------------------------------------------------------------- scheduling
+
+    @contextlib.contextmanager
+    def hold_refresh(self):
+        """Suppress refreshes inside the block; refresh once at its end if anything changed."""
+        self._hold_depth += 1
+        try:
+            yield self
+        finally:
+            self._hold_depth -= 1
+            if self._hold_depth == 0 and self._dirty:
+                self.refresh()
+
+    def _control_changed(self, name: str, change) -> None:
+        """Hook run on every control change, before the refresh (default: nothing).
+
+        Override to adjust other controls (slider ranges, enabled/visible
+        state) when one changes; changes made here do not trigger refreshes
+        of their own: the one refresh that follows sees them all.
+        """
+
+    def _on_control_change(self, change) -> None:
+        self._dirty = True
+        if self._hold_depth:
+            return
+        owner = change.get("owner")
+        name = self._control_names.get(id(owner), "")
+        self._hold_depth += 1
+        try:
+            self._control_changed(name, change)
+        except Exception as err:  # noqa: BLE001 - a broken hook must not kill the kernel
+            self.last_error = err
+            self.show_error(err)
+        finally:
+            self._hold_depth -= 1
+        from_browser = bool(getattr(owner, "_property_lock", None))
+        if from_browser:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    loop.call_soon(self._flush)
+                return
+        self.refresh()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._dirty and not self._hold_depth:
+            self.refresh()

@@ -1,0 +1,531 @@
+"""SpectrumExplorer: the Hessian's eigenvalue spectrum, as Lanczos and SLQ see it.
+
+For a chosen symmetric operator :math:`A` (a quadratic with a prescribed
+spectrum, the Hessian of a small MLP on digits, or any operator you pass) the
+explorer runs :func:`curvlab.lanczos.lanczos` on
+
+.. math::
+
+    B = P^{-1/2} (A + \\lambda I) P^{-1/2},
+    \\qquad P = \\begin{cases} I & \\text{no preconditioner} \\\\
+    \\operatorname{diag}(|A + \\lambda I|) & \\text{Jacobi} \\end{cases}
+
+(:math:`B` is what CG sees when it solves the damped system with a Jacobi
+preconditioner) and shows
+
+* the Ritz values after every Lanczos step: the extreme ones converge first;
+  without reorthogonalization, converged Ritz values are repeated ("ghosts")
+  once the basis loses orthogonality;
+* the stochastic Lanczos quadrature density of :func:`curvlab.spectral.spectral_density`
+  with its standard-error band;
+* the exact eigenvalues (dense ``eigh``) for ``n <= 500``.
+
+Damping shifts every eigenvalue of :math:`A` by exactly :math:`\\lambda`.
+All numbers come from the curvlab core; :meth:`SpectrumExplorer.compute` is a
+plain function of the control values.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from typing import NamedTuple
+
+import ipywidgets as widgets
+import jax
+import jax.numpy as jnp
+import numpy as np
+import plotly.graph_objects as go
+from scipy.linalg import eigvalsh_tridiagonal
+
+from curvlab import plots, problems
+from curvlab.lanczos import lanczos
+from curvlab.operators import LinearOperator, _register, as_operator, hessian_operator
+from curvlab.spectral import diagonal as estimate_diagonal
+from curvlab.spectral import spectral_density
+from curvlab.widgets._base import Explorer
+
+__all__ = ["SpectrumExplorer", "SpectrumResult", "strakos_eigenvalues", "EXACT_MAX_N"]
+
+#: Largest operator size for which the exact spectrum (dense ``eigh``) is overlaid.
+EXACT_MAX_N = 500
+
+QUADRATICS = ("strakos", "geometric")
+PROBLEMS = {
+    "strakos": "quadratic, outlying top eigenvalues (Strakoš)",
+    "geometric": "quadratic, log-spaced eigenvalues",
+    "mlp": "MLP Hessian on digits",
+    "custom": "your operator",
+}
+
+
+def strakos_eigenvalues(n: int, kappa: float, rho: float = 0.9) -> np.ndarray:
+    """Strakoš spectrum on :math:`[1, \\kappa]`.
+
+    :math:`\\lambda_i = 1 + \\frac{i-1}{n-1}(\\kappa-1)\\rho^{n-i}`, :math:`i = 1, \\dots, n`.
+
+    The top eigenvalues are well separated and the bottom ones cluster near 1:
+    the classic test where Lanczos without reorthogonalization produces ghost
+    copies of the converged top eigenvalues (Strakoš 1991).
+
+    Examples
+    --------
+    >>> [round(float(v), 3) for v in strakos_eigenvalues(3, 10.0, 0.5)]
+    [1.0, 3.25, 10.0]
+    """
+    n = int(n)
+    if n < 2:
+        raise ValueError(f"n must be >= 2, got {n}")
+    if not (np.isfinite(kappa) and kappa >= 1):
+        raise ValueError(f"kappa must be a finite number >= 1, got {kappa}")
+    i = np.arange(1, n + 1)
+    return 1.0 + (i - 1) / (n - 1) * (kappa - 1.0) * rho ** (n - i)
+
+
+@_register
+class _CongruenceOperator(LinearOperator):
+    """:math:`S A S` with :math:`S = \\operatorname{diag}(s)`: a symmetric (Jacobi) scaling as a pytree.
+
+    ``s`` is a leaf, so a new scaling (another damping) reuses the compiled Krylov loop.
+    """
+
+    _children = ("op", "scale")
+
+    def __init__(self, op: LinearOperator, scale):
+        self.op, self.scale = op, scale
+
+    size = property(lambda self: self.op.size)
+    dtype = property(lambda self: self.op.dtype)
+
+    def matvec(self, v):
+        return self.scale * self.op.matvec(self.scale * v)
+
+    def prepare(self):
+        mv, s = self.op.prepare(), self.scale
+        return lambda v: s * mv(s * v)
+
+
+@dataclasses.dataclass
+class _ProblemState:
+    """What one problem needs, computed once: the operator, its dense form and diagonal."""
+
+    op: LinearOperator
+    label: str
+    dense: np.ndarray | None
+    diag: np.ndarray | None
+    eigenvalues: np.ndarray | None = None  # of ``dense``, computed on first use
+    diag_estimates: dict = dataclasses.field(default_factory=dict)
+
+
+class SpectrumResult(NamedTuple):
+    """Everything :func:`curvlab.plots.spectrum_figure` draws.
+
+    Attributes
+    ----------
+    problem, label : str
+        Problem key and readable name.
+    n : int
+        Operator size.
+    damping : float
+        :math:`\\lambda`.
+    preconditioned, reorthogonalize : bool
+    num_steps : int
+        Lanczos steps taken.
+    ritz_history : ndarray, shape (num_steps, num_steps)
+        Row ``j``: Ritz values after step ``j + 1``, ascending, NaN-padded.
+    grid, density, density_stderr : ndarray
+        SLQ density of the spectrum on ``grid`` and its standard error.
+    slq_steps, num_probes : int
+        Lanczos steps per probe and probes behind the density.
+    exact_eigenvalues : ndarray or None
+        Eigenvalues of the dense operator (``n <= 500``), ascending.
+    lambda_min, lambda_max, kappa : float
+        Estimates from the final Ritz values; ``kappa`` is NaN unless ``lambda_min > 0``.
+    ghosts : ndarray of bool, shape like ``ritz_history``
+        Ritz values that duplicate the next larger one to ``10 ε^{2/3}`` (relative) of the
+        operator's dtype (:func:`curvlab.plots.ghost_mask`): ghost copies.
+    num_copies_max : int
+        Final Ritz values that coincide with the largest one (``> 1``: ghosts).
+    message : str
+        Status of the Lanczos run.
+    """
+
+    problem: str
+    label: str
+    n: int
+    damping: float
+    preconditioned: bool
+    reorthogonalize: bool
+    num_steps: int
+    ritz_history: np.ndarray
+    grid: np.ndarray
+    density: np.ndarray
+    density_stderr: np.ndarray
+    slq_steps: int
+    num_probes: int
+    exact_eigenvalues: np.ndarray | None
+    lambda_min: float
+    lambda_max: float
+    kappa: float
+    ghosts: np.ndarray
+    num_copies_max: int
+    message: str
+
+
+#: Lanczos step counts actually run (the first ``num_steps`` are kept): one compilation per bucket.
+STEP_BUCKETS = (25, 50, 100, 200)
+#: Lanczos steps per SLQ probe: the bucket of ``num_steps`` among these (SLQ's dense
+#: ``eigh`` of every probe's ``T`` costs ``O(m^3)``, so the density stops refining at 50 steps).
+SLQ_STEP_BUCKETS = (10, 25, 50)
+#: Probe counts actually drawn for SLQ (the first ``num_probes`` are averaged).
+PROBE_BUCKETS = (5, 10, 20, 50)
+
+
+def _bucket(k: int, buckets: tuple[int, ...]) -> int:
+    """Smallest bucket ``>= k`` (``k`` itself above the largest)."""
+    return next((b for b in buckets if b >= k), k)
+
+
+def _ritz_history(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Row ``j``: eigenvalues of the leading ``(j+1) x (j+1)`` block of ``T`` (ascending, NaN-padded).
+
+    The same numbers as ``LanczosResult.ritz_history``, by LAPACK's tridiagonal
+    solver on the host (milliseconds for ``k = 200``).
+    """
+    k = alpha.shape[0]
+    R = np.full((k, k), np.nan)
+    for j in range(k):
+        if j == 0:
+            R[0, 0] = alpha[0]
+        else:
+            R[j, : j + 1] = eigvalsh_tridiagonal(alpha[: j + 1], beta[:j])
+    return R
+
+
+def _ghost_rtol(dtype) -> float:
+    """Relative gap below which two Ritz values count as copies: ``10 ε^{2/3}`` of the working dtype."""
+    return 10 * float(jnp.finfo(dtype).eps) ** (2 / 3)
+
+
+def _copies_of_max(ghosts_last_row: np.ndarray, num_finite: int) -> int:
+    """1 + the number of Ritz values below the largest one that duplicate it (a chain of ghosts)."""
+    copies = 1
+    for i in range(num_finite - 2, -1, -1):
+        if not ghosts_last_row[i]:
+            break
+        copies += 1
+    return copies if num_finite else 0
+
+
+class SpectrumExplorer(Explorer):
+    """Lanczos Ritz values, the SLQ density and the exact spectrum of a curvature operator.
+
+    Parameters
+    ----------
+    operator : LinearOperator or square array, optional
+        Adds the problem ``"custom"`` (selected at start) showing this operator.
+    mlp_hidden : tuple of int
+        Hidden widths of the digits MLP (default ``(6,)``: 460 parameters, small
+        enough for the exact spectrum).
+    mlp_examples : int
+        Training examples the MLP Hessian averages over.
+
+    Controls (attributes)
+    ---------------------
+    problem, kappa, n, num_steps, num_probes, damping, preconditioned, reorthogonalize
+
+    Examples
+    --------
+    >>> ex = SpectrumExplorer()  # doctest: +SKIP
+    >>> ex.damping.value = 1.0  # the figure updates at once  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        operator: LinearOperator | None = None,
+        *,
+        mlp_hidden: tuple[int, ...] = (6,),
+        mlp_examples: int = 256,
+    ):
+        super().__init__()
+        self._custom = None if operator is None else as_operator(operator)
+        self._mlp_hidden = tuple(int(h) for h in mlp_hidden)
+        self._mlp_examples = int(mlp_examples)
+        self._quadratics: collections.OrderedDict = collections.OrderedDict()
+        self._fixed: dict[str, _ProblemState] = {}
+        self._lanczos_key = jax.random.key(0)
+        self._slq_key = jax.random.key(1)
+        # the problems' operators are built once, here (dense references on first use)
+        self._fixed["mlp"] = self._operator_state("mlp")
+        if self._custom is not None:
+            self._fixed["custom"] = self._operator_state("custom")
+
+        options = [(label, key) for key, label in PROBLEMS.items() if key != "custom" or operator is not None]
+        self.problem = widgets.Dropdown(
+            options=options, value="custom" if operator is not None else "strakos", description="problem"
+        )
+        self.kappa = widgets.FloatLogSlider(
+            value=1e3, base=10, min=1, max=6, step=0.1, description="κ", readout_format=".3g"
+        )
+        self.n = widgets.IntSlider(value=100, min=10, max=EXACT_MAX_N, step=10, description="n")
+        self.num_steps = widgets.IntSlider(value=60, min=2, max=200, step=1, description="Lanczos steps")
+        self.num_probes = widgets.IntSlider(value=10, min=1, max=50, step=1, description="probes")
+        self.damping = widgets.FloatSlider(
+            value=0.0, min=0.0, max=10.0, step=0.01, description="damping λ", readout_format=".2f"
+        )
+        self.preconditioned = widgets.Checkbox(
+            value=False, description="Jacobi preconditioner (what CG sees)"
+        )
+        self.reorthogonalize = widgets.Checkbox(value=True, description="reorthogonalize")
+        self.problem.observe(self._sync_enabled, names="value")
+        self._sync_enabled()
+        self._setup(
+            {
+                "problem": self.problem,
+                "kappa": self.kappa,
+                "n": self.n,
+                "num_steps": self.num_steps,
+                "num_probes": self.num_probes,
+                "damping": self.damping,
+                "preconditioned": self.preconditioned,
+                "reorthogonalize": self.reorthogonalize,
+            },
+            go.FigureWidget(),
+        )
+
+    # -- problems -----------------------------------------------------------
+    def _sync_enabled(self, change=None):
+        quad = self.problem.value in QUADRATICS
+        self.kappa.disabled = not quad
+        self.n.disabled = not quad
+
+    def _state(self, problem: str, kappa, n) -> _ProblemState:
+        """Build (once) and cache the operator, dense matrix and diagonal of a problem."""
+        if problem in QUADRATICS:
+            key = (problem, float(kappa), int(n))
+            if key in self._quadratics:
+                self._quadratics.move_to_end(key)
+                return self._quadratics[key]
+            lam = strakos_eigenvalues(n, kappa) if problem == "strakos" else np.geomspace(1.0, kappa, n)
+            p = problems.quadratic(eigenvalues=lam, key=jax.random.PRNGKey(int(n)))
+            dense = np.asarray(p.matrix, dtype=np.float64)
+            state = _ProblemState(
+                as_operator(p.matrix), f"{PROBLEMS[problem]}, κ = {kappa:.3g}, n = {n}", dense, np.diag(dense)
+            )
+            self._quadratics[key] = state
+            while len(self._quadratics) > 8:
+                self._quadratics.popitem(last=False)
+            return state
+        if problem not in ("mlp", "custom"):
+            raise ValueError(f"problem must be one of {list(PROBLEMS)}, got {problem!r}")
+        if problem == "custom" and self._custom is None:
+            raise ValueError("problem 'custom' needs SpectrumExplorer(operator=...)")
+        if problem not in self._fixed:
+            self._fixed[problem] = self._operator_state(problem)
+        state = self._fixed[problem]
+        if state.dense is None and state.op.size <= EXACT_MAX_N:
+            # the dense reference (n matvecs) is built on first use, then kept
+            state.dense = np.asarray(state.op.to_dense(), dtype=np.float64)
+            state.diag = np.diag(state.dense)
+        return state
+
+    def _operator_state(self, problem: str) -> _ProblemState:
+        """The MLP Hessian or the user's operator, without its dense form."""
+        if problem == "mlp":
+            p = problems.mlp(hidden=self._mlp_hidden, num_examples=self._mlp_examples)
+            op = hessian_operator(p.loss, p.x0, p.batch)
+            label = f"MLP {'-'.join(map(str, (64, *self._mlp_hidden, 10)))} Hessian at init (n = {op.size})"
+        else:
+            op = self._custom
+            label = f"your operator (n = {op.size})"
+        return _ProblemState(op, label, None, None)
+
+    @staticmethod
+    def _diagonal(state: _ProblemState, num_probes: int) -> np.ndarray:
+        """Exact diagonal where available, else a Hutchinson estimate (cached per probe count)."""
+        if state.diag is not None:
+            return state.diag
+        try:
+            state.diag = np.asarray(state.op.diagonal(), dtype=np.float64)
+            return state.diag
+        except NotImplementedError:
+            if num_probes not in state.diag_estimates:
+                est = estimate_diagonal(state.op, num_probes=num_probes, key=jax.random.key(2))
+                state.diag_estimates[num_probes] = np.asarray(est.value, dtype=np.float64)
+            return state.diag_estimates[num_probes]
+
+    # -- compute / render -----------------------------------------------------
+    def compute(
+        self,
+        *,
+        problem: str,
+        kappa: float,
+        n: int,
+        num_steps: int,
+        num_probes: int,
+        damping: float,
+        preconditioned: bool,
+        reorthogonalize: bool,
+    ) -> SpectrumResult:
+        """Lanczos, SLQ and (small ``n``) the exact spectrum of :math:`P^{-1/2}(A + \\lambda I)P^{-1/2}`."""
+        if problem not in PROBLEMS:
+            raise ValueError(f"problem must be one of {list(PROBLEMS)}, got {problem!r}")
+        damping = float(damping)
+        if not math.isfinite(damping):
+            raise ValueError(f"damping must be finite, got {damping}")
+        if problem in QUADRATICS:
+            kappa = float(kappa)
+            if not (math.isfinite(kappa) and kappa >= 1):
+                raise ValueError(f"kappa must be a finite number >= 1, got {kappa}")
+            n = int(n)
+            if n < 2:
+                raise ValueError(f"n must be >= 2, got {n}")
+        num_steps, num_probes = int(num_steps), int(num_probes)
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if num_probes < 1:
+            raise ValueError(f"num_probes must be >= 1, got {num_probes}")
+
+        state = self._state(problem, kappa, n)
+        size = state.op.size
+        dtype = state.op.dtype
+        if preconditioned:
+            d = np.abs(self._diagonal(state, num_probes) + damping)
+            d = np.maximum(d, 1e-12 * max(float(np.max(d)), 1e-300))
+            scale = 1.0 / np.sqrt(d)
+        else:
+            scale = np.ones(size)
+        op = _CongruenceOperator(state.op.damped(damping), jnp.asarray(scale, dtype))
+
+        # Static shapes: the jitted loops compile once per bucket, not per slider value.
+        # Lanczos runs ``_bucket(k)`` steps and keeps the first k: T_k is the leading block
+        # of T_B, so the Ritz history is exactly that of a k-step run.
+        k = num_steps
+        lres = lanczos(
+            op,
+            _bucket(k, STEP_BUCKETS),
+            key=self._lanczos_key,
+            reorthogonalize=bool(reorthogonalize),
+            history=False,
+        )
+        taken = min(k, int(lres.num_steps))
+        alpha = np.asarray(lres.alpha, dtype=np.float64)[:taken]
+        beta = np.asarray(lres.beta, dtype=np.float64)[: max(taken - 1, 0)]
+        ritz = _ritz_history(alpha, beta)
+        final = ritz[-1][np.isfinite(ritz[-1])]
+        ghosts = plots.ghost_mask(ritz, rtol=_ghost_rtol(dtype))
+        if int(lres.num_steps) < k:
+            message = f"{taken} steps: {lres.message}"
+        else:
+            message = f"{taken} steps: completed all requested Lanczos steps"
+
+        # SLQ: probes are drawn in buckets and the first ``num_probes`` are averaged
+        slq_steps = min(_bucket(k, SLQ_STEP_BUCKETS), SLQ_STEP_BUCKETS[-1], size)
+        sd = spectral_density(
+            op, num_probes=_bucket(num_probes, PROBE_BUCKETS), num_steps=slq_steps, key=self._slq_key
+        )
+        per_probe = np.asarray(sd.per_probe_density, dtype=np.float64)[:num_probes]
+        density = per_probe.mean(axis=0)
+        if num_probes > 1:
+            stderr = per_probe.std(axis=0, ddof=1) / math.sqrt(num_probes)
+        else:
+            stderr = np.full_like(density, np.nan)
+
+        exact = None
+        if state.dense is not None:
+            if preconditioned:
+                B = scale[:, None] * (state.dense + damping * np.eye(size)) * scale[None, :]
+                exact = np.linalg.eigvalsh((B + B.T) / 2)
+            else:  # A + λI has exactly the eigenvalues λ_i(A) + λ
+                exact = self._eigenvalues(state) + damping
+
+        lmin, lmax = (float(final[0]), float(final[-1])) if final.size else (math.nan, math.nan)
+        return SpectrumResult(
+            problem=problem,
+            label=state.label,
+            n=size,
+            damping=damping,
+            preconditioned=bool(preconditioned),
+            reorthogonalize=bool(reorthogonalize),
+            num_steps=taken,
+            ritz_history=ritz,
+            grid=np.asarray(sd.grid, dtype=np.float64),
+            density=density,
+            density_stderr=stderr,
+            slq_steps=slq_steps,
+            num_probes=num_probes,
+            exact_eigenvalues=exact,
+            lambda_min=lmin,
+            lambda_max=lmax,
+            kappa=lmax / lmin if lmin > 0 else float("nan"),
+            ghosts=ghosts,
+            num_copies_max=_copies_of_max(ghosts[-1], final.size),
+            message=message,
+        )
+
+    @staticmethod
+    def _eigenvalues(state: _ProblemState) -> np.ndarray:
+        """Dense ``eigh`` of the undamped operator (computed once per problem)."""
+        if state.eigenvalues is None:
+            state.eigenvalues = np.linalg.eigvalsh((state.dense + state.dense.T) / 2)
+        return state.eigenvalues
+
+    def _render(self, result: SpectrumResult) -> None:
+        density_title = f"SLQ density ({result.num_probes} probes × {result.slq_steps} steps)"
+        title = result.label
+        if result.preconditioned:
+            title += ", Jacobi-preconditioned"
+        if result.damping:
+            title += f", damping λ = {result.damping:g}"
+        fig = self.figure
+        data = {
+            **plots.ritz_data(
+                result.ritz_history, exact_eigenvalues=result.exact_eigenvalues, ghosts=result.ghosts
+            ),
+            **plots.density_data(
+                result.grid, result.density, result.density_stderr, exact_eigenvalues=result.exact_eigenvalues
+            ),
+        }
+        if [t.name for t in fig.data] != list(data):
+            # first render: build the figure once; later renders only replace data
+            new = plots.spectrum_figure(
+                result.ritz_history,
+                result.grid,
+                result.density,
+                result.density_stderr,
+                exact_eigenvalues=result.exact_eigenvalues,
+                ghosts=result.ghosts,
+                density_title=density_title,
+                title=title,
+            )
+            plots.update_figure(fig, new)
+        else:
+            for trace, props in zip(fig.data, data.values(), strict=True):
+                trace.update(props)
+            fig.layout.xaxis.range = [0, result.num_steps + 2.5]
+            fig.layout.annotations[1].text = density_title
+            fig.layout.title.text = title
+        self.readout.value = _readout(result)
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:.6g}"
+
+
+def _readout(r: SpectrumResult) -> str:
+    rows = [
+        ("λ<sub>min</sub> (Ritz)", _fmt(r.lambda_min)),
+        ("λ<sub>max</sub> (Ritz)", _fmt(r.lambda_max)),
+        ("κ estimate", _fmt(r.kappa) if r.lambda_min > 0 else "n/a (λ<sub>min</sub> ≤ 0: indefinite)"),
+    ]
+    if r.exact_eigenvalues is not None:
+        e = r.exact_eigenvalues
+        rows.append(("exact λ<sub>min</sub>, λ<sub>max</sub>", f"{_fmt(float(e[0]))}, {_fmt(float(e[-1]))}"))
+        rows.append(("exact κ", _fmt(float(e[-1] / e[0])) if e[0] > 0 else "n/a (indefinite)"))
+    if r.num_copies_max > 1:
+        extra = r.num_copies_max - 1
+        rows.append(("ghosts", f"{extra} extra cop{'y' if extra == 1 else 'ies'} of λ<sub>max</sub>"))
+    rows.append(("Lanczos", r.message))
+    body = "".join(f"<tr><td>{k}</td><td><b>{v}</b></td></tr>" for k, v in rows)
+    return f"<table class='curvlab-readout'>{body}</table>"

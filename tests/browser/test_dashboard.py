@@ -1,0 +1,229 @@
+"""The Voila dashboard in headless Chromium: every tab renders, sliders update plot and numbers.
+
+Expected numbers are computed here with curvlab core calls (same problem, same
+settings as the explorer's defaults) and compared with what the page shows.
+The kernel computes in float32 and the readouts are rounded (4-6 significant
+digits), hence the relative tolerances. First-render time and slider latency
+are recorded in ``benchmarks/results/browser_timings.json`` (not asserted).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import curvlab as cl
+from curvlab import problems
+
+pytestmark = pytest.mark.browser
+
+NUM = r"[-+−]?(?:\d+\.?\d*|\.\d+)(?:e[-+−]?\d+)?"
+
+
+def numbers(text: str) -> list[float]:
+    return [float(s.replace("−", "-")) for s in re.findall(NUM, text)]
+
+
+def readout_row(text: str, label: str) -> str:
+    """The line of a readout table whose label cell starts with ``label``."""
+    for line in text.splitlines():
+        if line.strip().startswith(label):
+            return line
+    raise AssertionError(f"no readout row {label!r} in:\n{text}")
+
+
+def trace(data: list[dict], name: str) -> dict:
+    for t in data:
+        if t["name"] == name:
+            return t
+    raise AssertionError(f"no trace {name!r} in {[t['name'] for t in data]}")
+
+
+def seed_f(xy):
+    x, y = xy[0], xy[1]
+    return x**2 * y + jnp.sin(y)
+
+
+def assert_no_console_errors(dp):
+    assert dp.console_errors == [], f"console errors: {dp.console_errors}"
+
+
+@pytest.fixture(scope="module")
+def page(open_page, timings):
+    """One dashboard page shared by the per-tab tests (module scope keeps the suite short)."""
+    dp = open_page()
+    timings["first_render_s"] = round(dp.first_render_s, 3)
+    timings.setdefault("slider_latency_s", {})
+    return dp
+
+
+def move_and_time(dp, scope, control, timings, key, moves=3):
+    """Press ArrowRight ``moves`` times; record the median latency; return the final slider value."""
+    lat = []
+    value = None
+    for _ in range(moves):
+        value, dt = dp.press_slider(scope, control)
+        lat.append(dt)
+    timings["slider_latency_s"][key] = {
+        "median": round(statistics.median(lat), 4),
+        "all": [round(t, 4) for t in lat],
+    }
+    return value
+
+
+def test_curvature_tab(page, timings):
+    dp = page
+    scope = dp.select_tab("curvature", "Curvature")
+    x0 = trace(dp.plot_data(scope), "x")["x"][0]
+    x = move_and_time(dp, scope, "x", timings, "curvature.x")
+    assert x == pytest.approx(x0 + 0.03, abs=1e-6)
+    data = dp.plot_data(scope)
+    assert trace(data, "x")["x"] == pytest.approx([x], abs=1e-9)
+    point = jnp.asarray([x, 0.5])
+    v = jnp.asarray([1.0, 0.0])  # angle 0
+    curv = float(cl.directional_curvature(seed_f, point, v))
+    hv = np.asarray(cl.hvp(seed_f, point, v))
+    text = dp.readout(scope)
+    assert numbers(readout_row(text, "vᵀHv"))[-1] == pytest.approx(curv, rel=1e-3)
+    assert numbers(readout_row(text, "Hv"))[:2] == pytest.approx(hv.tolist(), rel=1e-3, abs=1e-6)
+    r = dp.page.eval_on_selector(  # polar trace: r holds |curvature|
+        f"{scope} .js-plotly-plot",
+        "(el) => Array.from(el.data.find(t => t.name === 'current v').r)",
+    )
+    assert r == pytest.approx([abs(curv)], rel=1e-4)
+    assert_no_console_errors(dp)
+
+
+def test_finite_difference_tab(page, timings):
+    dp = page
+    scope = dp.select_tab("finite-difference", "Finite differences")
+    x = move_and_time(dp, scope, "x", timings, "finite_difference.x")
+    y = dp.slider_value(scope, "y")
+    th = math.radians(dp.slider_value(scope, "angle"))
+    p = jnp.asarray([x, y])
+    v = jnp.asarray([math.cos(th), math.sin(th)])
+    hv_norm = float(jnp.linalg.norm(cl.hvp(seed_f, p, v)))
+    text = dp.readout(scope)
+    row = readout_row(text, "point")
+    assert re.search(r"‖Hv‖ = (\S+)", row), row
+    shown = float(re.search(r"‖Hv‖ = (\S+)", row).group(1).replace("−", "-"))
+    assert shown == pytest.approx(hv_norm, rel=2e-3)
+    # the default step of the central scheme, as the core chooses it for float32
+    p32, v32 = p.astype(jnp.float32), v.astype(jnp.float32)
+    eps = float(cl.fd_default_eps(p32, v32, "central"))
+    data = dp.plot_data(scope)
+    assert trace(data, "default ε (central)")["x"] == pytest.approx([eps], rel=1e-3)
+    assert_no_console_errors(dp)
+
+
+def test_spectrum_tab(page, timings):
+    dp = page
+    scope = dp.select_tab("spectrum", "Spectrum")
+    lam = move_and_time(dp, scope, "damping", timings, "spectrum.damping")
+    assert lam == pytest.approx(0.03, abs=1e-9)
+    from curvlab.widgets.spectrum import strakos_eigenvalues
+
+    q = problems.quadratic(eigenvalues=strakos_eigenvalues(100, 1e3), key=jax.random.PRNGKey(100))
+    exact = np.linalg.eigvalsh(np.asarray(q.matrix, dtype=np.float64)) + lam
+    text = dp.readout(scope)
+    shown = numbers(readout_row(text, "exact λ").split("max", 1)[1])
+    assert shown == pytest.approx([exact[0], exact[-1]], rel=1e-4)
+    hist = trace(dp.plot_data(scope), "exact spectrum")["x"]
+    assert sorted(hist) == pytest.approx(exact.tolist(), rel=1e-4, abs=1e-5)
+    assert_no_console_errors(dp)
+
+
+def test_cg_tab(page, timings):
+    dp = page
+    scope = dp.select_tab("cg", "Conjugate gradient")
+    lam = move_and_time(dp, scope, "damping", timings, "cg.damping")
+    assert lam == pytest.approx(0.3, abs=1e-9)
+    q = problems.quadratic(condition_number=1e3, n=200, key=jax.random.PRNGKey(0))
+    A = np.asarray(q.matrix, dtype=np.float64)
+    w = np.linalg.eigvalsh((A + A.T) / 2) + lam
+    text = dp.readout(scope)
+    assert numbers(readout_row(text, "effective κ"))[-1] == pytest.approx(w[-1] / w[0], rel=2e-3)
+    # CG on the same damped system (curvlab core) converges; the page shows an iteration count
+    res = cl.cg(cl.DenseOperator(jnp.asarray(A)).damped(lam), jnp.asarray(q.b), rtol=1e-8)
+    assert int(res.num_iterations) > 0
+    assert numbers(readout_row(text, "iterations"))[0] > 0
+    assert_no_console_errors(dp)
+
+
+def test_hessian_free_tab(page, timings):
+    dp = page
+    scope = dp.select_tab("hessian-free", "Hessian-free")
+    before = dp.readout(scope)
+    start = time.perf_counter()
+    dp.page.locator(f"{scope} .curvlab-control-start-button").first.click()
+    dp.page.wait_for_function(
+        """([scope, before]) => {
+            const ro = document.querySelector(scope + ' .curvlab-readout');
+            return ro && ro.innerText !== before && ro.querySelector('table') !== null;
+        }""",
+        arg=[scope, before],
+        timeout=180_000,
+    )
+    timings["hessian_free_first_result_s"] = round(time.perf_counter() - start, 3)
+    data = dp.plot_data(scope)
+    ys = [y for t in data if t["y"] for y in t["y"] if isinstance(y, (int, float))]
+    assert ys and all(math.isfinite(y) for y in ys)
+    assert_no_console_errors(dp)
+
+
+def test_bad_formula_shows_error_and_page_keeps_working(page):
+    dp = page
+    scope = dp.select_tab("curvature", "Curvature")
+    dp.page.select_option(f"{scope} .curvlab-control-problem select", label="custom formula")
+    dp.page.wait_for_function(
+        "(s) => document.querySelector(s + ' .curvlab-readout').innerText.includes('0.5')", arg=scope
+    )
+    box = dp.page.locator(f"{scope} .curvlab-control-formula input").first
+    box.fill("x^^2 + (y")
+    box.press("Enter")
+    dp.page.locator(f"{scope} .curvlab-control-apply").first.click()
+    dp.page.wait_for_selector(f"{scope} .curvlab-error", state="visible")
+    assert "rror" in dp.error_text(scope)
+    # back to a good function: the error goes and a slider updates the plot again
+    dp.page.select_option(f"{scope} .curvlab-control-problem select", label="x²y + sin y (seed example)")
+    dp.page.wait_for_selector(f"{scope} .curvlab-error", state="hidden")
+    x, _ = dp.press_slider(scope, "x")
+    assert trace(dp.plot_data(scope), "x")["x"] == pytest.approx([x], abs=1e-9)
+    assert_no_console_errors(dp)
+
+
+def test_two_pages_at_once_and_closed_pages_free_their_kernel(open_page, dashboard_server, timings):
+    a = open_page()
+    b = open_page()
+    timings["second_and_third_page_first_render_s"] = [round(a.first_render_s, 3), round(b.first_render_s, 3)]
+    ka, kb = a.kernel_id(), b.kernel_id()
+    assert ka != kb
+    assert dashboard_server.kernel_alive(ka) and dashboard_server.kernel_alive(kb)
+    for dp in (a, b):  # both pages respond on their own kernel
+        scope = ".curvlab-tab-curvature .curvlab-explorer"
+        x, _ = dp.press_slider(scope, "x")
+        assert trace(dp.plot_data(scope), "x")["x"] == pytest.approx([x], abs=1e-9)
+    a.close()
+    deadline = time.monotonic() + 60
+    while dashboard_server.kernel_alive(ka) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not dashboard_server.kernel_alive(ka), "the closed page's kernel is still running"
+    assert dashboard_server.kernel_alive(kb), "closing one page must not stop another page's kernel"
+    # and page b still works
+    scope = ".curvlab-tab-curvature .curvlab-explorer"
+    x, _ = b.press_slider(scope, "x")
+    assert trace(b.plot_data(scope), "x")["x"] == pytest.approx([x], abs=1e-9)
+    b.close()
+    deadline = time.monotonic() + 60
+    while dashboard_server.kernel_alive(kb) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not dashboard_server.kernel_alive(kb)
+    assert_no_console_errors(a)
+    assert_no_console_errors(b)

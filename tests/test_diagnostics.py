@@ -1,0 +1,467 @@
+"""Tests of curvlab.diagnostics: dataset-averaged curvature operators and the curvature report.
+
+Every number is checked in float64 against a dense reference (``numpy.linalg.eigh``
+of ``jax.hessian`` of the full-batch loss, or the dense GGN / empirical Fisher).
+Expensive ``diagnose`` calls are module-scoped fixtures so that each compiles once.
+"""
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference import dense_hessian
+
+from curvlab.diagnostics import (
+    CurvatureReport,
+    dataset_operator,
+    diagnose,
+    diagnose_script,
+    sharpness_over_training,
+    summary_table,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+PLAIN = runpy.run_path(os.path.join(EXAMPLES, "plain_jax_mlp.py"))
+NNX = runpy.run_path(os.path.join(EXAMPLES, "flax_nnx_mlp.py"))
+EQX = runpy.run_path(os.path.join(EXAMPLES, "equinox_mlp.py"))
+
+# tight solver tolerance: eigenvalue errors are O(residual^2 / gap)
+OPTS = dict(k=2, num_probes=8, num_steps=40, tol=1e-10, progress=False)
+
+
+def plain_problem(num_examples=70):
+    return PLAIN["make_problem"](jnp.float64, num_examples=num_examples)
+
+
+def full_batch_hessian(p):
+    return dense_hessian(p["loss_fn"], p["params"], p["data"])
+
+
+@pytest.fixture(scope="module")
+def plain_report():
+    p = plain_problem()  # 70 examples, batches of 16: four full batches and a remainder of 6
+    n = 38
+    report = diagnose(**p, **OPTS, trace_probes=3 * n + 3, damping=0.0)
+    return p, report
+
+
+# ---------------------------------------------------------------------------
+# the dataset operator
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_examples, batch_size", [(64, 16), (70, 16), (70, 70), (70, 1000), (9, 2)])
+def test_dataset_average_equals_full_batch_hessian(num_examples, batch_size):
+    p = plain_problem(num_examples)
+    p["batch_size"] = batch_size
+    op = dataset_operator(p["loss_fn"], p["params"], p["data"], batch_size=batch_size)
+    np.testing.assert_allclose(np.asarray(op.to_dense()), full_batch_hessian(p), rtol=1e-10, atol=1e-12)
+
+
+def test_remainder_batch_is_weighted_not_averaged_equally():
+    # uniform weights over batches would differ from the full-batch Hessian when the last batch is smaller
+    p = plain_problem(70)
+    X, Y = p["data"]
+    batches = [(X[i : i + 16], Y[i : i + 16]) for i in range(0, 70, 16)]
+    uniform = sum(dense_hessian(p["loss_fn"], p["params"], b) for b in batches) / len(batches)
+    op = dataset_operator(p["loss_fn"], p["params"], batches)
+    dense = np.asarray(op.to_dense())
+    np.testing.assert_allclose(dense, full_batch_hessian(p), rtol=1e-10, atol=1e-12)
+    assert np.abs(dense - uniform).max() > 1e-3
+
+
+def _loader_forms(batches):
+    class Loader:  # an object whose __iter__ restarts, like a NumPy / torch loader
+        def __iter__(self):
+            return iter([tuple(np.asarray(a) for a in b) for b in batches])
+
+    def gen():
+        yield from batches
+
+    return {
+        "list": list(batches),
+        "generator function": gen,
+        "lambda": lambda: iter(batches),
+        "loader": Loader(),
+    }
+
+
+@pytest.mark.parametrize("form", ["list", "generator function", "lambda", "loader"])
+def test_iterable_data_matches_array_data(form):
+    p = plain_problem(70)
+    X, Y = p["data"]
+    batches = [(X[i : i + 16], Y[i : i + 16]) for i in range(0, 70, 16)]
+    data = _loader_forms(batches)[form]
+    a = dataset_operator(p["loss_fn"], p["params"], data)
+    b = dataset_operator(p["loss_fn"], p["params"], p["data"], batch_size=16)
+    np.testing.assert_allclose(np.asarray(a.to_dense()), np.asarray(b.to_dense()), rtol=1e-12, atol=1e-14)
+
+
+def test_one_shot_generator_is_refused():
+    p = plain_problem(32)
+    X, Y = p["data"]
+    gen = ((X[i : i + 8], Y[i : i + 8]) for i in range(0, 32, 8))
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        dataset_operator(p["loss_fn"], p["params"], gen)
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        dataset_operator(p["loss_fn"], p["params"], iter([(X, Y)]))
+
+
+def _dense_ggn(model_fn, out_loss, params, x, y):
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    J = jax.jacobian(lambda f: model_fn(unravel(f), x).ravel())(flat)
+    z = model_fn(params, x)
+    HL = jax.hessian(lambda o: out_loss(o.reshape(z.shape), y))(z.ravel())
+    return np.asarray(J.T @ HL @ J)
+
+
+@pytest.mark.parametrize("batch_size", [16, 32])
+def test_ggn_dataset_operator_matches_dense(batch_size):
+    p = plain_problem(70)
+    X, Y = p["data"]
+    op = dataset_operator(
+        None,
+        p["params"],
+        p["data"],
+        curvature="ggn",
+        batch_size=batch_size,
+        model_fn=p["model_fn"],
+        output_loss_fn=p["output_loss_fn"],
+    )
+    ref = _dense_ggn(p["model_fn"], p["output_loss_fn"], p["params"], X, Y)
+    np.testing.assert_allclose(np.asarray(op.to_dense()), ref, rtol=1e-10, atol=1e-12)
+    assert np.linalg.eigvalsh(ref).min() > -1e-12  # PSD, unlike the Hessian here
+    assert np.linalg.eigvalsh(full_batch_hessian(p)).min() < -0.1
+
+
+def _per_example(params, batch):
+    x, y = batch
+    out = PLAIN["model_fn"](params, x)
+    return 0.5 * jnp.sum((out - y) ** 2, axis=-1)
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_fisher_dataset_operator_matches_dense(explicit):
+    p = plain_problem(70)
+    X, Y = p["data"]
+    flat, unravel = jax.flatten_util.ravel_pytree(p["params"])
+    G = np.asarray(jax.jacobian(lambda f: _per_example(unravel(f), (X, Y)))(flat))
+    ref = G.T @ G / X.shape[0]
+    op = dataset_operator(
+        p["loss_fn"],
+        p["params"],
+        p["data"],
+        curvature="fisher",
+        batch_size=16,
+        per_example_loss_fn=_per_example if explicit else None,
+    )
+    np.testing.assert_allclose(np.asarray(op.to_dense()), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_checkpoint_gives_same_operator():
+    p = plain_problem(40)
+    a = dataset_operator(p["loss_fn"], p["params"], p["data"], batch_size=16, checkpoint=True)
+    np.testing.assert_allclose(np.asarray(a.to_dense()), full_batch_hessian(p), rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# the report, against dense references
+# ---------------------------------------------------------------------------
+
+
+def test_report_extreme_eigenvalues_match_eigh(plain_report):
+    p, r = plain_report
+    lam = np.linalg.eigvalsh(full_batch_hessian(p))
+    assert isinstance(r, CurvatureReport)
+    np.testing.assert_allclose(r.top_eigenvalues, lam[::-1][:2], rtol=1e-8)
+    np.testing.assert_allclose(r.bottom_eigenvalues, lam[:2], rtol=1e-8)
+    assert np.all(r.top_residuals < 1e-8) and np.all(r.bottom_residuals < 1e-8)
+    assert r.num_params == 38 and r.num_examples == 70 and r.num_batches == 5
+
+
+def test_report_trace_and_condition(plain_report):
+    p, r = plain_report
+    H = full_batch_hessian(p)
+    # Hutch++ with a sketch of >= n vectors captures the whole range: exact up to rounding
+    np.testing.assert_allclose(r.trace, np.trace(H), rtol=1e-8)
+    assert r.trace_stderr < 1e-8
+    assert np.isnan(r.condition_number)  # indefinite Hessian, no damping: no condition number
+
+
+def test_condition_number_with_damping(plain_report):
+    p, _ = plain_report
+    lam = np.linalg.eigvalsh(full_batch_hessian(p))
+    delta = 1.0 - lam[0]
+    # same arguments as the fixture but the damping: reuses the compiled solvers
+    r = diagnose(**p, **OPTS, trace_probes=3 * 38 + 3, damping=delta)
+    np.testing.assert_allclose(r.condition_number, (lam[-1] + delta) / (lam[0] + delta), rtol=1e-8)
+
+
+def test_gradient_curvature_and_loss(plain_report):
+    p, r = plain_report
+    H = full_batch_hessian(p)
+    g = np.asarray(jax.flatten_util.ravel_pytree(jax.grad(p["loss_fn"])(p["params"], p["data"]))[0])
+    np.testing.assert_allclose(r.gradient_curvature, g @ H @ g / (g @ g), rtol=1e-10)
+    np.testing.assert_allclose(r.gradient_norm, np.linalg.norm(g), rtol=1e-10)
+    np.testing.assert_allclose(r.loss, float(p["loss_fn"](p["params"], p["data"])), rtol=1e-12)
+
+
+def test_per_block_top_eigenvalue_and_trace(plain_report):
+    p, r = plain_report
+    H = full_batch_hessian(p)
+    assert [b.name for b in r.blocks] == ["['layer0']", "['layer1']"]
+    start = 0
+    for b in r.blocks:
+        Hbb = H[start : start + b.size, start : start + b.size]
+        np.testing.assert_allclose(b.top_eigenvalue, np.linalg.eigvalsh(Hbb)[-1], rtol=1e-8)
+        np.testing.assert_allclose(b.trace, np.trace(Hbb), rtol=1e-8)
+        start += b.size
+    assert start == r.num_params
+
+
+def test_negative_mass_estimates_fraction_of_negative_eigenvalues(plain_report):
+    p, r = plain_report
+    frac = np.mean(np.linalg.eigvalsh(full_batch_hessian(p)) < 0)
+    # 8 Rademacher probes, n = 38 steps (exact quadrature per probe): the per-probe mass
+    # z^T 1[H<0] z / n has standard deviation below 0.1 here, so the mean is within 0.15
+    assert abs(r.negative_mass - frac) < 0.15
+    assert 0 < r.negative_mass < 1
+
+
+def test_density_integrates_to_one(plain_report):
+    _, r = plain_report
+    mass = np.trapezoid(r.density, r.density_grid)
+    np.testing.assert_allclose(mass, 1.0, rtol=1e-6)
+    assert r.density_stderr.shape == r.density.shape
+
+
+def test_hvp_count(plain_report):
+    _, r = plain_report
+    # at least: gradient curvature (1) + the eigensolver + the trace budget + SLQ steps
+    assert r.num_operator_products >= 1 + 4 + (3 * 38 + 3) + 8
+    assert r.num_hvps == r.num_operator_products * r.num_batches
+
+
+def test_iterable_and_array_reports_agree(plain_report):
+    p, r = plain_report
+    X, Y = p["data"]
+    batches = [(X[i : i + 16], Y[i : i + 16]) for i in range(0, 70, 16)]
+    q = dict(p, data=batches)
+    del q["batch_size"]
+    r2 = diagnose(**q, **OPTS, trace_probes=3 * 38 + 3)
+    np.testing.assert_allclose(r2.top_eigenvalues, r.top_eigenvalues, rtol=1e-10)
+    np.testing.assert_allclose(r2.bottom_eigenvalues, r.bottom_eigenvalues, rtol=1e-10)
+    np.testing.assert_allclose(r2.trace, r.trace, rtol=1e-10)
+
+
+def test_float32_report():
+    p = PLAIN["make_problem"](jnp.float32, num_examples=70)
+    to64 = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), t)
+    lam = np.linalg.eigvalsh(dense_hessian(p["loss_fn"], to64(p["params"]), to64(p["data"])))
+    r = diagnose(**p, k=1, num_probes=4, num_steps=10, tol=1e-5, per_block=False, progress=False)
+    # float32: eigenvalues to a few units of 1e-5 relative (tol=1e-5; data rounded to float32)
+    np.testing.assert_allclose(r.top_eigenvalues[0], lam[-1], rtol=1e-4)
+    np.testing.assert_allclose(r.bottom_eigenvalues[0], lam[0], rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# frameworks
+# ---------------------------------------------------------------------------
+
+
+def test_flax_nnx_state_and_module():
+    from flax import nnx
+
+    prob = NNX["make_problem"](jnp.float64)
+    H = dense_hessian(prob["loss_fn"], prob["params"], prob["data"])
+    lam = np.linalg.eigvalsh(H)
+    r = diagnose(**prob, k=1, num_probes=4, num_steps=10, tol=1e-10, per_block=False, progress=False)
+    np.testing.assert_allclose(r.top_eigenvalues[0], lam[-1], rtol=1e-8)
+    np.testing.assert_allclose(r.bottom_eigenvalues[0], lam[0], rtol=1e-8)
+    # the module itself: split internally, same operator
+    model = NNX["make_model"](jnp.float64)
+    op = dataset_operator(NNX["module_loss"], model, prob["data"], batch_size=16)
+    np.testing.assert_allclose(np.asarray(op.to_dense()), H, rtol=1e-10, atol=1e-12)
+    assert isinstance(model, nnx.Module)
+
+
+def test_equinox_module_and_partition():
+    import equinox as eqx
+
+    prob = EQX["make_problem"](jnp.float64)
+    model = prob["params"]
+    arrays, static = eqx.partition(model, eqx.is_inexact_array)
+    part_loss = lambda a, b: EQX["loss_fn"](eqx.combine(a, static), b)
+    H = dense_hessian(part_loss, arrays, prob["data"])
+    r = diagnose(**prob, k=1, num_probes=4, num_steps=10, tol=1e-10, per_block=False, progress=False)
+    lam = np.linalg.eigvalsh(H)
+    np.testing.assert_allclose(r.top_eigenvalues[0], lam[-1], rtol=1e-8)
+    np.testing.assert_allclose(r.bottom_eigenvalues[0], lam[0], rtol=1e-8)
+    op = dataset_operator(part_loss, arrays, prob["data"], batch_size=16)
+    np.testing.assert_allclose(np.asarray(op.to_dense()), H, rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match="eqx.partition"):
+        dataset_operator(lambda p, b: 0.0, {"w": jnp.zeros(2), "act": jnp.tanh}, prob["data"])
+
+
+# ---------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------
+
+
+def test_to_dict_is_json_serializable(plain_report):
+    _, r = plain_report
+    d = json.loads(json.dumps(r.to_dict(), allow_nan=False))
+    for key in ("top_eigenvalues", "bottom_eigenvalues", "trace", "trace_stderr", "density"):
+        assert key in d
+    assert d["top_eigenvalues"] == pytest.approx(r.top_eigenvalues.tolist())
+    assert d["condition_number"] is None  # NaN becomes null
+    assert len(d["density"]["grid"]) == len(d["density"]["density"]) == r.density.size
+    assert [b["name"] for b in d["blocks"]] == [b.name for b in r.blocks]
+
+
+def test_figure_and_html(plain_report):
+    _, r = plain_report
+    fig = r.figure()
+    names = [t.name for t in fig.data]
+    assert "density" in names and "top eigenvalues" in names and "block λmax" in names
+    dens = next(t for t in fig.data if t.name == "density")
+    np.testing.assert_allclose(np.asarray(dens.y), r.density)
+    page = r.to_html()
+    assert page.startswith("<!DOCTYPE html>") and "plotly" in page.lower()
+    assert page.count("Plotly.newPlot") >= 1 and "curvlab-report-json" in page
+    assert "<script src=" not in page  # self-contained: plotly.js inlined
+
+
+def test_summary_table_and_sharpness_over_training(plain_report):
+    _, r = plain_report
+    text = summary_table(r)
+    assert "top eigenvalues" in text and "['layer0']" in text
+    fig = sharpness_over_training([r, r.to_dict()], steps=[10, 20])
+    assert list(fig.data[0].x) == [10, 20]
+    np.testing.assert_allclose(fig.data[0].y, [r.top_eigenvalues[0]] * 2)
+    with pytest.raises(ValueError, match="steps"):
+        sharpness_over_training([r], steps=[1, 2])
+
+
+def test_no_plotly_import():
+    code = "import curvlab.diagnostics, sys; print('plotly' in sys.modules, 'ipywidgets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------
+# argument errors
+# ---------------------------------------------------------------------------
+
+
+def test_argument_errors():
+    p = plain_problem(32)
+    loss, params, data = p["loss_fn"], p["params"], p["data"]
+    with pytest.raises(ValueError, match="curvature"):
+        dataset_operator(loss, params, data, curvature="newton")
+    with pytest.raises(ValueError, match="model_fn and output_loss_fn"):
+        dataset_operator(loss, params, data, curvature="ggn")
+    with pytest.raises(ValueError, match="batch_size"):
+        dataset_operator(loss, params, data, batch_size=0)
+    with pytest.raises(ValueError, match="no batches"):
+        dataset_operator(loss, params, [])
+    with pytest.raises(ValueError, match="leading"):
+        dataset_operator(loss, params, (data[0], data[1][:5]), batch_size=8)
+    with pytest.raises(ValueError, match="batch 1 has structure"):
+        dataset_operator(loss, params, [data, {"x": data[0]}])
+    with pytest.raises(ValueError, match="must return a scalar"):
+        dataset_operator(lambda w, b: PLAIN["model_fn"](w, b[0]), params, data)
+    with pytest.raises(ValueError, match="params and data match"):
+        dataset_operator(loss, params, (data[0][:, :2], data[1]), batch_size=8)
+    with pytest.raises(ValueError, match="k = 38"):
+        diagnose(loss, params, data, k=38, progress=False)
+    with pytest.raises(ValueError, match="damping"):
+        diagnose(loss, params, data, damping=-1.0, progress=False)
+    with pytest.raises(TypeError, match="num_probes"):
+        diagnose(loss, params, data, num_probes=2.5, progress=False)
+
+
+# ---------------------------------------------------------------------------
+# scripts (the CLI's entry point)
+# ---------------------------------------------------------------------------
+
+
+def test_diagnose_script_writes_report(tmp_path, capsys):
+    out = tmp_path / "report.html"
+    r = diagnose_script(
+        os.path.join(EXAMPLES, "plain_jax_mlp.py"),
+        out,
+        k=1,
+        num_probes=4,
+        num_steps=8,
+        per_block=False,
+        progress=False,
+    )
+    assert isinstance(r, CurvatureReport) and out.exists()
+    assert "top eigenvalues" in capsys.readouterr().out
+    assert "Plotly.newPlot" in out.read_text()
+    r.save(tmp_path / "report.json")
+    assert json.loads((tmp_path / "report.json").read_text())["num_params"] == r.num_params
+
+
+SCRIPT_OK = """
+import jax.numpy as jnp
+X = jnp.arange(12.0).reshape(6, 2) / 10
+def loss_fn(w, batch):
+    return jnp.mean((batch[0] @ w - batch[1]) ** 2)
+def problem():
+    return loss_fn, jnp.zeros(2), (X, jnp.ones(6))
+"""
+
+
+def test_diagnose_script_object_spec(tmp_path):
+    path = tmp_path / "prob.py"
+    path.write_text(SCRIPT_OK)
+    r = diagnose_script(
+        f"{path}:problem", None, k=1, num_probes=4, num_steps=2, per_block=False, progress=False
+    )
+    X = np.arange(12.0).reshape(6, 2) / 10
+    np.testing.assert_allclose(r.top_eigenvalues[0], np.linalg.eigvalsh(2 * X.T @ X / 6)[-1], rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "body, spec, exc, match",
+    [
+        ("x = 1\n", "", ValueError, "defines no loss_fn, params, data"),
+        (SCRIPT_OK, ":nothing", ValueError, "defines no name 'nothing'"),
+        (SCRIPT_OK, ":X", TypeError, "must be \\(or return\\)"),
+        (
+            "import jax.numpy as jnp\nloss_fn = lambda w, b: b[0] @ w\nparams = jnp.zeros(2)\n"
+            "data = (jnp.ones((4, 2)), jnp.ones(4))\n",
+            "",
+            ValueError,
+            "must return a scalar",
+        ),
+        (
+            "import jax.numpy as jnp\nloss_fn = lambda w, b: jnp.mean(b[0] @ w)\nparams = jnp.zeros(3)\n"
+            "data = (jnp.ones((4, 2)), jnp.ones(4))\n",
+            "",
+            ValueError,
+            "Check that params and data match",
+        ),
+    ],
+)
+def test_diagnose_script_errors(tmp_path, body, spec, exc, match):
+    path = tmp_path / "prob.py"
+    path.write_text(body)
+    with pytest.raises(exc, match=match):
+        diagnose_script(f"{path}{spec}", None, progress=False)
+
+
+def test_diagnose_script_bad_out_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=r"\.html or \.json"):
+        diagnose_script(os.path.join(EXAMPLES, "plain_jax_mlp.py"), tmp_path / "r.txt")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        diagnose_script(str(tmp_path / "nope.py"), None)

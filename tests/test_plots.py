@@ -1,0 +1,111 @@
+"""curvlab.plots: pure figure builders."""
+
+import jax.numpy as jnp
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from plotly.subplots import make_subplots
+
+from curvlab import plots
+
+
+def seed(p):
+    return p[0] ** 2 * p[1] + jnp.sin(p[1])
+
+
+def names(fig):
+    return [t.name for t in fig.data]
+
+
+def test_contour_figure_traces_and_arrows():
+    g, hv = np.array([3.0, -4.0]), np.array([0.0, 2.0])
+    fig = plots.contour_figure(
+        seed, (-2, 2, -1, 1), [1.0, 0.5], [1.0, 0.0], g, hv,
+        eigenvalues=[-1.0, 2.0], eigenvectors=np.eye(2), resolution=21,
+    )  # fmt: skip
+    assert isinstance(fig, go.Figure)
+    assert names(fig) == ["f", "eigvec 1", "eigvec 2", "v", "∇f", "Hv", "x"]
+    contour = fig.data[0]
+    assert np.asarray(contour.z).shape == (21, 21)
+    i, j = 7, 13
+    expected = float(seed(jnp.array([contour.x[j], contour.y[i]])))
+    assert np.asarray(contour.z)[i, j] == pytest.approx(expected, rel=1e-12)
+    arrow = fig.data[names(fig).index("∇f")]
+    np.testing.assert_allclose(arrow.customdata[0][:2], g)
+    assert arrow.customdata[0][2] == pytest.approx(5.0)
+    d = np.array([arrow.x[1] - arrow.x[0], arrow.y[1] - arrow.y[0]])
+    np.testing.assert_allclose(d / np.linalg.norm(d), g / 5.0, atol=1e-12)  # drawn along the gradient
+    assert np.linalg.norm(d) == pytest.approx(0.15 * 4)  # default length: 15% of the window
+    assert fig.layout.xaxis.title.text == "x"
+    html = fig.to_html(include_plotlyjs="cdn")
+    assert "plotly" in html and len(html) > 1000
+
+
+def test_contour_figure_precomputed_grid_and_log_levels():
+    xs, ys, Z = plots.contour_grid(seed, (-1, 1, -1, 1), resolution=5)
+    fig = plots.contour_figure(
+        None, (-1, 1, -1, 1), [0, 0], [1, 0], [1, 0], [0, 1], grid=(xs, ys, Z), log_levels=True
+    )
+    np.testing.assert_allclose(np.asarray(fig.data[0].z), np.log1p(Z - Z.min()))
+    with pytest.raises(ValueError, match="f or grid"):
+        plots.contour_figure(None, (-1, 1, -1, 1), [0, 0], [1, 0], [1, 0], [0, 1])
+    with pytest.raises(ValueError, match="2 entries"):
+        plots.contour_figure(None, (-1, 1, -1, 1), [0, 0, 0], [1, 0], [1, 0], [0, 1], grid=(xs, ys, Z))
+
+
+def test_polar_curvature_splits_sign():
+    theta = np.linspace(0, 360, 73)
+    H = np.diag([2.0, -1.0])
+    U = np.stack([np.cos(np.radians(theta)), np.sin(np.radians(theta))])
+    c = np.einsum("im,ij,jm->m", U, H, U)
+    fig = plots.polar_curvature_figure(
+        theta, c, [0.0, 90.0], eigenvalues=[2.0, -1.0], current_angle=30, current_curvature=1.25
+    )
+    assert names(fig) == ["vᵀHv > 0", "vᵀHv < 0", "eigen 1", "eigen 2", "current v"]
+    pos, neg = (np.array(fig.data[k].r, dtype=float) for k in (0, 1))
+    np.testing.assert_allclose(np.where(c >= 0, c, np.nan), pos)
+    np.testing.assert_allclose(np.where(c < 0, -c, np.nan), neg)
+    assert all(isinstance(t, go.Scatterpolar) for t in fig.data)
+    assert list(fig.data[2].theta) == [0.0, 0.0, 180.0]
+    assert fig.data[4].r[0] == 1.25
+    with pytest.raises(ValueError, match="same length"):
+        plots.polar_curvature_figure(theta[:3], c, None)
+
+
+def test_fd_error_figure():
+    e = np.logspace(-14, -1, 14)
+    fig = plots.fd_error_figure(
+        e, {"forward": e, "central": np.where(e > 1e-10, e**2, 0.0)}, {"fwd_rev": 1e-16, "rev_rev": 0.0},
+        {"∝ ε": e}, default_eps={"forward": (1e-8, 2e-8)},
+    )  # fmt: skip
+    assert names(fig) == ["forward", "central", "∝ ε", "AD fwd_rev", "AD rev_rev", "default ε (forward)"]
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+    assert min(fig.data[1].y) == 1e-18  # zeros drawn at the floor
+    assert list(fig.data[4].y) == [1e-18, 1e-18]
+    assert fig.data[5].x == (1e-8,)
+    assert "ε" in fig.layout.xaxis.title.text and "$" not in fig.layout.yaxis.title.text
+
+
+def test_directions_bar_and_slice():
+    fig = plots.directions_bar_figure(
+        {"random": np.array([1.0, 3.0]), "gradient": -2.0}, eigenvalue_range=(-3, 5)
+    )
+    assert names(fig) == ["curvature", "samples", "λ_min", "λ_max"]
+    assert list(fig.data[0].y) == [2.0, -2.0]
+    assert list(fig.data[1].y) == [1.0, 3.0]
+    t = np.linspace(-1, 1, 5)
+    fig = plots.slice_figure(t, t**2, 0.5 * t**2)
+    assert names(fig) == ["f(x + t v)", "quadratic model"]
+    with pytest.raises(ValueError, match="same length"):
+        plots.slice_figure(t, t[:2], t)
+
+
+def test_builders_draw_into_subplots_and_theme():
+    fig = make_subplots(1, 2, specs=[[{"type": "xy"}, {"type": "polar"}]])
+    plots.contour_figure(
+        seed, (-1, 1, -1, 1), [0, 0.5], [1, 0], [1, 0], [0, 1], resolution=5, fig=fig, row=1, col=1
+    )
+    plots.polar_curvature_figure([0, 90, 180], [1, -1, 1], fig=fig, row=1, col=2)
+    assert fig.data[-1].subplot == "polar"
+    themed = plots.apply_theme(go.Figure(), title="T", height=300)
+    assert themed.layout.title.text == "T" and themed.layout.height == 300

@@ -1,0 +1,240 @@
+"""SpectrumExplorer: set controls in Python, check the figure against the math (no browser)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("plotly")
+
+import jax.numpy as jnp  # noqa: E402
+
+from curvlab import plots  # noqa: E402
+from curvlab.operators import DenseOperator, DiagonalOperator  # noqa: E402
+from curvlab.widgets.spectrum import SpectrumExplorer, strakos_eigenvalues  # noqa: E402
+
+CONTROLS = (
+    "problem",
+    "kappa",
+    "n",
+    "num_steps",
+    "num_probes",
+    "damping",
+    "preconditioned",
+    "reorthogonalize",
+)
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    ex = SpectrumExplorer()
+    assert ex.error.value == "", ex.error.value
+    return ex
+
+
+@pytest.fixture
+def ex(explorer):
+    """The shared explorer reset to a small Strakoš quadratic (n = 50, κ = 1e3)."""
+    with explorer.hold_refresh():
+        explorer.problem.value = "strakos"
+        explorer.kappa.value = 1e3
+        explorer.n.value = 50
+        explorer.num_steps.value = 40
+        explorer.num_probes.value = 10
+        explorer.damping.value = 0.0
+        explorer.preconditioned.value = False
+        explorer.reorthogonalize.value = True
+    explorer.refresh()
+    assert explorer.error.value == ""
+    return explorer
+
+
+def trace(fig, name):
+    matches = [t for t in fig.data if t.name == name]
+    assert len(matches) == 1, [t.name for t in fig.data]
+    return matches[0]
+
+
+def arr(values):
+    return np.asarray(values, dtype=float)
+
+
+def test_constructs_with_defaults_and_exposes_controls(explorer):
+    for name in CONTROLS:
+        assert explorer.controls[name] is getattr(explorer, name)
+    assert set(explorer.values()) == set(CONTROLS)
+    names = [t.name for t in explorer.figure.data]
+    for expected in ("Ritz values", "ghost copies", "exact eigenvalues", "SLQ density", "exact spectrum"):
+        assert expected in names
+    assert "λ<sub>max</sub>" in explorer.readout.value
+    # the default shows a quadratic whose extreme eigenvalues Lanczos finds
+    r = explorer.last_result
+    assert r.exact_eigenvalues is not None
+    np.testing.assert_allclose(r.lambda_max, r.exact_eigenvalues[-1], rtol=1e-8)
+
+
+def test_exact_spectrum_is_the_prescribed_one_shifted_by_damping(ex):
+    prescribed = strakos_eigenvalues(50, 1e3)
+    for lam in (0.0, 2.5, 7.25):
+        ex.damping.value = lam
+        r = ex.last_result
+        np.testing.assert_allclose(r.exact_eigenvalues, prescribed + lam, rtol=1e-10, atol=1e-9)
+        rug = arr(trace(ex.figure, "exact eigenvalues").y)
+        np.testing.assert_allclose(np.sort(rug), prescribed + lam, rtol=1e-10, atol=1e-9)
+        np.testing.assert_allclose(
+            np.sort(arr(trace(ex.figure, "exact spectrum").x)), prescribed + lam, rtol=1e-10
+        )
+
+
+def test_damping_shifts_ritz_values_and_density_by_lambda(ex):
+    r0 = ex.last_result
+    ritz0 = arr(trace(ex.figure, "Ritz values").y)
+    lam = 3.5
+    ex.damping.value = lam
+    r1 = ex.last_result
+    ritz1 = arr(trace(ex.figure, "Ritz values").y)
+    scale = r0.lambda_max
+    # same start vector: the Krylov space is shift invariant, every Ritz value moves by λ
+    np.testing.assert_allclose(r1.lambda_min - r0.lambda_min, lam, atol=1e-8 * scale)
+    np.testing.assert_allclose(r1.lambda_max - r0.lambda_max, lam, atol=1e-8 * scale)
+    np.testing.assert_allclose(ritz1 - ritz0, lam, atol=1e-7 * scale)
+
+    # the SLQ density moves with it: its mean (trace / n estimate) shifts by λ
+    def mean(r):
+        x, y = r.grid, r.density
+        return np.trapezoid(x * y, x) / np.trapezoid(y, x)
+
+    np.testing.assert_allclose(mean(r1) - mean(r0), lam, atol=1e-3 * scale)
+    np.testing.assert_allclose(np.trapezoid(r1.density, r1.grid), 1.0, atol=1e-6)
+    assert "damping λ = 3.5" in ex.figure.layout.title.text
+
+
+def test_ritz_values_interlace_and_figure_matches_result(ex):
+    r = ex.last_result
+    assert r.ritz_history.shape == (40, 40)
+    e = r.exact_eigenvalues
+    finite = r.ritz_history[np.isfinite(r.ritz_history)]
+    assert finite.size == 40 * 41 // 2
+    # Cauchy interlacing: Ritz values lie inside the spectrum
+    assert finite.min() >= e[0] - 1e-9 * e[-1] and finite.max() <= e[-1] + 1e-9 * e[-1]
+    np.testing.assert_allclose(np.sort(arr(trace(ex.figure, "Ritz values").y)), np.sort(finite))
+    assert arr(trace(ex.figure, "Ritz values").x).max() == 40
+    ex.num_steps.value = 12
+    assert ex.last_result.ritz_history.shape == (12, 12)
+    assert arr(trace(ex.figure, "Ritz values").x).max() == 12
+    # fewer steps: the extreme Ritz values are less converged (never past the exact ones)
+    assert ex.last_result.lambda_max <= r.lambda_max + 1e-9 * e[-1]
+
+
+def test_lanczos_steps_truncation_is_exact(ex):
+    """k steps shown from a longer run equal a k-step run: compare with a direct lanczos call."""
+    from curvlab.lanczos import lanczos
+
+    ex.num_steps.value = 17
+    r = ex.last_result
+    A = DenseOperator(jnp.asarray(ex._state("strakos", 1e3, 50).dense))
+    direct = lanczos(A, 17, key=ex._lanczos_key)
+    np.testing.assert_allclose(r.ritz_history, np.asarray(direct.ritz_history), rtol=1e-9, atol=1e-9)
+
+
+def test_ghosts_appear_without_reorthogonalization_only(ex):
+    ex.n.value = 100
+    ex.num_steps.value = 80
+    on = ex.last_result
+    assert on.num_copies_max == 1
+    assert len(trace(ex.figure, "ghost copies").y) == 0
+    assert "ghosts" not in ex.readout.value
+    ex.reorthogonalize.value = False
+    off = ex.last_result
+    assert off.num_copies_max >= 2
+    ghosts = arr(trace(ex.figure, "ghost copies").y)
+    assert ghosts.size > 0
+    # the ghosts are copies of converged eigenvalues: each sits on an exact eigenvalue
+    e = off.exact_eigenvalues
+    dist = np.min(np.abs(ghosts[:, None] - e[None, :]), axis=1)
+    assert np.all(dist <= 1e-6 * e[-1])
+    assert "ghosts" in ex.readout.value
+    # the mask agrees with plots.ghost_mask (float64: its default tolerance)
+    assert plots.ghost_mask(off.ritz_history).sum() == ghosts.size == off.ghosts.sum()
+
+
+def test_preconditioned_spectrum_is_jacobi_scaled(ex):
+    ex.damping.value = 1.0
+    plain = ex.last_result
+    ex.preconditioned.value = True
+    r = ex.last_result
+    e = r.exact_eigenvalues
+    # D^{-1/2} (A + λI) D^{-1/2} has unit diagonal: its eigenvalues sum to n
+    np.testing.assert_allclose(e.sum(), 50.0, rtol=1e-10)
+    assert e[0] > 0
+    assert r.lambda_max <= e[-1] * (1 + 1e-9) and r.lambda_min >= e[0] * (1 - 1e-9)
+    assert not np.allclose(e, plain.exact_eigenvalues)
+    assert "Jacobi" in ex.figure.layout.title.text
+
+
+def test_kappa_changes_the_spectrum(ex):
+    ex.kappa.value = 1e4
+    np.testing.assert_allclose(ex.last_result.exact_eigenvalues, strakos_eigenvalues(50, 1e4), rtol=1e-10)
+    r = ex.last_result
+    np.testing.assert_allclose(r.lambda_max, 1e4, rtol=1e-10)
+    # Ritz values interlace, so the estimate never exceeds the true condition number
+    assert 1.0 < r.kappa <= 1e4 * (1 + 1e-10)
+    ex.problem.value = "geometric"
+    np.testing.assert_allclose(ex.last_result.exact_eigenvalues, np.geomspace(1, 1e4, 50), rtol=1e-10)
+
+
+def test_probes_change_the_density_band(ex):
+    ex.num_probes.value = 1
+    r1 = ex.last_result
+    assert np.all(np.isnan(r1.density_stderr))
+    ex.num_probes.value = 20
+    r20 = ex.last_result
+    assert r20.num_probes == 20 and np.all(np.isfinite(r20.density_stderr))
+    upper = arr(trace(ex.figure, "density + stderr").y)
+    np.testing.assert_allclose(upper, r20.density + r20.density_stderr)
+    assert "20 probes" in ex.figure.layout.annotations[1].text
+
+
+def test_mlp_hessian_spectrum(ex):
+    ex.problem.value = "mlp"
+    assert ex.error.value == "", ex.error.value
+    r = ex.last_result
+    assert r.n == 460 and ex.kappa.disabled and ex.n.disabled
+    e = r.exact_eigenvalues
+    assert e[0] < 0 < e[-1]  # the Hessian at initialization is indefinite
+    np.testing.assert_allclose(r.lambda_max, e[-1], rtol=1e-6)
+    assert np.isnan(r.kappa) and "indefinite" in ex.readout.value
+    ex.damping.value = 0.5
+    np.testing.assert_allclose(ex.last_result.lambda_max, e[-1] + 0.5, rtol=1e-6)
+    np.testing.assert_allclose(ex.last_result.exact_eigenvalues, e + 0.5, atol=1e-10)
+
+
+def test_custom_operator():
+    d = np.linspace(1.0, 30.0, 30)
+    ex = SpectrumExplorer(operator=DiagonalOperator(jnp.asarray(d)))
+    assert ex.problem.value == "custom" and ex.error.value == ""
+    np.testing.assert_allclose(ex.last_result.exact_eigenvalues, d)
+    ex.damping.value = 2.0
+    np.testing.assert_allclose(ex.last_result.exact_eigenvalues, d + 2.0)
+    np.testing.assert_allclose(ex.last_result.lambda_max, 32.0, rtol=1e-10)
+
+
+def test_compute_rejects_bad_values(ex):
+    base = ex.values()
+    for name, bad in (("num_steps", 0), ("num_probes", 0), ("damping", float("nan")), ("problem", "nope")):
+        with pytest.raises(ValueError, match=name if name != "problem" else "problem"):
+            ex.compute(**{**base, name: bad})
+
+
+def test_errors_go_to_the_error_area(ex, monkeypatch):
+    before = arr(trace(ex.figure, "Ritz values").y)
+
+    def boom(**controls):
+        raise ValueError("forced failure")
+
+    monkeypatch.setattr(ex, "compute", boom)
+    ex.damping.value = 1.0
+    assert "forced failure" in ex.error.value
+    np.testing.assert_array_equal(arr(trace(ex.figure, "Ritz values").y), before)
+    monkeypatch.undo()
+    ex.damping.value = 2.0
+    assert ex.error.value == ""

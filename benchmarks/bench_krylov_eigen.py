@@ -333,8 +333,17 @@ def main(argv=None):
             f"{t_top1:.2f} s, {r1.num_matvecs} HVPs, err {results['top1']['curvlab_relative_error']:.1e}",
         ),
         (
-            "  power iteration",
+            "  power iteration (PyHessian stop, 1e-4 change)",
             f"{t_pow:.2f} s, {int(it_pow)} HVPs, err {results['top1']['power_relative_error']:.1e}",
+        ),
+        (
+            "  curvlab eigsh tol=1e-2",
+            f"{t_tol2:.2f} s, {r2.num_matvecs} HVPs, "
+            f"err {results['top1']['curvlab_tol_1e-2_relative_error']:.1e}",
+        ),
+        (
+            "  power iteration until true error <= 1e-4",
+            f"{power_needed} HVPs, {results['top1']['power_seconds_to_reach_1e-4']} s",
         ),
     ]
     width = max(len(r[0]) for r in rows)

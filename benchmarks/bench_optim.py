@@ -9,7 +9,8 @@
    columns are each method's own termination with default tolerances tightened to 1e-8).
 2. **Deep narrow autoencoder on digits** (Martens 2010's pathological-curvature setting,
    :func:`curvlab.problems.autoencoder`, 64-32-16-6-16-32-64, logistic outputs, all 1797
-   digits, float32): Hessian-free (full-batch Gauss-Newton) against Adam and SGD with
+   digits, float32): Hessian-free (full-batch Gauss-Newton, without and with Martens'
+   diagonal preconditioner) against Adam and SGD with
    momentum 0.9 (optax, mini-batches of 128), at equal wall-clock budget. The first-order
    learning rates are picked from a small grid with a fifth of the budget each, then the
    best is rerun with the full budget. Compilation is done before the clock starts for
@@ -242,8 +243,9 @@ def bench_autoencoder(budget, quick):
     )
 
     hf_kw = dict(damping=1.0, cg_maxiter=250)
-    out["hf_config"] = {k: v for k, v in hf_kw.items()}
+    out["hf_config"] = dict(hf_kw)
     out["methods"]["HF (GGN)"] = run_hf(prob, budget, **hf_kw)
+    out["methods"]["HF (GGN, Martens precond.)"] = run_hf(prob, budget, preconditioner="martens", **hf_kw)
 
     grids = {
         "Adam": (lambda lr: optax.adam(lr), [1e-3, 3e-3, 1e-2, 3e-2] if not quick else [3e-3, 1e-2]),
@@ -268,10 +270,17 @@ def bench_autoencoder(budget, quick):
     for name, r in out["methods"].items():
         its = r.get("iterations", r.get("steps"))
         print(f"{name:28s} {r['final_loss']:>17.4f} {r['final_recon_error']:>13.4f} {its:>17d}")
-    hf = out["methods"]["HF (GGN)"]["final_loss"]
+    hf = min(r["final_loss"] for n, r in out["methods"].items() if n.startswith("HF"))
     adam = min(r["final_loss"] for n, r in out["methods"].items() if n.startswith("Adam"))
+    adam_min = min(
+        min(v for v in r["loss"] if v is not None) for n, r in out["methods"].items() if n.startswith("Adam")
+    )
+    out["adam_curve_min"] = adam_min
     out["hf_beats_adam"] = bool(hf < adam)
-    print(f"HF below the best Adam run: {out['hf_beats_adam']} ({hf:.4f} vs {adam:.4f})")
+    print(
+        f"best HF final loss below the best Adam run's final loss: {out['hf_beats_adam']} "
+        f"({hf:.4f} vs {adam:.4f}; lowest loss Adam's noisy curve touched: {adam_min:.4f})"
+    )
     return out
 
 

@@ -10,6 +10,8 @@ is cheap and never imports the optional widget stack.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -76,6 +78,13 @@ _EXPORTS = {
     "FormulaError": "curvlab.formula",
 }
 
+# Functions named like their module (``curvlab.hvp``, ``curvlab.lanczos``, ``curvlab.cg``):
+# import them eagerly. Python binds ``curvlab.<module>`` to the submodule the first time it is
+# imported, which would otherwise shadow the function of the same name.
+from curvlab.hvp import hvp  # noqa: E402
+from curvlab.lanczos import lanczos  # noqa: E402
+from curvlab.cg import cg  # noqa: E402
+
 __all__ = sorted(_EXPORTS) + ["problems", "preconditioners"]
 
 
@@ -91,3 +100,19 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``curvlab.cg`` and ``curvlab.lanczos`` the functions when their submodules load.
+
+    Importing a submodule binds it on the package (``setattr(curvlab, "cg", <module>)``), which would
+    shadow the function of the same name once any other import loaded the module first.
+    """
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == f"{__name__}.{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

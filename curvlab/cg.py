@@ -268,7 +268,8 @@ def _prepare_inputs(op, b, x0, preconditioner, x_true, rtol, atol, maxiter):
     b = _check_vector("b", b, n, jnp.result_type(float))
     dtype = jnp.result_type(b.dtype, op.dtype)
     b = b.astype(dtype)
-    x0 = jnp.zeros(n, dtype) if x0 is None else _check_vector("x0", x0, n, dtype).astype(dtype)
+    # x0 = None stays None: the solver then starts from 0 without spending a matvec on r0 = b.
+    x0 = None if x0 is None else _check_vector("x0", x0, n, dtype).astype(dtype)
     if x_true is not None:
         x_true = _check_vector("x_true", x_true, n, dtype).astype(dtype)
     _check_tol("rtol", rtol)
@@ -331,9 +332,12 @@ def _cg_impl(op, b, x0, precond, x_true, rtol, atol, martens_eps, *, maxiter, st
 
     bnorm = jnp.linalg.norm(b)
     tol = jnp.maximum(rtol * bnorm, atol)
-    # b = 0: the solution is 0 whatever x0 is (as in SciPy).
-    x0 = jnp.where(bnorm == 0, jnp.zeros_like(x0), x0)
-    r0 = b - mv(x0)
+    if x0 is None:  # cold start: r0 = b costs no matvec
+        x0, r0 = jnp.zeros_like(b), b
+    else:
+        # b = 0: the solution is 0 whatever x0 is (as in SciPy).
+        x0 = jnp.where(bnorm == 0, jnp.zeros_like(x0), x0)
+        r0 = b - mv(x0)
     z0 = r0 if pc is None else pc(r0)
     rz0 = jnp.vdot(r0, z0)
     rnorm0 = jnp.sqrt(rz0) if pc is None else jnp.linalg.norm(r0)

@@ -213,7 +213,14 @@ def _cmd_dashboard(args) -> int:
         if not notebook.is_file():
             print(f"curvlab dashboard: notebook {notebook} not found", file=sys.stderr)
             return 2
-        cmd = voila_command(notebook, port=args.port, preheat=args.preheat, pool_size=args.pool_size)
+        cmd = voila_command(
+            notebook,
+            port=args.port,
+            preheat=args.preheat,
+            pool_size=args.pool_size,
+            cull_idle_timeout=args.cull_idle_timeout,
+            cull_interval=args.cull_interval,
+        )
         env = dict(os.environ)
         if not args.notebook:  # the bundle must sit under the notebook's directory
             extra, extra_env = _serve_plotly_bundle(workdir)
@@ -346,6 +353,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         help="number of pre-executed kernels kept ready (default 1)",
+    )
+    p.add_argument(
+        "--cull-idle-timeout",
+        type=_positive_int,
+        default=CULL_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="shut down a kernel whose page is closed after this many idle seconds "
+        f"(a safety net for lost shutdown requests; default {CULL_IDLE_TIMEOUT})",
+    )
+    p.add_argument(
+        "--cull-interval",
+        type=_positive_int,
+        default=CULL_INTERVAL,
+        metavar="SECONDS",
+        help=f"how often to look for such kernels (default {CULL_INTERVAL})",
     )
     p.add_argument(
         "--notebook",

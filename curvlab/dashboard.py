@@ -215,24 +215,28 @@ let bundle = null;
 const loadBundle = () => (bundle ??= import(url));
 
 export default () => {
-  let inner = null;
   let ready = null;
   return {
     initialize({ model, experimental }) {
-      const seen = [];
-      const record = (name) => () => { if (!seen.includes(name)) seen.push(name); };
+      // record (name, value) of every change until the real module listens; the py2js traits are
+      // transient (set, then reset to null), so their values must be kept, not re-read
       const names = ["_widget_data", "_widget_layout", "_py2js_addTraces", "_py2js_deleteTraces",
                      "_py2js_moveTraces", "_py2js_restyle", "_py2js_relayout", "_py2js_update",
                      "_py2js_animate", "_py2js_removeLayoutProps", "_py2js_removeTraceProps"];
-      const recorders = names.map((n) => [n, record(n)]);
+      const events = [];
+      const recorders = names.map((n) => [n, () => events.push([n, model.get(n)])]);
       for (const [n, cb] of recorders) model.on(`change:${n}`, cb);
       ready = loadBundle().then(async (mod) => {
-        inner = mod.default();
+        const inner = mod.default();
         const listeners = [];
+        let override = null;
         const wrapped = new Proxy(model, {
           get(target, prop) {
             if (prop === "on") {
               return (event, cb) => { listeners.push([event, cb]); return target.on(event, cb); };
+            }
+            if (prop === "get") {
+              return (key) => (override && override[0] === key ? override[1] : target.get(key));
             }
             const v = target[prop];
             return typeof v === "function" ? v.bind(target) : v;
@@ -240,8 +244,14 @@ export default () => {
         });
         await inner.initialize?.({ model: wrapped, experimental });
         for (const [n, cb] of recorders) model.off(`change:${n}`, cb);
-        for (const name of seen) {
-          for (const [event, cb] of listeners) if (event === `change:${name}`) cb();
+        for (const [name, value] of events) {
+          if (value === null || value === undefined) continue;
+          override = [name, value];
+          try {
+            for (const [event, cb] of listeners) if (event === `change:${name}`) cb();
+          } finally {
+            override = null;
+          }
         }
         return inner;
       });
@@ -420,11 +430,15 @@ def _dashboard_class():
                 box.add_class("curvlab-error")
                 page.children = (page.children[0], box)
                 self.explorers[spec.key] = None
+                if len(self.explorers) == len(self.specs):
+                    self.add_class("curvlab-dashboard-ready")
                 return None
             sync_figure_state(explorer)
             self.build_seconds[spec.key] = time.perf_counter() - start
             self.explorers[spec.key] = explorer
             page.children = (page.children[0], explorer)
+            if len(self.explorers) == len(self.specs):
+                self.add_class("curvlab-dashboard-ready")  # every tab built (handle for tests)
             return explorer
 
         def build_all(self) -> None:

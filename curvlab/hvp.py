@@ -19,8 +19,6 @@ plus finite differences of gradients (:func:`fd_hvp`) as a teaching contrast.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -284,20 +282,3 @@ def _gnvp_impl(model_fn, loss_fn, x, v):
 
 
 _gnvp_jit = jax.jit(_gnvp_impl, static_argnums=(0, 1))
-
-
-class _CallableModule(types.ModuleType):
-    """The module ``curvlab.hvp`` that is also callable as the function :func:`hvp`.
-
-    ``curvlab.hvp`` names both this submodule and the public function. Once the
-    submodule has been imported (``curvlab.operators`` imports it), Python's import
-    system binds the attribute ``curvlab.hvp`` to the module, which would hide the
-    function; calling the module forwards to :func:`hvp` so ``curvlab.hvp(f, x, v)``
-    works in any import order.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return hvp(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -415,6 +415,8 @@ def ritz_pairs(result: LanczosResult) -> tuple[jax.Array, jax.Array]:
 # ---------------------------------------------------------------------------
 
 _WHICH = ("LA", "SA", "LM", "BE")
+#: restarts allowed after the Ritz estimates converged but a true residual did not
+_MAX_VERIFY = 3
 
 
 class EigshResult(NamedTuple):
@@ -513,6 +515,14 @@ def _eigsh_loop(op, v0, key, tol, breakdown_tol, which_id, *, k, ncv, keep, max_
         order = jnp.argsort(-_priority(theta, which_id), stable=True)
         return theta, S, res, order
 
+    def ritz_check(theta, S, V, wanted, tiny):
+        """Wanted Ritz pairs with their true residuals (``k`` matvecs)."""
+        tw = theta[wanted]
+        Y = S[:, wanted].T @ V[:m]
+        Y = Y / jnp.linalg.norm(Y, axis=1, keepdims=True)
+        resid = jnp.linalg.norm(jax.lax.map(mv, Y) - tw[:, None] * Y, axis=1)
+        return Y, resid, resid <= tol * jnp.maximum(jnp.abs(tw), tiny)
+
     def cond(state):
         return ~state["done"]
 
@@ -538,8 +548,17 @@ def _eigsh_loop(op, v0, key, tol, breakdown_tol, which_id, *, k, ncv, keep, max_
         wanted = order[:k]
         tw, rw = theta[wanted], res[wanted]
         tiny = eps ** (2 / 3) * jnp.maximum(anorm, jnp.max(jnp.abs(theta)))
-        conv = rw <= tol * jnp.maximum(jnp.abs(tw), tiny)
-        done = jnp.all(conv) | bad | (it >= max_restarts)
+        est_conv = jnp.all(rw <= tol * jnp.maximum(jnp.abs(tw), tiny))
+        # the estimates say converged: verify with true residuals; if rounding keeps them above
+        # tol, restart again (at most _MAX_VERIFY times) before reporting INACCURATE
+        Y, resid, converged = jax.lax.cond(
+            est_conv,
+            lambda: ritz_check(theta, S, V, wanted, tiny),
+            lambda: (state["Y"], state["resid"], jnp.zeros((k,), bool)),
+        )
+        checks = state["checks"] + est_conv.astype(jnp.int32)
+        nmv = state["nmv"] + (m - j0) + jnp.where(est_conv, k, 0)
+        done = jnp.all(converged) | bad | (it >= max_restarts) | (checks >= _MAX_VERIFY)
         return dict(
             V=V,
             T=T,
@@ -548,21 +567,32 @@ def _eigsh_loop(op, v0, key, tol, breakdown_tol, which_id, *, k, ncv, keep, max_
             bad=bad,
             it=it + 1,
             done=done,
-            est_conv=jnp.all(conv),
+            est_conv=est_conv,
+            checks=checks,
+            nmv=nmv.astype(jnp.int32),
+            Y=Y,
+            resid=resid,
+            converged=converged,
             ritz_hist=state["ritz_hist"].at[it].set(tw),
             res_hist=state["res_hist"].at[it].set(rw),
         )
 
     nan_hist = jnp.full((max_restarts + 1, k), jnp.nan, dtype)
+    i0 = jnp.zeros((), jnp.int32)
     state = dict(
         V=V,
         T=T,
         key=key,
         anorm=zero,
         bad=jnp.asarray(False),
-        it=jnp.zeros((), jnp.int32),
+        it=i0,
         done=jnp.asarray(False),
         est_conv=jnp.asarray(False),
+        checks=i0,
+        nmv=i0,
+        Y=jnp.zeros((k, n), dtype),
+        resid=jnp.full((k,), jnp.inf, dtype),
+        converged=jnp.zeros((k,), bool),
         ritz_hist=nan_hist,
         res_hist=nan_hist,
     )
@@ -571,15 +601,16 @@ def _eigsh_loop(op, v0, key, tol, breakdown_tol, which_id, *, k, ncv, keep, max_
     theta, S, _, order = analyse(T)
     wanted = order[:k]
     tw = theta[wanted]
-    Y = S[:, wanted].T @ V[:m]
-    Y = Y / jnp.linalg.norm(Y, axis=1, keepdims=True)
-    AY = jax.lax.map(mv, Y)
-    resid = jnp.linalg.norm(AY - tw[:, None] * Y, axis=1)
     tiny = eps ** (2 / 3) * jnp.maximum(state["anorm"], jnp.max(jnp.abs(theta)))
-    converged = resid <= tol * jnp.maximum(jnp.abs(tw), tiny)
+    # pairs of the last pass were verified already when its estimates converged
+    Y, resid, converged = jax.lax.cond(
+        state["est_conv"],
+        lambda: (state["Y"], state["resid"], state["converged"]),
+        lambda: ritz_check(theta, S, V, wanted, tiny),
+    )
+    num_matvecs = state["nmv"] + jnp.where(state["est_conv"], 0, k)
     srt = jnp.where(which_id == _WHICH.index("BE"), jnp.argsort(tw, stable=True), jnp.arange(k))
     tw, Y, resid, converged = tw[srt], Y[srt], resid[srt], converged[srt]
-    num_matvecs = m + (it - 1) * (m - keep) + k
     status = jnp.where(
         state["bad"] | ~jnp.all(jnp.isfinite(resid)),
         int(EigshStatus.NONFINITE),

@@ -60,8 +60,8 @@ __all__ = [
     "HISTORY_KEYS",
 ]
 
-#: cg() forms the initial residual b - A x0 with one matvec, even for x0 = 0.
-_CG_INITIAL_MATVECS = 1
+#: cg() spends one matvec on the initial residual b - A x0 when warm-started (none for x0=None).
+_CG_WARM_START_MATVECS = 1
 
 #: Keys present in every optimizer's ``history`` (method-specific keys are added to these).
 HISTORY_KEYS = (
@@ -439,7 +439,7 @@ def _newton_step(x, fx, g, eta, args, *, f, mode, cg_maxiter, line_search):
         "cg_iterations": res.num_iterations,
         "cg_status": res.status,
         "cg_residual": _rel_residual(res, gnorm),
-        "hvps": res.num_iterations + _CG_INITIAL_MATVECS + extra,
+        "hvps": res.num_iterations + extra,
         "step_length": jnp.where(ok, t, 0.0),
         "step_norm": jnp.where(ok, t * jnp.linalg.norm(p), 0.0),
         "ok": ok,
@@ -646,7 +646,7 @@ def trust_region_newton(
     radius0: float = 1.0,
     max_radius: float = 1000.0,
     eta: float = 0.15,
-    forcing: str = "superlinear",
+    forcing: str = "eisenstat_walker",
     forcing_constant: float = 0.1,
     cg_maxiter: int | None = None,
     mode: str = "fwd_rev",
@@ -672,7 +672,8 @@ def trust_region_newton(
         :math:`\\Delta_{\\max} \\ge \\Delta_0`.
     eta : float
         Acceptance threshold :math:`\\eta \\in [0, \\tfrac14)`.
-    forcing : {"superlinear", "quadratic", "eisenstat_walker", "constant"}
+    forcing : {"eisenstat_walker", "quadratic", "superlinear", "constant"}
+        As in :func:`newton_cg`.
     forcing_constant : float
 
     Returns
@@ -891,7 +892,7 @@ def _hf_step(params, lam, d0, gbatch, cbatch, key, mu, cg_decay, alpha, *, fns, 
         A = A + (mu * lam) * S
     P = None
     if cfg.precondition:
-        diag = empirical_fisher_diagonal(lambda y, *a: pel_fn(unravel(y), *a), flat, *gbatch)
+        diag = empirical_fisher_diagonal(lambda y, *a: pel_fn(unravel(y), *a), flat, *gbatch, chunk_size=128)
         P = martens(diag, lam, alpha)
 
     res = cg(
@@ -962,7 +963,7 @@ def _hf_step(params, lam, d0, gbatch, cbatch, key, mu, cg_decay, alpha, *, fns, 
         "backtrack_iteration": p_it,
         "step_length": t,
         "step_norm": t * jnp.linalg.norm(p),
-        "hvps": num + _CG_INITIAL_MATVECS,
+        "hvps": num + _CG_WARM_START_MATVECS,
     }
     return unravel(new_flat), new_lam, next_d0, stats
 

@@ -233,8 +233,9 @@ def empirical_fisher_diagonal(
     """Diagonal of the empirical Fisher, :math:`\\frac1N \\sum_{i=1}^N (\\nabla \\ell_i)^2`, flat.
 
     ``per_example_loss_fn(params, *args)`` returns the ``(N,)`` per-example losses (the
-    convention of :func:`curvlab.operators.fisher_operator`). The per-example gradients are
-    rows of the Jacobian of the loss vector, computed ``chunk_size`` at a time by a batched VJP
+    convention of :func:`curvlab.operators.fisher_operator`); every leaf of ``args`` has the
+    examples along its leading axis, and example ``i``'s loss depends on row ``i`` only. The
+    per-example gradients are computed ``chunk_size`` at a time as gradients on batches of one
     (memory ``chunk_size * n``). Returns a flat ``(n,)`` array in ``ravel_pytree`` order.
     Not jitted itself (so that a fresh ``lambda`` per call does not grow a compilation cache):
     call it inside your jitted step.
@@ -258,17 +259,29 @@ def empirical_fisher_diagonal(
 
 
 def _fisher_diag_impl(fn, params, args, chunk_size):
+    # Each example's gradient is that of ``fn`` on a batch of one (per-example losses do not
+    # couple examples): about one backward pass over the batch, memory ``chunk_size * n``.
     flat, unravel = ravel_pytree(params)
-    losses, vjp_fn = jax.vjp(lambda y: fn(unravel(y), *args), flat)
-    N = losses.shape[0]
+    N = jax.tree_util.tree_leaves(args)[0].shape[0]
     c = min(chunk_size, N)
     num_chunks = -(-N // c)
-    # one-hot cotangents, chunk by chunk (zero rows pad the last chunk)
-    eye = jnp.eye(num_chunks * c, N, dtype=losses.dtype).reshape(num_chunks, c, N)
+    pad = num_chunks * c - N
 
-    def step(acc, cot):
-        g = jax.vmap(lambda e: vjp_fn(e)[0])(cot)
-        return acc + jnp.sum(g**2, axis=0), None
+    def chunked(a):
+        a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]) if pad else a
+        return a.reshape(num_chunks, c, *a.shape[1:])
 
-    acc, _ = jax.lax.scan(step, jnp.zeros_like(flat), eye)
+    chunks = jax.tree_util.tree_map(chunked, args)
+    weights = (jnp.arange(num_chunks * c) < N).astype(flat.dtype).reshape(num_chunks, c)
+
+    def grad_one(example):
+        one = jax.tree_util.tree_map(lambda a: a[None], example)
+        return jax.grad(lambda y: fn(unravel(y), *one)[0])(flat)
+
+    def step(acc, xs):
+        chunk, w = xs
+        G = jax.vmap(grad_one)(chunk)
+        return acc + jnp.sum(w[:, None] * G**2, axis=0), None
+
+    acc, _ = jax.lax.scan(step, jnp.zeros_like(flat), (chunks, weights))
     return acc / N

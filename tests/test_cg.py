@@ -534,10 +534,28 @@ def test_no_recompilation_on_second_call():
     A2, b2, _ = spd_problem(25, 100.0, 2)
     cg(DenseOperator(A1), b1)
     cache2 = _cg_impl._cache_size()
-    cg(DenseOperator(A2), b2, x0=b1)
+    cg(DenseOperator(A2), b2)
     assert len(traces) == n_traces
     assert cache2 == cache + 1
     assert _cg_impl._cache_size() == cache2
+    cg(DenseOperator(A2), b2, x0=b1)  # a warm start is a new signature: one more compile, then none
+    cg(DenseOperator(A1), b1, x0=b2)
+    assert _cg_impl._cache_size() == cache2 + 1
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_cold_start_spends_no_matvec_on_the_initial_residual(warm):
+    calls = []
+
+    def mv(v):
+        jax.debug.callback(lambda: calls.append(1))
+        return 3.0 * v
+
+    b = jnp.arange(1.0, 11.0)
+    res = cg(FunctionOperator(mv, 10), b, x0=jnp.ones(10) if warm else None, rtol=1e-12, maxiter=4)
+    jax.effects_barrier()
+    assert len(calls) == int(res.num_iterations) + int(warm)
+    np.testing.assert_allclose(res.x, b / 3.0, rtol=1e-10)
 
 
 def test_cg_inside_jit_and_status_enum():

@@ -222,13 +222,22 @@ def test_hvp_fn_checks_direction():
         prod(bad)
 
 
-def test_curvlab_hvp_is_callable_after_submodule_import():
-    """``curvlab.hvp`` names a submodule and a function; both uses must work in any import order."""
-    import curvlab.operators  # noqa: F401  (imports curvlab.hvp, binding the attribute to the module)
+@pytest.mark.parametrize("name", ["hvp", "lanczos", "cg"])
+def test_functions_named_like_their_module_stay_functions(name):
+    """``curvlab.hvp`` names a submodule and a function; after importing the submodule the
+    package attribute must still be the function (``from curvlab.hvp import hvp_fn`` for the rest)."""
+    import importlib
+    import subprocess
+    import sys
 
+    import curvlab
+
+    importlib.import_module(f"curvlab.{name}")
+    assert callable(getattr(curvlab, name)) and not isinstance(getattr(curvlab, name), type(sys))
+    code = f"import curvlab.{name}, curvlab; import types; assert not isinstance(curvlab.{name}, types.ModuleType)"
+    subprocess.run([sys.executable, "-c", code], check=True)
     x = jnp.array([1.0, 2.0])
     np.testing.assert_allclose(curvlab.hvp(lambda y: jnp.sum(y**3), x, x), 6 * x * x)
-    assert curvlab.hvp.hvp_fn is hvp_fn
 
 
 # ---------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def test_newton_cg_quadratic_one_iteration():
     np.testing.assert_allclose(res.x, x_star, rtol=1e-9, atol=1e-10)
     # CG on an 8-dim SPD system: 8 steps in exact arithmetic, a few more to reach 1e-12 in floating point
     assert res.history["cg_iterations"][1] <= 12
-    assert res.num_hvps == res.history["cg_iterations"][1] + 1
+    assert res.num_hvps == res.history["cg_iterations"][1]  # cold-started CG: one HVP per iteration
 
 
 def test_trust_region_quadratic():
@@ -135,9 +135,10 @@ def test_rosenbrock_scipy_tutorial_hvp_counts():
         res = opt(f, x0, tol=1e-8)
         assert float(jnp.max(jnp.abs(res.x - 1.0))) < 1e-6
         h = res.history
-        extra = 1 if opt is newton_cg else 0  # cg()'s initial-residual matvec
-        assert res.num_hvps >= int(h["cg_iterations"].sum()) + extra * res.num_iterations
+        assert res.num_hvps >= int(h["cg_iterations"].sum())  # cold-started CG: no residual matvec
         assert np.all(np.diff(h["num_hvps"]) >= 0)
+        # HVP counts are deterministic; scipy 1.17 needs 58-67 on this problem (benchmarks/bench_optim.py)
+        assert res.num_hvps <= 50, (opt.__name__, res.num_hvps)
 
 
 def test_newton_cg_pytree_and_args():
@@ -637,3 +638,17 @@ def test_status_messages():
     res = newton_cg(lambda x: jnp.sum(x**2), jnp.ones(2), maxiter=0)
     assert res.status == OptimizeStatus.MAX_ITERATIONS and res.num_iterations == 0
     assert "maxiter" in res.message
+
+
+def test_fisher_diagonal_matches_dense_per_example_gradients():
+    from curvlab.preconditioners import empirical_fisher_diagonal
+
+    p = problems.mlp(hidden=(5,), num_examples=37)  # 37: not a multiple of the chunk size
+    flat, unravel = ravel_pytree(p.x0)
+
+    def pel(y, X, t):
+        return p.per_example_loss_fn(unravel(y), X, t)
+
+    G = np.asarray(jax.jacrev(pel)(flat, *p.batch))  # (N, n) per-example gradients
+    out = empirical_fisher_diagonal(pel, flat, *p.batch, chunk_size=8)
+    np.testing.assert_allclose(out, np.mean(G**2, axis=0), rtol=1e-10, atol=1e-14)

@@ -94,6 +94,7 @@ class HessianFreeExplorer(Explorer):
         self._stop = threading.Event()
         self._live: dict[str, list] = {}
         self._resetting = False
+        self._draw_lock = threading.RLock()  # the thread and the kernel both redraw
 
         self.model = widgets.Dropdown(
             options=[(v, k) for k, v in MODELS.items()], value="mlp", description="model"
@@ -343,13 +344,14 @@ class HessianFreeExplorer(Explorer):
     def _draw(self, history: dict, baselines: dict, *, title: str | None = None) -> None:
         fig = self.figure
         data = plots.hf_data(history, baselines)
-        if [t.name for t in fig.data] != list(data):
-            plots.update_figure(fig, plots.hf_training_figure(history, baselines, title=title))
-        else:
-            for trace, props in zip(fig.data, data.values(), strict=True):
-                trace.update(props)
-            if title is not None:
-                fig.layout.title.text = title
+        with self._draw_lock:
+            if [t.name for t in fig.data] != list(data):
+                plots.update_figure(fig, plots.hf_training_figure(history, baselines, title=title))
+            else:
+                for trace, props in zip(fig.data, data.values(), strict=True):
+                    trace.update(props)
+                if title is not None:
+                    fig.layout.title.text = title
 
 
 def _run_baseline(prob: problems.Problem, opt, budget: float, stop: threading.Event | None):

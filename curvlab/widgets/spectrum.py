@@ -174,7 +174,7 @@ class SpectrumResult(NamedTuple):
 
 
 #: Lanczos step counts actually run (the first ``num_steps`` are kept): one compilation per bucket.
-STEP_BUCKETS = (25, 50, 100, 200)
+STEP_BUCKETS = (30, 60, 100, 150, 200)
 #: Lanczos steps per SLQ probe: the bucket of ``num_steps`` among these (SLQ's dense
 #: ``eigh`` of every probe's ``T`` costs ``O(m^3)``, so the density stops refining at 50 steps).
 SLQ_STEP_BUCKETS = (10, 25, 50)
@@ -268,7 +268,7 @@ class SpectrumExplorer(Explorer):
         self.kappa = widgets.FloatLogSlider(
             value=1e3, base=10, min=1, max=6, step=0.1, description="κ", readout_format=".3g"
         )
-        self.n = widgets.IntSlider(value=100, min=10, max=EXACT_MAX_N, step=10, description="n")
+        self.n = widgets.IntSlider(value=100, min=50, max=EXACT_MAX_N, step=50, description="n")
         self.num_steps = widgets.IntSlider(value=60, min=2, max=200, step=1, description="Lanczos steps")
         self.num_probes = widgets.IntSlider(value=10, min=1, max=50, step=1, description="probes")
         self.damping = widgets.FloatSlider(
@@ -435,8 +435,9 @@ class SpectrumExplorer(Explorer):
         exact = None
         if state.dense is not None:
             if preconditioned:
-                B = scale[:, None] * (state.dense + damping * np.eye(size)) * scale[None, :]
-                exact = np.linalg.eigvalsh((B + B.T) / 2)
+                B = scale[:, None] * state.dense * scale[None, :]
+                B[np.diag_indices(size)] += damping * scale**2
+                exact = np.linalg.eigvalsh(B)
             else:  # A + λI has exactly the eigenvalues λ_i(A) + λ
                 exact = self._eigenvalues(state) + damping
 

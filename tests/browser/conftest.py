@@ -289,6 +289,30 @@ class DashboardPage:
         self.wait_settled(scope)
         return self.slider_value(scope, control), elapsed
 
+    def wait_trace(self, scope: str, name: str, axis: str, expected, *, rel=1e-6, abs_=1e-9, timeout=30.0):
+        """Poll until trace ``name``'s ``axis`` values equal ``expected`` (within tolerance); return them.
+
+        Raises AssertionError with the last values seen if the page never shows the expected numbers.
+        """
+        import numpy as np
+
+        deadline = time.monotonic() + timeout
+        seen = None
+        while True:
+            for t in self.plot_data(scope):
+                if t["name"] == name:
+                    seen = t[axis]
+            ok = (
+                seen is not None
+                and len(seen) == len(expected)
+                and np.allclose(np.asarray(seen, float), np.asarray(expected, float), rtol=rel, atol=abs_)
+            )
+            if ok:
+                return seen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"trace {name!r}.{axis} shows {seen}, expected {list(expected)}")
+            time.sleep(0.2)
+
     def wait_settled(self, scope: str, quiet: float = 0.4, timeout: float = 60.0) -> None:
         """Wait until the plot data and the readout of ``scope`` stop changing for ``quiet`` seconds."""
         deadline = time.monotonic() + timeout
@@ -344,7 +368,10 @@ def browser(chromium_executable):
 
 @pytest.fixture(scope="session")
 def dashboard_server(tmp_path_factory, chromium_executable):
-    server = start_server(tmp_path_factory.mktemp("dashboard"))
+    # short culling: a kernel whose page closed is shut down even if the page's shutdown beacon is lost
+    server = start_server(
+        tmp_path_factory.mktemp("dashboard"), extra_args=["--cull-idle-timeout", "20", "--cull-interval", "5"]
+    )
     yield server
     stop_server(server)
 

@@ -84,8 +84,7 @@ def test_curvature_tab(page, timings):
     x0 = trace(dp.plot_data(scope), "x")["x"][0]
     x = move_and_time(dp, scope, "x", timings, "curvature.x")
     assert x == pytest.approx(x0 + 0.03, abs=1e-6)
-    data = dp.plot_data(scope)
-    assert trace(data, "x")["x"] == pytest.approx([x], abs=1e-9)
+    dp.wait_trace(scope, "x", "x", [x])
     point = jnp.asarray([x, 0.5])
     v = jnp.asarray([1.0, 0.0])  # angle 0
     curv = float(cl.directional_curvature(seed_f, point, v))
@@ -118,8 +117,7 @@ def test_finite_difference_tab(page, timings):
     # the default step of the central scheme, as the core chooses it for float32
     p32, v32 = p.astype(jnp.float32), v.astype(jnp.float32)
     eps = float(cl.fd_default_eps(p32, v32, "central"))
-    data = dp.plot_data(scope)
-    assert trace(data, "default ε (central)")["x"] == pytest.approx([eps], rel=1e-3)
+    dp.wait_trace(scope, "default ε (central)", "x", [eps], rel=1e-3)
     assert_no_console_errors(dp)
 
 
@@ -135,7 +133,7 @@ def test_spectrum_tab(page, timings):
     text = dp.readout(scope)
     shown = numbers(readout_row(text, "exact λ").split("max", 1)[1])
     assert shown == pytest.approx([exact[0], exact[-1]], rel=1e-4)
-    hist = trace(dp.plot_data(scope), "exact spectrum")["x"]
+    hist = dp.wait_trace(scope, "exact spectrum", "x", exact.tolist(), rel=1e-4, abs_=1e-5)
     assert sorted(hist) == pytest.approx(exact.tolist(), rel=1e-4, abs=1e-5)
     assert_no_console_errors(dp)
 
@@ -195,7 +193,7 @@ def test_bad_formula_shows_error_and_page_keeps_working(page):
     dp.page.select_option(f"{scope} .curvlab-control-problem select", label="x²y + sin y (seed example)")
     dp.page.wait_for_selector(f"{scope} .curvlab-error", state="hidden")
     x, _ = dp.press_slider(scope, "x")
-    assert trace(dp.plot_data(scope), "x")["x"] == pytest.approx([x], abs=1e-9)
+    dp.wait_trace(scope, "x", "x", [x])
     assert_no_console_errors(dp)
 
 
@@ -209,9 +207,9 @@ def test_two_pages_at_once_and_closed_pages_free_their_kernel(open_page, dashboa
     for dp in (a, b):  # both pages respond on their own kernel
         scope = ".curvlab-tab-curvature .curvlab-explorer"
         x, _ = dp.press_slider(scope, "x")
-        assert trace(dp.plot_data(scope), "x")["x"] == pytest.approx([x], abs=1e-9)
+        dp.wait_trace(scope, "x", "x", [x])
     a.close()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while dashboard_server.kernel_alive(ka) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not dashboard_server.kernel_alive(ka), "the closed page's kernel is still running"
@@ -219,9 +217,9 @@ def test_two_pages_at_once_and_closed_pages_free_their_kernel(open_page, dashboa
     # and page b still works
     scope = ".curvlab-tab-curvature .curvlab-explorer"
     x, _ = b.press_slider(scope, "x")
-    assert trace(b.plot_data(scope), "x")["x"] == pytest.approx([x], abs=1e-9)
+    b.wait_trace(scope, "x", "x", [x])
     b.close()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90  # the beacon, or else culling (20 s idle, checked every 5 s)
     while dashboard_server.kernel_alive(kb) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not dashboard_server.kernel_alive(kb)

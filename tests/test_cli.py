@@ -1,0 +1,297 @@
+"""The ``curvlab`` console script (argument parsing, serving) and the dashboard builder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from curvlab import cli, dashboard
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse(*argv):
+    return cli.build_parser().parse_args(list(argv))
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def test_dashboard_defaults_and_options():
+    a = parse("dashboard")
+    assert (a.command, a.port, a.open, a.preheat, a.pool_size, a.notebook) == (
+        "dashboard",
+        8866,
+        False,
+        True,
+        1,
+        None,
+    )
+    a = parse("dashboard", "--port", "9001", "--open", "--no-preheat", "--cull-idle-timeout", "30")
+    assert (a.port, a.open, a.preheat, a.cull_idle_timeout) == (9001, True, False, 30)
+
+
+@pytest.mark.parametrize("bad", ["0", "70000", "http", "-1"])
+def test_dashboard_rejects_bad_port(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse("dashboard", "--port", bad)
+    assert exc.value.code == 2
+    assert "port" in capsys.readouterr().err
+
+
+def test_lab_is_an_alias_of_notebooks():
+    assert parse("lab").func is parse("notebooks").func
+    assert parse("lab", "--dir", "x").dir == "x"
+
+
+def test_command_is_required(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse()
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["dashboard", "--help"], ["diagnose", "--help"], ["lab", "--help"]]
+)
+def test_help(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: curvlab")
+
+
+def test_voila_command_binds_localhost_and_culls():
+    cmd = cli.voila_command("nb.ipynb", port=9100)
+    assert cmd[:4] == [sys.executable, "-m", "voila", "nb.ipynb"]
+    for flag in (
+        "--Voila.ip=127.0.0.1",
+        "--Voila.port=9100",
+        "--Voila.port_retries=0",
+        "--no-browser",
+        "--preheat_kernel=True",
+        f"--MappingKernelManager.cull_idle_timeout={cli.CULL_IDLE_TIMEOUT}",
+        f"--MappingKernelManager.cull_interval={cli.CULL_INTERVAL}",
+    ):
+        assert flag in cmd
+    assert "--preheat_kernel=False" in cli.voila_command("nb.ipynb", preheat=False)
+    with pytest.raises(ValueError, match="port"):
+        cli.voila_command("nb.ipynb", port=0)
+
+
+def test_diagnose_passes_options(monkeypatch, tmp_path, capsys):
+    import curvlab.diagnostics as diagnostics
+
+    calls = []
+    monkeypatch.setattr(diagnostics, "diagnose_script", lambda spec, out, **kw: calls.append((spec, out, kw)))
+    out = str(tmp_path / "r.html")
+    assert cli.main(["diagnose", "model.py:make", "--out", out, "-k", "3", "--curvature", "ggn"]) == 0
+    assert calls == [("model.py:make", out, {"k": 3, "curvature": "ggn"})]
+    calls.clear()
+    assert cli.main(["diagnose", "model.py", "--out", out]) == 0
+    assert calls == [("model.py", out, {})]  # unset options: the script's own values apply
+
+
+def test_diagnose_reports_errors(monkeypatch, tmp_path, capsys):
+    import curvlab.diagnostics as diagnostics
+
+    def boom(spec, out, **kw):
+        raise ValueError("model.py provides no params")
+
+    monkeypatch.setattr(diagnostics, "diagnose_script", boom)
+    assert cli.main(["diagnose", "model.py", "--out", str(tmp_path / "r.html")]) == 1
+    assert "provides no params" in capsys.readouterr().err
+
+
+def test_notebooks_without_directory(capsys, tmp_path):
+    assert cli.main(["notebooks", "--dir", str(tmp_path / "nope")]) == 2
+    assert "notebooks" in capsys.readouterr().err
+
+
+def test_notebooks_dir_found_in_checkout():
+    assert cli.find_notebooks_dir() == REPO / "notebooks"
+
+
+# ------------------------------------------------------------------ the notebook
+
+
+def test_apps_notebook_is_the_generated_one():
+    """apps/dashboard.ipynb (Binder's target) is exactly what the CLI serves; regenerate with
+    ``python -m curvlab.dashboard apps/dashboard.ipynb``."""
+    assert (REPO / "apps" / "dashboard.ipynb").read_text(encoding="utf-8") == dashboard.notebook_text()
+
+
+def test_write_notebook(tmp_path):
+    path = dashboard.write_notebook(tmp_path)
+    nb = json.loads(path.read_text())
+    assert path.name == "dashboard.ipynb"
+    assert nb["nbformat"] == 4
+    assert "build_dashboard()" in nb["cells"][0]["source"]
+
+
+# ------------------------------------------------------------------ the dashboard object
+
+
+class _Fake:
+    built: list[str] = []
+
+    def __init__(self, key):
+        import ipywidgets
+
+        self.widget = ipywidgets.HTML(key)
+        _Fake.built.append(key)
+
+
+def _factories(fail=()):
+    def make(key):
+        def f():
+            if key in fail:
+                raise RuntimeError(f"cannot build {key}")
+            return _Fake(key).widget
+
+        return f
+
+    return {t.key: make(t.key) for t in dashboard.TABS}
+
+
+def test_dashboard_builds_first_tab_then_on_selection():
+    _Fake.built = []
+    dash = dashboard.build_dashboard(
+        display=False, background_delay=None, speed_up=False, factories=_factories()
+    )
+    assert [t.key for t in dashboard.TABS] == list(dash.explorers) + [t.key for t in dashboard.TABS[1:]]
+    assert _Fake.built == [dashboard.TABS[0].key]
+    assert len(dash.tab.children) == 5
+    assert dash.tab.titles == tuple(t.title for t in dashboard.TABS)
+    assert "curvlab-dashboard-ready" not in dash._dom_classes
+    dash.tab.selected_index = 2
+    assert _Fake.built == [dashboard.TABS[0].key, dashboard.TABS[2].key]
+    page = dash.tab.children[2]
+    assert page.children[1] is dash.explorers[dashboard.TABS[2].key]
+    dash.build_all()
+    assert sorted(_Fake.built) == sorted(t.key for t in dashboard.TABS)
+    assert "curvlab-dashboard-ready" in dash._dom_classes
+
+
+def test_dashboard_shows_a_build_error_in_its_tab():
+    key = dashboard.TABS[1].key
+    dash = dashboard.build_dashboard(
+        display=False, background_delay=None, speed_up=False, factories=_factories(fail={key})
+    )
+    dash.tab.selected_index = 1
+    box = dash.tab.children[1].children[1]
+    assert "cannot build" in box.value and "curvlab-error" in box._dom_classes
+    assert dash.explorers[key] is None
+
+
+def test_sync_figure_state_copies_later_edits():
+    import ipywidgets
+    import plotly.graph_objects as go
+
+    fig = go.FigureWidget()
+    fig.add_scatter(y=[1, 2, 3])
+    box = ipywidgets.VBox([ipywidgets.HTML("x"), fig])
+    assert fig._widget_data == []  # add_traces went out as a one-off message only
+    assert dashboard.sync_figure_state(box) == 1
+    assert list(fig._widget_data[0]["y"]) == [1, 2, 3]
+
+
+def test_rfc3987_import_is_deferred_but_works():
+    code = (
+        "import sys\n"
+        "from curvlab.dashboard import _defer_rfc3987_syntax\n"
+        "assert _defer_rfc3987_syntax()\n"
+        "import jsonschema\n"
+        "assert 'lark' not in sys.modules, 'rfc3987_syntax was imported eagerly'\n"
+        "from jsonschema import Draft7Validator, FormatChecker\n"
+        "v = Draft7Validator({'format': 'iri'}, format_checker=FormatChecker())\n"
+        "assert v.is_valid('http://example.com/a')\n"
+        "assert not v.is_valid('not an iri')\n"
+        "print('ok')\n"
+    )
+    pytest.importorskip("rfc3987_syntax")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_patch_plotly_esm_rejects_absolute_urls():
+    with pytest.raises(ValueError, match="url_path"):
+        dashboard.patch_plotly_esm("/etc/passwd")
+    assert dashboard.patch_plotly_esm("") is False
+
+
+# ------------------------------------------------------------------ serving
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _status(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+@pytest.mark.slow
+def test_dashboard_serves_and_stops_on_sigterm(tmp_path):
+    port = _free_port()
+    log = tmp_path / "log.txt"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "curvlab.cli", "dashboard", "--port", str(port), "--no-preheat"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        try:
+            base = f"http://127.0.0.1:{port}/"
+            deadline = time.monotonic() + 120
+            while _status(base + "voila/static/voila.js") != 200:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "dashboard did not answer: " + log.read_text()
+                time.sleep(0.25)
+            # plotly's front end is served as a file, only that file
+            assert _status(base + "voila/files/_curvlab/plotly-widgetbundle.js") == 200
+            assert _status(base + "voila/files/dashboard.ipynb") in (403, 404)
+            deadline = time.monotonic() + 10
+            while f"curvlab dashboard: {base}" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert f"curvlab dashboard: {base}" in log.read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=30)
+    assert rc == 0, log.read_text()
+    assert _status(f"http://127.0.0.1:{port}/voila/static/voila.js") == 0  # Voila is gone too
+
+
+@pytest.mark.slow
+def test_dashboard_fails_on_busy_port(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "curvlab.cli", "dashboard", "--port", str(port), "--no-preheat"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert out.returncode != 0
+    assert "is port" in out.stderr

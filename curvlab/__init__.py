@@ -81,9 +81,9 @@ _EXPORTS = {
 # Functions named like their module (``curvlab.hvp``, ``curvlab.lanczos``, ``curvlab.cg``):
 # import them eagerly. Python binds ``curvlab.<module>`` to the submodule the first time it is
 # imported, which would otherwise shadow the function of the same name.
-from curvlab.hvp import hvp  # noqa: E402
-from curvlab.lanczos import lanczos  # noqa: E402
-from curvlab.cg import cg  # noqa: E402
+from curvlab.cg import cg as cg  # noqa: E402
+from curvlab.hvp import hvp as hvp  # noqa: E402
+from curvlab.lanczos import lanczos as lanczos  # noqa: E402
 
 __all__ = sorted(_EXPORTS) + ["problems", "preconditioners"]
 

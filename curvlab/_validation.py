@@ -43,8 +43,7 @@ def check_like(x: Any, v: Any, xname: str = "x", vname: str = "v") -> None:
             f"{vk[first] if first < len(vk) else '<no leaf>'!s}"
         )
         raise ValueError(
-            f"{vname} must have the same pytree structure as {xname} "
-            f"({len(xk)} leaves vs {len(vk)}); {where}"
+            f"{vname} must have the same pytree structure as {xname} ({len(xk)} leaves vs {len(vk)}); {where}"
         )
     for (path, a), (_, b) in zip(x_paths, v_paths):
         (sa, da), (sb, db) = _shape_dtype(a), _shape_dtype(b)

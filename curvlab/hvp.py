@@ -171,7 +171,7 @@ def fd_default_eps(x: PyTree, v: PyTree, scheme: str = "central") -> float:
     leaves = jax.tree_util.tree_leaves(x)
     dtype = jnp.result_type(*leaves) if leaves else jnp.float32
     mach = float(jnp.finfo(dtype).eps)
-    base = mach ** 0.5 if scheme == "forward" else mach ** (1.0 / 3.0)
+    base = mach**0.5 if scheme == "forward" else mach ** (1.0 / 3.0)
     xnorm = float(np.sqrt(sum(float(jnp.vdot(a, a)) for a in leaves)))
     vnorm = float(np.sqrt(float(tree_vdot(v, v))))
     if vnorm == 0.0:
@@ -237,9 +237,7 @@ def _fd_impl(f, scheme, x, v, eps, args):
         return jax.tree_util.tree_map(lambda a, b, d: (a + (s * eps) * b).astype(d), x, v, dtype_of)
 
     if scheme == "forward":
-        return jax.tree_util.tree_map(
-            lambda a, b: (a - b) / eps, g(shift(1.0), *args), g(x, *args)
-        )
+        return jax.tree_util.tree_map(lambda a, b: (a - b) / eps, g(shift(1.0), *args), g(x, *args))
     return jax.tree_util.tree_map(
         lambda a, b: (a - b) / (2 * eps), g(shift(1.0), *args), g(shift(-1.0), *args)
     )

@@ -470,7 +470,7 @@ def _priority(theta, which_id):
     return jnp.stack([theta, -theta, jnp.abs(theta), both])[which_id]
 
 
-def _eigsh_loop(op, v0, key, tol, breakdown_tol, which_id, *, k, ncv, keep, max_restarts):
+def _eigsh_loop(op, v0, key, tol, atol, breakdown_tol, which_id, *, k, ncv, keep, max_restarts):
     mv = op.prepare()
     n = v0.shape[0]
     m = ncv
@@ -478,6 +478,8 @@ def _eigsh_loop(op, v0, key, tol, breakdown_tol, which_id, *, k, ncv, keep, max_
     zero = jnp.zeros((), dtype)
     eps = jnp.finfo(dtype).eps
     tol = jnp.asarray(tol, dtype)
+    # residual <= tol * max(|theta|, tiny) with tiny >= atol / tol, i.e. also accept residual <= atol
+    atol_rel = jnp.asarray(atol, dtype) / tol
     btol = jnp.asarray(breakdown_tol, dtype)
     V = jnp.zeros((m + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
     T = jnp.zeros((m + 1, m + 1), dtype)  # T[:m, :m] projected matrix, T[m, m-1] = beta_m
@@ -547,7 +549,7 @@ def _eigsh_loop(op, v0, key, tol, breakdown_tol, which_id, *, k, ncv, keep, max_
         theta, S, res, order = analyse(T)
         wanted = order[:k]
         tw, rw = theta[wanted], res[wanted]
-        tiny = eps ** (2 / 3) * jnp.maximum(anorm, jnp.max(jnp.abs(theta)))
+        tiny = jnp.maximum(eps ** (2 / 3) * jnp.maximum(anorm, jnp.max(jnp.abs(theta))), atol_rel)
         est_conv = jnp.all(rw <= tol * jnp.maximum(jnp.abs(tw), tiny))
         # the estimates say converged: verify with true residuals; if rounding keeps them above
         # tol, restart again (at most _MAX_VERIFY times) before reporting INACCURATE
@@ -601,7 +603,7 @@ def _eigsh_loop(op, v0, key, tol, breakdown_tol, which_id, *, k, ncv, keep, max_
     theta, S, _, order = analyse(T)
     wanted = order[:k]
     tw = theta[wanted]
-    tiny = eps ** (2 / 3) * jnp.maximum(state["anorm"], jnp.max(jnp.abs(theta)))
+    tiny = jnp.maximum(eps ** (2 / 3) * jnp.maximum(state["anorm"], jnp.max(jnp.abs(theta))), atol_rel)
     # pairs of the last pass were verified already when its estimates converged
     Y, resid, converged = jax.lax.cond(
         state["est_conv"],
@@ -634,6 +636,7 @@ def eigsh(
     *,
     which: str = "LA",
     tol: float = 1e-6,
+    atol: float = 0.0,
     max_steps: int | None = None,
     key: jax.Array | None = None,
     v0: jax.typing.ArrayLike | None = None,
@@ -661,6 +664,11 @@ def eigsh(
     tol : float
         Relative residual tolerance (float32: use ``tol >= 1e-5``; below that the
         status may be ``INACCURATE``).
+    atol : float
+        Absolute residual tolerance: a pair is also converged when
+        :math:`\\|A y - \\theta y\\| \\le` ``atol``. Use it for eigenvalues at or near zero
+        (``which="SA"`` on a singular Gauss-Newton or Fisher matrix), where a relative
+        test cannot be met; e.g. ``atol = tol * lambda_max``.
     max_steps : int, optional
         Budget of Lanczos matvecs (the final ``k`` residual matvecs excluded);
         overrides ``max_restarts``.
@@ -703,6 +711,8 @@ def eigsh(
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
     if not (np.ndim(tol) == 0 and np.isfinite(tol) and float(tol) > 0):
         raise ValueError(f"tol must be a positive finite scalar, got {tol!r}")
+    if not (np.ndim(atol) == 0 and np.isfinite(atol) and float(atol) >= 0):
+        raise ValueError(f"atol must be a nonnegative finite scalar, got {atol!r}")
     if ncv is None:
         ncv = min(n, max(2 * k + 1, 20))
     else:
@@ -728,6 +738,7 @@ def eigsh(
         v0,
         key,
         tol,
+        atol,
         breakdown_tol,
         jnp.asarray(_WHICH.index(which), jnp.int32),
         k=k,

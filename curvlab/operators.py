@@ -158,7 +158,9 @@ class LinearOperator:
 
     def damped(self, lam) -> LinearOperator:
         """Tikhonov damping: :math:`A + \\lambda I`."""
-        return self + ScaledOperator(jnp.asarray(lam, dtype=self.dtype), IdentityOperator(self.size, self.dtype))
+        return self + ScaledOperator(
+            jnp.asarray(lam, dtype=self.dtype), IdentityOperator(self.size, self.dtype)
+        )
 
     def to_dense(self, max_size: int = DENSE_SIZE_LIMIT) -> jax.Array:
         """Dense ``(n, n)`` matrix, built column by column from matvecs.
@@ -286,7 +288,9 @@ class LowRankOperator(LinearOperator):
         if U.ndim != 2:
             raise ValueError(f"LowRankOperator needs U of shape (n, r), got {tuple(U.shape)}")
         if s.shape != (U.shape[1],):
-            raise ValueError(f"s must have shape ({U.shape[1]},) to match U {tuple(U.shape)}, got {tuple(s.shape)}")
+            raise ValueError(
+                f"s must have shape ({U.shape[1]},) to match U {tuple(U.shape)}, got {tuple(s.shape)}"
+            )
         self.U, self.s = U, s
 
     size = property(lambda self: self.U.shape[0])

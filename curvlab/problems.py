@@ -138,7 +138,9 @@ def quadratic(
     n = lam.size
     key = jax.random.PRNGKey(0) if key is None else key
     kq, kb = jax.random.split(key)
-    g = np.asarray(jax.random.normal(kq, (n, n), dtype=jnp.float64 if jax.config.x64_enabled else jnp.float32))
+    g = np.asarray(
+        jax.random.normal(kq, (n, n), dtype=jnp.float64 if jax.config.x64_enabled else jnp.float32)
+    )
     q, r = np.linalg.qr(g.astype(np.float64))
     q = q * np.sign(np.diag(r))
     A = (q * lam) @ q.T
@@ -319,7 +321,9 @@ def _classification_problem(name, latex, params, apply, X, y, l2):
 
 
 def logistic_regression(num_examples: int = 512, *, l2: float = 1e-3, key=None, dtype=None) -> Problem:
-    """Multinomial logistic regression on digits, with an L2 penalty :math:`\\tfrac{\\ell_2}{2}\\lVert w\\rVert^2`.
+    """Multinomial logistic regression on digits with an L2 penalty.
+
+    The penalty is :math:`\\tfrac{\\ell_2}{2}\\lVert w\\rVert^2` over all parameters.
 
     Convex: the Hessian is positive semidefinite (definite for ``l2 > 0``).
     ``loss_fn`` is the cross-entropy alone, so the GGN excludes the penalty.

@@ -430,3 +430,18 @@ def test_eigsh_on_hessian_operator_of_a_pytree_function():
     np.testing.assert_allclose(
         np.asarray(lres.ritz_history[m - 1, [0, m - 1]]), [w[0], w[-1]], atol=1e-9 * np.abs(w).max()
     )
+
+
+def test_eigsh_atol_converges_on_singular_psd():
+    """Smallest eigenvalues of a rank-deficient PSD matrix (a Gauss-Newton-like operator): the
+    eigenvalue 0 cannot satisfy a relative test, an absolute one converges to the right value."""
+    lam = np.concatenate([np.zeros(40), np.linspace(1.0, 10.0, 60)])
+    A = matrix_with_spectrum(lam, seed=3)
+    strict = eigsh(DenseOperator(A), k=2, which="SA", tol=1e-8, ncv=12, max_restarts=20)
+    assert not bool(np.all(strict.converged))
+    res = eigsh(DenseOperator(A), k=2, which="SA", tol=1e-8, atol=1e-8 * 10.0, ncv=12)
+    assert bool(np.all(res.converged)), res.message
+    np.testing.assert_allclose(res.eigenvalues, [0.0, 0.0], atol=1e-7)
+    assert np.all(np.asarray(res.residual_norms) <= 1e-7)
+    with pytest.raises(ValueError, match="atol"):
+        eigsh(DenseOperator(A), k=2, atol=-1.0)

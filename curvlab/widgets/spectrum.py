@@ -237,8 +237,11 @@ class SpectrumExplorer(Explorer):
 
     Examples
     --------
-    >>> ex = SpectrumExplorer()  # doctest: +SKIP
-    >>> ex.damping.value = 1.0  # the figure updates at once  # doctest: +SKIP
+    In a notebook cell (tests/test_widget_spectrum.py runs the same steps)::
+
+        ex = SpectrumExplorer()
+        ex.damping.value = 1.0  # the figure updates at once: the spectrum shifts by 1
+        ex
     """
 
     def __init__(
@@ -256,8 +259,8 @@ class SpectrumExplorer(Explorer):
         self._fixed: dict[str, _ProblemState] = {}
         self._lanczos_key = jax.random.key(0)
         self._slq_key = jax.random.key(1)
-        # the problems' operators are built once, here (dense references on first use)
-        self._fixed["mlp"] = self._operator_state("mlp")
+        # the MLP operator is built on first selection (loading the digits costs seconds);
+        # a user's operator right away. Dense references are built on first use.
         if self._custom is not None:
             self._fixed["custom"] = self._operator_state("custom")
 

@@ -97,7 +97,7 @@ def voila_command(
     cmd = [
         python or sys.executable,
         "-m",
-        "voila",
+        "curvlab._voila_server",  # Voila, with pooled kernels protected from the culler at hand-out
         str(notebook),
         "--no-browser",
         "--Voila.ip=127.0.0.1",

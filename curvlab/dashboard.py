@@ -17,8 +17,8 @@ works the same from a repository checkout and from an installed wheel.
 First-render speed-ups (see :func:`speed_up_startup`)
 ------------------------------------------------------
 * only the first tab (Curvature, the cheapest) is built while the page renders; the others are built
-  when selected, or in the background shortly after the first render, one
-  per event-loop turn so slider messages are served in between;
+  when first selected (``build_dashboard(background_delay=s)`` builds them in the background instead,
+  one per event-loop turn);
 * ``jsonschema`` (imported by plotly -> nbformat when a ``FigureWidget`` is
   built) imports ``rfc3987_syntax`` at import time, which compiles a Lark
   grammar (seconds on a small machine) only to validate the ``iri`` JSON
@@ -378,7 +378,7 @@ def _dashboard_class():
             Construction time of each built explorer.
         """
 
-        def __init__(self, specs=TABS, *, background_delay: float | None = 1.0, factories=None):
+        def __init__(self, specs=TABS, *, background_delay: float | None = None, factories=None):
             super().__init__()
             self.specs = tuple(specs)
             if not self.specs:
@@ -487,7 +487,7 @@ def build_dashboard(
     specs=TABS,
     *,
     display: bool = True,
-    background_delay: float | None = 1.0,
+    background_delay: float | None = None,
     speed_up: bool = True,
     factories: dict | None = None,
 ):
@@ -501,8 +501,10 @@ def build_dashboard(
         Call ``IPython.display.display`` on it (when IPython is running).
     background_delay : float or None
         Seconds after which the tabs not yet built are built in the background
-        (needs a running asyncio loop, as in a Jupyter kernel); ``None``: build
-        each tab only when it is selected.
+        (needs a running asyncio loop, as in a Jupyter kernel); ``None`` (the
+        default): build each tab when it is first selected. Background building
+        keeps the kernel busy compiling while a page may already be waiting for
+        it, which on a loaded 2-core machine delayed first renders by minutes.
     speed_up : bool
         Apply :func:`speed_up_startup` first.
     factories : dict, optional

@@ -109,7 +109,7 @@ _BINOPS: dict[type, Callable] = {
     ast.Add: lambda a, b: a + b,
     ast.Sub: lambda a, b: a - b,
     ast.Mult: lambda a, b: a * b,
-    ast.Div: lambda a, b: a / b,
+    ast.Div: lambda a, b: jnp.divide(a, b),  # never a Python ZeroDivisionError on literals
     ast.Pow: lambda a, b: jnp.power(a, b),
 }
 

@@ -447,6 +447,26 @@ def _newton_step(x, fx, g, eta, args, *, f, mode, cg_maxiter, line_search):
     return unravel(x_new), f_new, g_new, stats
 
 
+def _check_newton_options(f, x0, args, forcing, forcing_constant, cg_maxiter, mode, callback):
+    """Validate the options that Newton-CG and trust-region Newton share, before any work."""
+    _check_choice("forcing", forcing, ("eisenstat_walker", "quadratic", "superlinear", "constant"))
+    forcing_constant = _check_nonneg_float("forcing_constant", forcing_constant)
+    if forcing_constant >= 1:
+        raise ValueError(f"forcing_constant must be in [0, 1), got {forcing_constant}")
+    if cg_maxiter is not None:
+        cg_maxiter = check_positive_int("cg_maxiter", cg_maxiter)
+    _check_choice("mode", mode, ("fwd_rev", "rev_fwd", "rev_rev"))
+    _check_callback(callback)
+    _check_point("x0", x0)
+    check_scalar_output(f, x0, *args)
+    args = tuple(args)
+    if cg_maxiter is None:
+        from curvlab.cg import default_maxiter
+
+        cg_maxiter = default_maxiter(ravel_pytree(x0)[0].size)
+    return forcing_constant, cg_maxiter, args
+
+
 def newton_cg(
     f: Callable,
     x0: PyTree,
@@ -523,21 +543,9 @@ def newton_cg(
     tol = _check_nonneg_float("tol", tol)
     maxiter = check_positive_int("maxiter", maxiter, minimum=0)
     _check_choice("line_search", line_search, ("armijo", "none"))
-    _check_choice("forcing", forcing, ("eisenstat_walker", "quadratic", "superlinear", "constant"))
-    forcing_constant = _check_nonneg_float("forcing_constant", forcing_constant)
-    if forcing_constant >= 1:
-        raise ValueError(f"forcing_constant must be in [0, 1), got {forcing_constant}")
-    if cg_maxiter is not None:
-        cg_maxiter = check_positive_int("cg_maxiter", cg_maxiter)
-    _check_choice("mode", mode, ("fwd_rev", "rev_fwd", "rev_rev"))
-    _check_callback(callback)
-    _check_point("x0", x0)
-    check_scalar_output(f, x0, *args)
-    args = tuple(args)
-    if cg_maxiter is None:
-        from curvlab.cg import default_maxiter
-
-        cg_maxiter = default_maxiter(ravel_pytree(x0)[0].size)
+    forcing_constant, cg_maxiter, args = _check_newton_options(
+        f, x0, args, forcing, forcing_constant, cg_maxiter, mode, callback
+    )
 
     clock = _Clock()
     rec = _Recorder()
@@ -703,21 +711,9 @@ def trust_region_newton(
     eta = _check_nonneg_float("eta", eta)
     if eta >= 0.25:
         raise ValueError(f"eta must be in [0, 0.25), got {eta}")
-    _check_choice("forcing", forcing, ("eisenstat_walker", "quadratic", "superlinear", "constant"))
-    forcing_constant = _check_nonneg_float("forcing_constant", forcing_constant)
-    if forcing_constant >= 1:
-        raise ValueError(f"forcing_constant must be in [0, 1), got {forcing_constant}")
-    if cg_maxiter is not None:
-        cg_maxiter = check_positive_int("cg_maxiter", cg_maxiter)
-    _check_choice("mode", mode, ("fwd_rev", "rev_fwd", "rev_rev"))
-    _check_callback(callback)
-    _check_point("x0", x0)
-    check_scalar_output(f, x0, *args)
-    args = tuple(args)
-    if cg_maxiter is None:
-        from curvlab.cg import default_maxiter
-
-        cg_maxiter = default_maxiter(ravel_pytree(x0)[0].size)
+    forcing_constant, cg_maxiter, args = _check_newton_options(
+        f, x0, args, forcing, forcing_constant, cg_maxiter, mode, callback
+    )
 
     clock = _Clock()
     rec = _Recorder(extra=("radius",))

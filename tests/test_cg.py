@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import matrix_with_spectrum
 
 from curvlab.cg import (
     CGResult,
@@ -27,6 +26,7 @@ from curvlab.cg import (
     steihaug_cg,
 )
 from curvlab.operators import DenseOperator, DiagonalOperator, FunctionOperator
+from tests.reference import matrix_with_spectrum
 
 
 def spd_problem(n=60, kappa=100.0, seed=0, spectrum="geom", dtype=np.float64):

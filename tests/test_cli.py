@@ -72,7 +72,7 @@ def test_help(argv, capsys):
 
 def test_voila_command_binds_localhost_and_culls():
     cmd = cli.voila_command("nb.ipynb", port=9100)
-    assert cmd[:4] == [sys.executable, "-m", "voila", "nb.ipynb"]
+    assert cmd[:4] == [sys.executable, "-m", "curvlab._voila_server", "nb.ipynb"]
     for flag in (
         "--Voila.ip=127.0.0.1",
         "--Voila.port=9100",
@@ -295,3 +295,33 @@ def test_dashboard_fails_on_busy_port(tmp_path):
         )
     assert out.returncode != 0
     assert "is port" in out.stderr
+
+
+def test_pooled_kernel_handed_to_a_page_counts_as_active(monkeypatch):
+    """A kernel that idled in Voila's pool must not be culled before its page connects."""
+    import asyncio
+    import datetime
+    import types
+
+    import voila.app
+
+    from curvlab import _voila_server
+
+    old = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+    kernel = types.SimpleNamespace(last_activity=old)
+
+    class FakePoolManager:
+        def __contains__(self, kernel_id):
+            return kernel_id == "k1"
+
+        def get_kernel(self, kernel_id):
+            return kernel
+
+        async def get_rendered_notebook(self, notebook_name, **kwargs):
+            return "task", ["cells"], "k1"
+
+    monkeypatch.setattr(voila.app, "voila_kernel_manager_factory", lambda *a, **k: FakePoolManager)
+    _voila_server._patch_pool_handout()
+    manager = voila.app.voila_kernel_manager_factory()()
+    assert asyncio.run(manager.get_rendered_notebook("dashboard.ipynb")) == ("task", ["cells"], "k1")
+    assert kernel.last_activity > old

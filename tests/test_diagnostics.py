@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import dense_hessian
 
 from curvlab.diagnostics import (
     CurvatureReport,
@@ -25,6 +24,7 @@ from curvlab.diagnostics import (
     sharpness_over_training,
     summary_table,
 )
+from tests.reference import dense_hessian
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from reference import dense_hessian, matrix_with_spectrum
 
 from curvlab import problems
 from curvlab.hvp import (
@@ -30,6 +29,7 @@ from curvlab.hvp import (
     hvp,
     hvp_fn,
 )
+from tests.reference import dense_hessian, matrix_with_spectrum
 
 RTOL64 = 1e-10
 TOL32 = 1e-4

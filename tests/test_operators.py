@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from reference import dense_hessian, matrix_with_spectrum, random_orthogonal
 
 from curvlab import problems
 from curvlab.hvp import HVP_MODES
@@ -33,6 +32,7 @@ from curvlab.operators import (
     ggn_operator,
     hessian_operator,
 )
+from tests.reference import dense_hessian, matrix_with_spectrum, random_orthogonal
 
 # ---------------------------------------------------------------------------
 # structured operators and their explicit dense matrices

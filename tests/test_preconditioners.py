@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import matrix_with_spectrum
 
 from curvlab.cg import CGStatus, cg
 from curvlab.operators import (
@@ -24,6 +23,7 @@ from curvlab.preconditioners import (
     jacobi,
     martens,
 )
+from tests.reference import matrix_with_spectrum
 
 
 def badly_scaled(n=60, seed=0, decades=6):

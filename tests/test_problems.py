@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from reference import dense_hessian
 
 from curvlab import problems
+from tests.reference import dense_hessian
 
 
 def random_point(n, seed, scale=1.5):

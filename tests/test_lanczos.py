@@ -351,6 +351,22 @@ def test_eigsh_reports_non_convergence_honestly():
     assert np.all(np.isfinite(np.asarray(res.residual_history)))
 
 
+def test_eigsh_top1_small_gap_many_restarts_float64():
+    # k = 1 (default ncv = 12, 6 kept vectors): a relative gap of 1e-3 at the top needs many thick
+    # restarts, i.e. many steps with one Gram-Schmidt pass plus the conditional second one and many
+    # arrow-row steps; the result must still match the dense reference with a true residual.
+    lam = np.r_[np.linspace(-1.0, 1.0, 198), 1.001, 1.002]
+    op, A = _op(lam, 5)
+    res = eigsh(op, 1, which="LA", tol=1e-10, key=jax.random.key(3))
+    assert res.status == EigshStatus.CONVERGED, res.message
+    assert res.num_restarts >= 3
+    np.testing.assert_allclose(float(res.eigenvalues[0]), 1.002, rtol=1e-10)
+    y = np.asarray(res.eigenvectors[:, 0])
+    w, U = np.linalg.eigh(A)
+    assert abs(abs(U[:, -1] @ y) - 1) < 1e-8
+    assert np.linalg.norm(A @ y - float(res.eigenvalues[0]) * y) <= 1e-10 * 1.002
+
+
 def test_eigsh_float32_documented_tolerance():
     lam = spectrum("separated", 150)
     op, _ = _op(lam, 1, dtype=np.float32)

@@ -9,7 +9,9 @@ pytest.importorskip("plotly")
 import jax.numpy as jnp  # noqa: E402
 
 from curvlab import plots  # noqa: E402
+from curvlab.lanczos import lanczos  # noqa: E402
 from curvlab.operators import DenseOperator, DiagonalOperator  # noqa: E402
+from curvlab.spectral import spectral_density  # noqa: E402
 from curvlab.widgets.spectrum import SpectrumExplorer, strakos_eigenvalues  # noqa: E402
 
 CONTROLS = (
@@ -106,6 +108,44 @@ def test_damping_shifts_ritz_values_and_density_by_lambda(ex):
     np.testing.assert_allclose(mean(r1) - mean(r0), lam, atol=1e-3 * scale)
     np.testing.assert_allclose(np.trapezoid(r1.density, r1.grid), 1.0, atol=1e-6)
     assert "damping λ = 3.5" in ex.figure.layout.title.text
+
+
+@pytest.mark.parametrize("reorthogonalize", [True, False])
+def test_damping_moves_reuse_the_undamped_runs_and_match_a_fresh_computation(explorer, reorthogonalize):
+    """A damping move shifts the cached Lanczos/SLQ runs on A by λ: same numbers as runs on A + λI."""
+    n, steps, probes = 100, 40, 7  # n > every bucket used: no breakdown, the cache applies
+    kw = dict(problem="strakos", kappa=1e3, n=n, num_steps=steps, num_probes=probes)
+    kw.update(preconditioned=False, reorthogonalize=reorthogonalize)
+    explorer.compute(damping=0.0, **kw)
+    state = explorer._state("strakos", 1e3, n)
+    cached = dict(state.undamped)
+    assert ("slq", 10, 50) in cached and ("lanczos", 60, False) not in cached
+    assert ("lanczos", 60, True) in cached or not reorthogonalize
+    A = state.dense
+    for lam in (0.37, 4.2):
+        r = explorer.compute(damping=lam, **kw)
+        assert state.undamped == cached  # nothing recomputed on A, nothing added
+        op = DenseOperator(jnp.asarray(A + lam * np.eye(n)))
+        sd = spectral_density(op, num_probes=10, num_steps=50, key=explorer._slq_key)
+        scale = float(np.max(np.abs(A))) + lam
+        np.testing.assert_allclose(r.grid, arr(sd.grid), rtol=0, atol=1e-13 * scale)
+        per_probe = arr(sd.per_probe_density)[:probes]
+        d = per_probe.mean(axis=0)
+        np.testing.assert_allclose(r.density, d, rtol=0, atol=1e-10 * d.max())
+        s = per_probe.std(axis=0, ddof=1) / np.sqrt(probes)
+        np.testing.assert_allclose(r.density_stderr, s, rtol=0, atol=1e-10 * d.max())
+        np.testing.assert_allclose(r.exact_eigenvalues, strakos_eigenvalues(n, 1e3) + lam, rtol=1e-12)
+        if reorthogonalize:
+            lres = lanczos(op, 60, key=explorer._lanczos_key, reorthogonalize=True, history=True)
+            ref = arr(lres.ritz_history)[:steps, :steps]
+            assert np.array_equal(np.isnan(r.ritz_history), np.isnan(ref))
+            np.testing.assert_allclose(r.ritz_history, ref, rtol=0, atol=1e-12 * scale)
+            ghosts = plots.ghost_mask(ref, rtol=10 * np.finfo(np.float64).eps ** (2 / 3))
+            assert np.array_equal(r.ghosts, ghosts)
+        else:
+            # without reorthogonalization rounding errors grow once orthogonality is lost, so the
+            # Ritz history is recomputed on A + λI; its converged extremes are still λ_i(A) + λ
+            np.testing.assert_allclose(r.lambda_max, 1e3 + lam, rtol=1e-10)
 
 
 def test_ritz_values_interlace_and_figure_matches_result(ex):

@@ -20,14 +20,26 @@ preconditioner) and shows
   with its standard-error band;
 * the exact eigenvalues (dense ``eigh``) for ``n <= 500``.
 
-Damping shifts every eigenvalue of :math:`A` by exactly :math:`\\lambda`.
+Damping shifts every eigenvalue of :math:`A` by exactly :math:`\\lambda`, and so does
+it shift the Lanczos runs: from the same start vector, Lanczos on :math:`A + \\lambda I`
+builds the same basis with :math:`\\alpha_j + \\lambda` and the same :math:`\\beta_j`.
+Without the preconditioner a damping move therefore reuses the (cached) runs on
+:math:`A` and adds :math:`\\lambda` to the Ritz values, the SLQ nodes and grid and the
+exact eigenvalues: no Krylov work, milliseconds per move. (Only runs with full
+reorthogonalization are shifted: without it rounding errors grow once orthogonality is
+lost, and a run on :math:`A + \\lambda I` shows its ghosts at other steps, so that Lanczos
+run is redone.) With the preconditioner :math:`P` depends on :math:`\\lambda` and
+everything is recomputed; the dense ``eigh`` then runs on a worker thread, alongside the
+Krylov runs.
+
 All numbers come from the curvlab core; :meth:`SpectrumExplorer.compute` is a
-plain function of the control values.
+plain function of the control values (the caches only skip recomputing them).
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import math
 from typing import NamedTuple
@@ -40,7 +52,7 @@ import plotly.graph_objects as go
 from scipy.linalg import eigvalsh_tridiagonal
 
 from curvlab import plots, problems
-from curvlab.lanczos import lanczos
+from curvlab.lanczos import LanczosStatus, _default_breakdown_tol, lanczos
 from curvlab.operators import LinearOperator, _register, as_operator, hessian_operator
 from curvlab.spectral import diagonal as estimate_diagonal
 from curvlab.spectral import spectral_density
@@ -116,6 +128,61 @@ class _ProblemState:
     diag: np.ndarray | None
     eigenvalues: np.ndarray | None = None  # of ``dense``, computed on first use
     diag_estimates: dict = dataclasses.field(default_factory=dict)
+    #: runs on the undamped operator (:class:`_LanczosRun`, :class:`_SLQRun`) keyed by their settings
+    undamped: dict = dataclasses.field(default_factory=dict)
+
+
+class _LanczosRun(NamedTuple):
+    """Host copy of one Lanczos run on an operator :math:`B`.
+
+    Shift invariance: Lanczos on :math:`A + \\lambda I` from the same start vector builds the
+    same basis with :math:`\\alpha_j + \\lambda` and the same :math:`\\beta_j`, so its Ritz values
+    are those of :math:`A` plus :math:`\\lambda`. In floating point this holds to rounding
+    (``~1e-15`` relative) *with* full reorthogonalization; without it, rounding errors grow once
+    orthogonality is lost and a fresh run on :math:`A + \\lambda I` shows its ghosts at other
+    steps, so the explorer shifts only reorthogonalized runs.
+    """
+
+    ritz: np.ndarray  # (bucket, bucket) Ritz history, NaN-padded
+    beta: np.ndarray  # (num_steps,) off-diagonals of the steps taken
+    num_steps: int  # steps taken
+    completed: bool  # all steps taken (no breakdown, nothing non-finite)
+    anorm: float  # max_i ||B q_i||
+    message: str  # status message
+
+
+class _SLQRun(NamedTuple):
+    """Host copy of one SLQ run (always fully reorthogonalized) on an operator :math:`B`.
+
+    For :math:`B = A + \\lambda I` the nodes and the default grid move by :math:`\\lambda`; the
+    weights, the default width (1% of the node spread) and the density values do not.
+    """
+
+    grid: np.ndarray
+    per_probe: np.ndarray  # (probes, grid) per-probe densities
+    completed: bool  # every probe took all its steps
+    spread: bool  # the nodes are not all equal (else the default width depends on the shift)
+
+
+#: one worker for the dense ``eigh`` that overlaps with the Krylov runs
+_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="curvlab-spectrum")
+
+
+def _shiftable(run: _LanczosRun | _SLQRun, shift: float, dtype) -> bool:
+    """Whether a run on :math:`A` gives the run on :math:`A + \\lambda I` by a shift.
+
+    Fresh runs stop at a breakdown :math:`\\beta_j \\le \\text{tol}\\,\\max_i \\|(A + \\lambda I) q_i\\|`.
+    A shifted Lanczos run takes all its steps too when the undamped one did and
+    :math:`\\min_j \\beta_j > \\text{tol}\\,(\\max_i \\|A q_i\\| + |\\lambda|)`. For SLQ (whose
+    :math:`\\beta_j` are not returned) every probe must have completed and the nodes must
+    spread. Otherwise the explorer recomputes.
+    """
+    if isinstance(run, _SLQRun):
+        return run.completed and run.spread
+    if not (run.completed and math.isfinite(run.anorm)):
+        return False
+    tol = _default_breakdown_tol(dtype)
+    return run.beta.size == 0 or float(np.min(run.beta)) > tol * (run.anorm + abs(shift))
 
 
 class SpectrumResult(NamedTuple):
@@ -393,56 +460,83 @@ class SpectrumExplorer(Explorer):
         state = self._state(problem, kappa, n)
         size = state.op.size
         dtype = state.op.dtype
+        k = num_steps
+        bucket = _bucket(k, STEP_BUCKETS)
+        probe_bucket = _bucket(num_probes, PROBE_BUCKETS)
+        slq_steps = min(_bucket(k, SLQ_STEP_BUCKETS), SLQ_STEP_BUCKETS[-1], size)
+
+        exact_future = None
+        lanczos_settings = (bucket, bool(reorthogonalize))
+        slq_settings = (probe_bucket, slq_steps)
         if preconditioned:
             d = np.abs(self._diagonal(state, num_probes) + damping)
             d = np.maximum(d, 1e-12 * max(float(np.max(d)), 1e-300))
             scale = 1.0 / np.sqrt(d)
+            if state.dense is not None:
+                # the dense eigh (LAPACK, GIL released) overlaps with the Krylov runs below
+                B = scale[:, None] * state.dense * scale[None, :]
+                B[np.diag_indices(size)] += damping * scale**2
+                exact_future = _EXECUTOR.submit(np.linalg.eigvalsh, B)
+            op = _CongruenceOperator(state.op.damped(damping), jnp.asarray(scale, dtype))
+            lrun, srun = self._run(op, lanczos_settings, slq_settings)
+            lshift = sshift = 0.0
         else:
-            scale = np.ones(size)
-        op = _CongruenceOperator(state.op.damped(damping), jnp.asarray(scale, dtype))
+            # Damping shifts the spectrum: reuse the runs on A and add λ (no Krylov work)
+            cache = state.undamped
+            lrun = cache.get(("lanczos", *lanczos_settings)) if reorthogonalize else None
+            srun = cache.get(("slq", *slq_settings))
+            if (reorthogonalize and lrun is None) or srun is None:
+                undamped = _CongruenceOperator(state.op.damped(0.0), jnp.ones(size, dtype))
+                new_l, new_s = self._run(
+                    undamped,
+                    lanczos_settings if reorthogonalize and lrun is None else None,
+                    slq_settings if srun is None else None,
+                )
+                if new_l is not None:
+                    lrun = cache[("lanczos", *lanczos_settings)] = new_l
+                if new_s is not None:
+                    srun = cache[("slq", *slq_settings)] = new_s
+            lshift = sshift = damping
+            fresh_l = lrun is None or (damping != 0.0 and not _shiftable(lrun, damping, dtype))
+            fresh_s = damping != 0.0 and not _shiftable(srun, damping, dtype)
+            if fresh_l or fresh_s:
+                damped = _CongruenceOperator(state.op.damped(damping), jnp.ones(size, dtype))
+                new_l, new_s = self._run(
+                    damped, lanczos_settings if fresh_l else None, slq_settings if fresh_s else None
+                )
+                if fresh_l:
+                    lrun, lshift = new_l, 0.0
+                if fresh_s:
+                    srun, sshift = new_s, 0.0
 
         # Static shapes: the jitted loops compile once per bucket, not per slider value.
         # Lanczos runs ``_bucket(k)`` steps and keeps the first k: T_k is the leading block
         # of T_B, so the Ritz history is exactly that of a k-step run.
-        k = num_steps
-        lres = lanczos(
-            op,
-            _bucket(k, STEP_BUCKETS),
-            key=self._lanczos_key,
-            reorthogonalize=bool(reorthogonalize),
-            history=False,
-        )
-        taken = min(k, int(lres.num_steps))
-        alpha = np.asarray(lres.alpha, dtype=np.float64)[:taken]
-        beta = np.asarray(lres.beta, dtype=np.float64)[: max(taken - 1, 0)]
-        ritz = _ritz_history(alpha, beta)
+        taken = min(k, lrun.num_steps)
+        ritz = lrun.ritz[:taken, :taken] + lshift
         final = ritz[-1][np.isfinite(ritz[-1])]
         ghosts = plots.ghost_mask(ritz, rtol=_ghost_rtol(dtype))
-        if int(lres.num_steps) < k:
-            message = f"{taken} steps: {lres.message}"
+        if lrun.num_steps < k:
+            message = f"{taken} steps: {lrun.message}"
         else:
             message = f"{taken} steps: completed all requested Lanczos steps"
 
-        # SLQ: probes are drawn in buckets and the first ``num_probes`` are averaged
-        slq_steps = min(_bucket(k, SLQ_STEP_BUCKETS), SLQ_STEP_BUCKETS[-1], size)
-        sd = spectral_density(
-            op, num_probes=_bucket(num_probes, PROBE_BUCKETS), num_steps=slq_steps, key=self._slq_key
-        )
-        per_probe = np.asarray(sd.per_probe_density, dtype=np.float64)[:num_probes]
+        # SLQ: probes are drawn in buckets and the first ``num_probes`` are averaged; a shift
+        # moves the nodes and the default grid by λ and leaves the smoothed density unchanged
+        per_probe = srun.per_probe[:num_probes]
         density = per_probe.mean(axis=0)
         if num_probes > 1:
             stderr = per_probe.std(axis=0, ddof=1) / math.sqrt(num_probes)
         else:
             stderr = np.full_like(density, np.nan)
+        grid = srun.grid + sshift
 
         exact = None
-        if state.dense is not None:
-            if preconditioned:
-                B = scale[:, None] * state.dense * scale[None, :]
-                B[np.diag_indices(size)] += damping * scale**2
-                exact = np.linalg.eigvalsh(B)
-            else:  # A + λI has exactly the eigenvalues λ_i(A) + λ
-                exact = self._eigenvalues(state) + damping
+        if exact_future is not None:
+            exact = exact_future.result()
+        elif state.dense is not None:
+            # A + λI has exactly the eigenvalues λ_i(A) + λ
+            exact = self._eigenvalues(state) + damping
 
         lmin, lmax = (float(final[0]), float(final[-1])) if final.size else (math.nan, math.nan)
         return SpectrumResult(
@@ -454,7 +548,7 @@ class SpectrumExplorer(Explorer):
             reorthogonalize=bool(reorthogonalize),
             num_steps=taken,
             ritz_history=ritz,
-            grid=np.asarray(sd.grid, dtype=np.float64),
+            grid=grid,
             density=density,
             density_stderr=stderr,
             slq_steps=slq_steps,
@@ -467,6 +561,42 @@ class SpectrumExplorer(Explorer):
             num_copies_max=_copies_of_max(ghosts[-1], final.size),
             message=message,
         )
+
+    def _run(self, op, lanczos_settings, slq_settings) -> tuple[_LanczosRun | None, _SLQRun | None]:
+        """Lanczos ``(steps, reorthogonalize)`` and SLQ ``(probes, steps)`` on ``op`` (``None``: skip)."""
+        # both are dispatched before either is read, so that they overlap
+        lres = sd = None
+        if lanczos_settings is not None:
+            steps, reorth = lanczos_settings
+            lres = lanczos(op, steps, key=self._lanczos_key, reorthogonalize=reorth, history=False)
+        if slq_settings is not None:
+            probes, slq_steps = slq_settings
+            sd = spectral_density(op, num_probes=probes, num_steps=slq_steps, key=self._slq_key)
+        lrun = srun = None
+        if lres is not None:
+            taken = int(lres.num_steps)
+            alpha = np.asarray(lres.alpha, dtype=np.float64)[:taken]
+            beta = np.asarray(lres.beta, dtype=np.float64)[:taken]
+            ritz = np.full((steps, steps), np.nan)
+            ritz[:taken, :taken] = _ritz_history(alpha, beta[: max(taken - 1, 0)])
+            lrun = _LanczosRun(
+                ritz=ritz,
+                beta=beta,
+                num_steps=taken,
+                completed=int(lres.status) == LanczosStatus.COMPLETED,
+                anorm=float(lres.anorm),
+                message=lres.message,
+            )
+        if sd is not None:
+            nodes = np.asarray(sd.nodes, dtype=np.float64)
+            finite = nodes[np.isfinite(nodes)]
+            srun = _SLQRun(
+                grid=np.asarray(sd.grid, dtype=np.float64),
+                per_probe=np.asarray(sd.per_probe_density, dtype=np.float64),
+                completed=bool(np.all(np.asarray(sd.status) == LanczosStatus.COMPLETED)),
+                spread=finite.size > 0 and float(np.max(finite)) > float(np.min(finite)),
+            )
+        return lrun, srun
 
     @staticmethod
     def _eigenvalues(state: _ProblemState) -> np.ndarray:

@@ -278,3 +278,17 @@ def test_errors_go_to_the_error_area(ex, monkeypatch):
     monkeypatch.undo()
     ex.damping.value = 2.0
     assert ex.error.value == ""
+
+
+def test_ghost_marks_respect_the_true_multiplicity():
+    """Near-equal Ritz values are ghosts only when they outnumber the exact eigenvalues there."""
+    from curvlab.plots import ghost_mask
+    from curvlab.widgets.spectrum import _drop_true_multiplicity
+
+    rtol = 1e-6
+    ritz = np.array([[1.0, 1.0, 1.0, 5.0], [1.0, 5.0, 5.0, 5.0]])
+    raw = ghost_mask(ritz, rtol=rtol)
+    assert raw[0, :2].all() and raw[1, 1:3].all()
+    kept = _drop_true_multiplicity(ritz, raw, np.array([1.0, 1.0, 1.0, 5.0]), rtol)
+    assert not kept[0].any()  # 1.0 has multiplicity 3: three Ritz values there are no ghosts
+    assert kept[1, 1:3].all()  # three copies of the simple eigenvalue 5.0: two are ghosts

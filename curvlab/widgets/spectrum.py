@@ -275,6 +275,30 @@ def _ghost_rtol(dtype) -> float:
     return 10 * float(jnp.finfo(dtype).eps) ** (2 / 3)
 
 
+def _drop_true_multiplicity(
+    ritz: np.ndarray, ghosts: np.ndarray, exact: np.ndarray, rtol: float
+) -> np.ndarray:
+    """Keep a ghost mark only where more Ritz values sit near it than exact eigenvalues do.
+
+    The gap test of :func:`curvlab.plots.ghost_mask` cannot tell a ghost copy from distinct
+    eigenvalues closer together than its tolerance (a dense cluster in float32); with the exact
+    spectrum known, a Ritz value is a ghost only if its cluster holds more Ritz values than the
+    spectrum holds eigenvalues within the same distance.
+    """
+    out = ghosts.copy()
+    exact = np.sort(np.asarray(exact, dtype=float))
+    for j, i in zip(*np.nonzero(ghosts)):
+        row = ritz[j][np.isfinite(ritz[j])]
+        tol = rtol * float(np.max(np.abs(row)))
+        theta = ritz[j, i]
+        near_ritz = int(np.sum(np.abs(row - theta) <= tol))
+        near_exact = int(
+            np.searchsorted(exact, theta + tol, "right") - np.searchsorted(exact, theta - tol, "left")
+        )
+        out[j, i] = near_ritz > near_exact
+    return out
+
+
 def _copies_of_max(ghosts_last_row: np.ndarray, num_finite: int) -> int:
     """1 + the number of Ritz values below the largest one that duplicate it (a chain of ghosts)."""
     copies = 1
@@ -537,6 +561,8 @@ class SpectrumExplorer(Explorer):
         elif state.dense is not None:
             # A + λI has exactly the eigenvalues λ_i(A) + λ
             exact = self._eigenvalues(state) + damping
+        if exact is not None and ghosts.any():
+            ghosts = _drop_true_multiplicity(ritz, ghosts, exact, _ghost_rtol(dtype))
 
         lmin, lmax = (float(final[0]), float(final[-1])) if final.size else (math.nan, math.nan)
         return SpectrumResult(

@@ -108,7 +108,7 @@ class CGResult(NamedTuple):
     residual_norms : (maxiter + 1,) array
         :math:`\\|r_k\\|_2` of the recursively updated residual, entry 0 is :math:`\\|b - A x_0\\|`.
     num_iterations : int array
-        Number of CG steps taken (matvecs beyond the initial residual).
+        Number of CG steps taken (one matvec each; a warm start x0 costs one more for the initial residual).
     status : int32 array
         A :class:`CGStatus` value; see :attr:`status_enum` and :attr:`message`.
     quadratic_values : (maxiter + 1,) array

@@ -528,7 +528,7 @@ def newton_cg(
     -------
     OptimizeResult
         ``history["grad_norm"][k]`` is :math:`\\|\\nabla f(x_k)\\|`; ``num_hvps`` counts the CG
-        matvecs (including the one for CG's initial residual) and the steepest-descent HVPs.
+        matvecs (CG starts from 0, so none is spent on its initial residual) and the steepest-descent HVPs.
 
     Examples
     --------

@@ -15,7 +15,17 @@ Measures
   * top-5 to 1e-5 with curvlab ``eigsh`` (error against the 1e-6 run);
   * top-1 eigenvalue to 1e-4 relative: curvlab ``eigsh(k=1, tol=1e-4)`` (a residual below 1e-4 |theta|
     guarantees an eigenvalue within 1e-4 relative) vs a PyHessian-style power iteration written in
-    JAX (stop when the Rayleigh quotient changes by < 1e-4 relative), same linearized product.
+    JAX (stop when the Rayleigh quotient changes by < 1e-4 relative), same linearized product;
+  * the same power iteration in PyTorch (``bench`` extra; skipped, with ``{"error": ...}``, without
+    torch), as PyHessian's ``hessian.eigenvalues`` runs it on one batch: the gradient g is built once
+    with ``create_graph=True`` and each HVP is a second backward pass, ``grad(g . v)`` =
+    ``autograd.grad(g, params, grad_outputs=v, retain_graph=True)``; stop when
+    |eig - prev| / (|prev| + 1e-6) < 1e-4, maxIter 1000, report ``prev`` (as PyHessian does). Same
+    weights, data and start vector as the JAX problem, torch threads = ``os.cpu_count()``; time: median of
+    3 runs after a 5-HVP warm-up, building the gradient graph included (as the JAX run includes its
+    linearization). Also the
+    median time of one torch HVP, built from scratch (forward, gradient with graph, second backward:
+    compare with the jitted JAX HVP) and on the retained gradient graph (compare with the linearized one).
 
 Run::
 
@@ -133,6 +143,113 @@ def _power_iteration(op, v0, tol, maxiter):
 
 
 _power_iteration = jax.jit(_power_iteration, static_argnames=("maxiter",))
+
+
+def _torch_problem(params, x, y):
+    """The MLP of :func:`mlp_problem` in PyTorch, same weights and data (JAX ``w`` is (din, dout): h @ w + b).
+
+    Returns ``(ps, loss_fn, to_torch, to_jax)``: the flat parameter list [w0, b0, w1, b1, ...],
+    the loss of ``ps``, and converters between a JAX parameter tree and a list shaped like ``ps``.
+    """
+    import torch
+
+    def to_torch(tree):
+        return [torch.from_numpy(np.array(layer[k], dtype=np.float32)) for layer in tree for k in ("w", "b")]
+
+    def to_jax(ts):
+        arrs = [jnp.asarray(t.detach().numpy()) for t in ts]
+        return [{"w": w, "b": b} for w, b in zip(arrs[::2], arrs[1::2], strict=True)]
+
+    ps = [t.requires_grad_() for t in to_torch(params)]
+    xt = torch.from_numpy(np.array(x, dtype=np.float32))
+    yt = torch.from_numpy(np.array(y, dtype=np.int64))
+
+    def loss_fn(ps):
+        h = xt
+        for w, b in zip(ps[:-2:2], ps[1:-2:2], strict=True):
+            h = torch.tanh(h @ w + b)
+        return torch.nn.functional.cross_entropy(h @ ps[-2] + ps[-1], yt)
+
+    return ps, loss_fn, to_torch, to_jax
+
+
+def _torch_hvp(loss_fn, ps, vs):
+    """Double-backprop HVP from scratch: g = grad(L) with ``create_graph=True``, then H v = grad(g . v)."""
+    import torch
+
+    g = torch.autograd.grad(loss_fn(ps), ps, create_graph=True)
+    gv = sum(torch.sum(gi * vi) for gi, vi in zip(g, vs, strict=True))
+    return torch.autograd.grad(gv, ps)
+
+
+def _torch_power_iteration(loss_fn, ps, v0, tol, maxiter):
+    """PyHessian's ``hessian.eigenvalues`` (one batch, top-1) in PyTorch.
+
+    The gradient g is built once with its graph; each HVP is ``grad(g, ps, grad_outputs=v)`` = grad(g . v).
+    Stops when |eig - prev| / (|prev| + 1e-6) < tol and returns ``prev``, as PyHessian does.
+    Returns ``(eigenvalue, number of HVPs)``.
+    """
+    import torch
+
+    def normalized(vs):
+        s = torch.sqrt(sum(torch.sum(t * t) for t in vs))
+        return [t / s for t in vs]
+
+    g = torch.autograd.grad(loss_fn(ps), ps, create_graph=True)
+    v = normalized(v0)
+    eig, hvps = None, 0
+    while hvps < maxiter:
+        hv = torch.autograd.grad(g, ps, grad_outputs=v, retain_graph=True)
+        hvps += 1
+        new = sum(torch.sum(a * b) for a, b in zip(hv, v, strict=True)).item()
+        v = normalized(hv)
+        if eig is not None and abs(eig - new) / (abs(eig) + 1e-6) < tol:
+            break
+        eig = new
+    return eig, hvps
+
+
+def pytorch_power(params, x, y, v0_tree, lam_ref, t_hvp, t_hvp_lin, t_pow_jax, tol=1e-4, maxiter=1000):
+    """PyHessian-style power iteration in PyTorch on the JAX problem; ``{"error": ...}`` without torch.
+
+    ``t_hvp``, ``t_hvp_lin``, ``t_pow_jax``: the JAX timings (jitted HVP, linearized HVP in a loop,
+    JAX power iteration) the torch ones are compared with.
+    """
+    try:
+        import torch
+    except ImportError as err:  # pragma: no cover - optional comparison
+        return {"error": repr(err)}
+
+    torch.set_num_threads(os.cpu_count())
+    ps, loss_fn, to_torch, _ = _torch_problem(params, x, y)
+    v0 = to_torch(v0_tree)
+    _torch_power_iteration(loss_fn, ps, v0, tol, maxiter=5)  # warm-up (lazy initialization of torch)
+    runs = []
+    for _ in range(3):
+        t = time.perf_counter()
+        eig, hvps = _torch_power_iteration(loss_fn, ps, v0, tol, maxiter)
+        runs.append(time.perf_counter() - t)
+    t_pow = float(np.median(runs))
+    t_full, _ = timed(lambda: _torch_hvp(loss_fn, ps, v0), repeats=7)
+    g = torch.autograd.grad(loss_fn(ps), ps, create_graph=True)
+    t_retained, _ = timed(lambda: torch.autograd.grad(g, ps, grad_outputs=v0, retain_graph=True), repeats=7)
+    return {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "stopping_rule": f"|eig - prev| / (|prev| + 1e-6) < {tol:g}, maxIter {maxiter}, returns prev",
+        "hvp": "double backprop: grad(loss, create_graph=True) once, then grad(g . v) per HVP",
+        "seconds": t_pow,
+        "seconds_runs": runs,
+        "hvps": hvps,
+        "eigenvalue": eig,
+        "relative_error": abs(eig - lam_ref) / abs(lam_ref),
+        "seconds_per_iteration": t_pow / hvps,
+        "hvp_from_scratch_seconds": t_full,
+        "hvp_retained_graph_seconds": t_retained,
+        "jax_hvp_over_torch_hvp_from_scratch": t_hvp / t_full,
+        "jax_linearized_hvp_over_torch_hvp_retained_graph": t_hvp_lin / t_retained,
+        "torch_power_over_jax_power_time": t_pow / t_pow_jax,
+    }
 
 
 def main(argv=None):
@@ -301,6 +418,9 @@ def main(argv=None):
         "power_relative_error": abs(float(eig_pow) - lam_ref) / abs(lam_ref),
         "curvlab_over_power_time": t_top1 / t_pow,
     }
+    # --- top-1 to 1e-4: PyHessian-style power iteration in PyTorch ------------------
+    results["pytorch_power"] = pytorch_power(params, x, y, op.unravel(v), lam_ref, t_hvp, t_hvp_lin, t_pow)
+
     # --- top-5 to 1e-5 (reference: the tol = 1e-6 run above) ---------------------
     t_top5, r5 = timed(lambda: eigsh(op, top, which="LA", tol=1e-5, key=key), repeats=3)
     err5 = float(np.max(np.abs(np.asarray(r5.eigenvalues) - ev) / np.abs(ev)))
@@ -355,6 +475,30 @@ def main(argv=None):
             "  power iteration until true error <= 1e-4",
             f"{power_needed} HVPs, {results['top1']['power_seconds_to_reach_1e-4']} s",
         ),
+    ]
+    tp = results["pytorch_power"]
+    if "error" in tp:
+        rows += [("PyTorch power iteration (PyHessian)", f"skipped: {tp['error']}")]
+    else:
+        rows += [
+            (
+                f"PyTorch {tp['torch']} power iteration (PyHessian)",
+                f"{tp['seconds']:.2f} s, {tp['hvps']} HVPs, err {tp['relative_error']:.1e}, "
+                f"{tp['torch_threads']} threads",
+            ),
+            (
+                "  torch HVP from scratch, on retained graph",
+                f"{1e3 * tp['hvp_from_scratch_seconds']:.2f} ms, "
+                f"{1e3 * tp['hvp_retained_graph_seconds']:.2f} ms",
+            ),
+            (
+                "  JAX HVP / torch HVP (jitted/scratch, lin./retained)",
+                f"{tp['jax_hvp_over_torch_hvp_from_scratch']:.2f}x, "
+                f"{tp['jax_linearized_hvp_over_torch_hvp_retained_graph']:.2f}x",
+            ),
+            ("  torch power / JAX power time", f"{tp['torch_power_over_jax_power_time']:.2f}x"),
+        ]
+    rows += [
         (
             "top-5 to 1e-5: curvlab eigsh",
             f"{t_top5:.2f} s, {r5.num_matvecs} HVPs, {r5.status.name}, max err {err5:.1e} (vs tol 1e-6)",

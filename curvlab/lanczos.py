@@ -234,8 +234,62 @@ def _orthogonalize(Q, w):
     return w, h + h2
 
 
-def _lanczos_loop(mv, v0, num_steps: int, reorthogonalize: bool, breakdown_tol, history: bool):
-    """Traceable Lanczos process (also vmapped by :mod:`curvlab.spectral`)."""
+def _row_blocks(num_rows: int, blocked: bool) -> tuple[int, ...]:
+    """Static row counts ``r_0 < r_1 < ... = num_rows`` for passes against the rows in use.
+
+    A basis buffer is filled row by row; rows past the current step are zero. Passing against
+    the smallest ``r_i`` covering the filled rows halves the memory traffic on average. At most
+    eight blocks of at least 16 rows (one compiled branch each); one block when not ``blocked``
+    (under ``vmap`` a ``lax.switch`` on a batched index runs every branch).
+    """
+    if not blocked:
+        return (num_rows,)
+    size = max(16, -(-num_rows // 8))
+    return tuple(min(num_rows, (i + 1) * size) for i in range(-(-num_rows // size)))
+
+
+def _cgs_pass_in_use(Q, w, j, blocks: tuple[int, ...]):
+    """One Gram-Schmidt pass of ``w`` against rows ``0..j`` of ``Q`` (rows ``> j`` are zero).
+
+    Returns ``(w, h)`` with ``h`` of length ``Q.shape[0]`` (zero past the rows used).
+    """
+
+    def rows(r):
+        def pass_(Q, w):
+            h = Q[:r] @ w
+            return w - h @ Q[:r], jnp.zeros((Q.shape[0],), w.dtype).at[:r].set(h)
+
+        return pass_
+
+    if len(blocks) == 1:
+        return rows(blocks[0])(Q, w)
+    index = jnp.minimum(j // blocks[0], len(blocks) - 1)
+    return jax.lax.switch(index, [rows(r) for r in blocks], Q, w)
+
+
+def _dgks_orthogonalize(Q, w, j, blocks: tuple[int, ...]):
+    """Gram-Schmidt of ``w`` against rows ``0..j`` of ``Q``: one pass, a second only when needed.
+
+    Daniel-Gragg-Kaufman-Stewart test: the second pass runs when the first one removed more
+    than :math:`1 - 1/\\sqrt 2` of :math:`\\|w\\|` (cancellation); "twice is enough" then gives
+    :math:`O(\\varepsilon)` orthogonality. The caller has already subtracted the local
+    three-term recurrence, so one pass is the rule. Returns ``(w, h)``, ``h`` the coefficients
+    removed (both passes).
+    """
+    norm_before = jnp.linalg.norm(w)
+    w, h = _cgs_pass_in_use(Q, w, j, blocks)
+    return jax.lax.cond(
+        jnp.linalg.norm(w) < _DGKS_ETA * norm_before,
+        lambda w: (lambda w2, h2: (w2, h + h2))(*_cgs_pass_in_use(Q, w, j, blocks)),
+        lambda w: (w, h),
+        w,
+    )
+
+
+def _lanczos_loop(
+    mv, v0, num_steps: int, reorthogonalize: bool, breakdown_tol, history: bool, blocked: bool = True
+):
+    """Traceable Lanczos process (also vmapped by :mod:`curvlab.spectral`, with ``blocked=False``)."""
     n = v0.shape[0]
     k = num_steps
     dtype = v0.dtype
@@ -245,6 +299,7 @@ def _lanczos_loop(mv, v0, num_steps: int, reorthogonalize: bool, breakdown_tol, 
     beta = jnp.zeros((k,), dtype)
     zero = jnp.zeros((), dtype)
     tol = jnp.asarray(breakdown_tol, dtype)
+    blocks = _row_blocks(k + 1, blocked)
 
     def cond(state):
         return state[5] == _RUNNING
@@ -254,14 +309,15 @@ def _lanczos_loop(mv, v0, num_steps: int, reorthogonalize: bool, breakdown_tol, 
         q = Q[j]
         w = mv(q)
         anorm = jnp.maximum(anorm, jnp.linalg.norm(w))
+        # three-term recurrence first, then (with reorthogonalization) Gram-Schmidt against the
+        # rows filled so far: one pass, a second only on cancellation (DGKS)
+        b_prev = jnp.where(j > 0, beta[j - 1], zero)
+        w = w - b_prev * Q[jnp.maximum(j - 1, 0)]
+        a = jnp.vdot(q, w)
+        w = w - a * q
         if reorthogonalize:
-            w, h = _orthogonalize(Q, w)
-            a = h[j]
-        else:
-            b_prev = jnp.where(j > 0, beta[j - 1], zero)
-            w = w - b_prev * Q[jnp.maximum(j - 1, 0)]
-            a = jnp.vdot(q, w)
-            w = w - a * q
+            w, h = _dgks_orthogonalize(Q, w, j, blocks)
+            a = a + h[j]
         b = jnp.linalg.norm(w)
         finite = jnp.isfinite(a) & jnp.isfinite(b)
         brk = b <= tol * anorm
@@ -358,7 +414,9 @@ def lanczos(
     v0 : array, optional
         Start vector (normalized here); must be nonzero.
     reorthogonalize : bool
-        Full reorthogonalization against the whole basis (two Gram-Schmidt passes,
+        Full reorthogonalization against the basis built so far (after the three-term
+        recurrence, one Gram-Schmidt pass over the filled rows and a second only on
+        cancellation, the Daniel-Gragg-Kaufman-Stewart test:
         :math:`\\|Q^\\top Q - I\\| = O(\\varepsilon)`). Without it the basis loses
         orthogonality once Ritz values converge and "ghost" copies appear.
     breakdown_tol : float, optional
@@ -441,8 +499,8 @@ class EigshResult(NamedTuple):
     Attributes
     ----------
     eigenvalues : Array, shape (k,)
-        Descending for ``"LA"``, ascending for ``"SA"`` and ``"BE"``, by
-        :math:`|\\theta|` descending for ``"LM"``.
+        Rayleigh quotients :math:`y_i^\\top A y_i` of the returned vectors. Descending for
+        ``"LA"``, ascending for ``"SA"`` and ``"BE"``, by :math:`|\\theta|` descending for ``"LM"``.
     eigenvectors : Array, shape (n, k)
         Unit Ritz vectors (columns), in the order of ``eigenvalues``.
     residual_norms : Array, shape (k,)
@@ -477,12 +535,16 @@ class EigshResult(NamedTuple):
         return _message(EigshStatus, _EIGSH_MESSAGES, self.status)
 
 
-def _priority(theta, which_id):
-    """Higher = more wanted; ``theta`` ascending (NaN-free); ``which_id`` indexes ``_WHICH`` (traced)."""
+def _priority(theta, which_id, size=None):
+    """Higher = more wanted; ``theta`` ascending (NaN-free); ``which_id`` indexes ``_WHICH`` (traced).
+
+    ``size``: only the first ``size`` entries are real Ritz values (the rest rank below them).
+    """
     m = theta.shape[0]
+    size = m if size is None else size
     i = jnp.arange(m)
     # BE: alternate largest, smallest, second largest, second smallest, ...
-    both = -jnp.minimum(2 * (m - 1 - i), 2 * i + 1).astype(theta.dtype)
+    both = -jnp.minimum(2 * (size - 1 - i), 2 * i + 1).astype(theta.dtype)
     return jnp.stack([theta, -theta, jnp.abs(theta), both])[which_id]
 
 
@@ -497,11 +559,15 @@ def _eigsh_loop(op, v0, key, tol, atol, breakdown_tol, which_id, *, k, ncv, keep
     # residual <= tol * max(|theta|, tiny) with tiny >= atol / tol, i.e. also accept residual <= atol
     atol_rel = jnp.asarray(atol, dtype) / tol
     btol = jnp.asarray(breakdown_tol, dtype)
+    blocks = _row_blocks(m + 1, True)
+    # the Ritz estimates are also checked inside a pass, every ``check_every`` steps, so a run
+    # stops close to the step where they converge rather than at the end of the pass
+    check_every = max(1, (m - keep) // 4)
     V = jnp.zeros((m + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    T = jnp.zeros((m + 1, m + 1), dtype)  # T[:m, :m] projected matrix, T[m, m-1] = beta_m
+    T = jnp.zeros((m + 1, m + 1), dtype)  # T[:m, :m] projected matrix, T[j+1, j] = beta_{j+1}
 
     def step(j, carry, j0):
-        V, T, key, anorm, bad = carry
+        V, T, key, anorm, bad, broke = carry
         q = V[j]
         w = mv(q)
         anorm = jnp.maximum(anorm, jnp.linalg.norm(w))
@@ -515,17 +581,9 @@ def _eigsh_loop(op, v0, key, tol, atol, breakdown_tol, which_id, *, k, ncv, keep
         )
         a = jnp.vdot(q, w)
         w = w - a * q
-        # then one full Gram-Schmidt pass, and a second one only when the first removed much of w
-        # (Daniel-Gragg-Kaufman-Stewart test): O(eps) orthogonality at two GEMVs per step, not four
-        norm_before = jnp.linalg.norm(w)
-        w, h = _cgs_pass(V, w)
-        w, h2 = jax.lax.cond(
-            jnp.linalg.norm(w) < _DGKS_ETA * norm_before,
-            lambda w: _cgs_pass(V, w),
-            lambda w: (w, jnp.zeros_like(h)),
-            w,
-        )
-        a = a + h[j] + h2[j]
+        # then Gram-Schmidt against the rows filled so far: one pass, a second only on cancellation
+        w, h = _dgks_orthogonalize(V, w, j, blocks)
+        a = a + h[j]
         b = jnp.linalg.norm(w)
         bad = bad | ~(jnp.isfinite(a) & jnp.isfinite(b))
         brk = b <= btol * anorm
@@ -544,31 +602,62 @@ def _eigsh_loop(op, v0, key, tol, atol, breakdown_tol, which_id, *, k, ncv, keep
         q_next, b = jax.lax.cond(brk, fresh, regular, None)
         V = V.at[j + 1].set(q_next)
         T = T.at[j, j].set(a).at[j + 1, j].set(b).at[j, j + 1].set(b)
-        return V, T, key, anorm, bad
+        return V, T, key, anorm, bad, broke | brk
 
-    def analyse(T):
-        theta, S = jnp.linalg.eigh(T[:m, :m])
-        bm = T[m, m - 1]
-        res = jnp.abs(bm * S[m - 1, :])
-        order = jnp.argsort(-_priority(theta, which_id), stable=True)
+    def analyse(T, size):
+        """Ritz pairs of the leading ``size x size`` block of ``T``, most wanted first.
+
+        The inactive rows get a diagonal far above the active block's Gershgorin bound, so the
+        ``size`` real Ritz values are the smallest eigenvalues and their vectors vanish there.
+        """
+        idx = jnp.arange(m)
+        active = idx < size
+        Tm = jnp.where(active[:, None] & active[None, :], T[:m, :m], 0)
+        sentinel = 3 * jnp.max(jnp.sum(jnp.abs(Tm), axis=1)) + 1
+        theta, S = jnp.linalg.eigh(Tm + jnp.diag(jnp.where(active, zero, sentinel)))
+        res = jnp.abs(T[size, size - 1] * S[size - 1, :])
+        priority = jnp.where(active, _priority(theta, which_id, size), -jnp.inf)
+        order = jnp.argsort(-priority, stable=True)
         return theta, S, res, order
 
+    def tiny_of(theta, size, anorm):
+        real = jnp.where(jnp.arange(m) < size, jnp.abs(theta), 0)
+        return jnp.maximum(eps ** (2 / 3) * jnp.maximum(anorm, jnp.max(real)), atol_rel)
+
+    def estimates_converged(T, size, anorm):
+        theta, _, res, order = analyse(T, size)
+        tw, rw = theta[order[:k]], res[order[:k]]
+        return jnp.all(rw <= tol * jnp.maximum(jnp.abs(tw), tiny_of(theta, size, anorm)))
+
     def ritz_check(theta, S, V, wanted, tiny):
-        """Wanted Ritz pairs with their true residuals (``k`` matvecs)."""
-        tw = theta[wanted]
+        """Wanted Ritz pairs, refined by Rayleigh-Ritz on their span, with true residuals (``k`` matvecs).
+
+        With ``Y`` the unit Ritz vectors and ``AY`` their products, the eigenpairs of
+        :math:`G = Y (AY)^\\top` (symmetrized) give the best pairs in ``span(Y)``: rotating both
+        ``Y`` and ``AY`` costs no matvec and lowers the residuals that rounding left in the
+        Lanczos projection (float32 especially).
+        """
         Y = S[:, wanted].T @ V[:m]
         Y = Y / jnp.linalg.norm(Y, axis=1, keepdims=True)
-        resid = jnp.linalg.norm(jax.lax.map(mv, Y) - tw[:, None] * Y, axis=1)
-        return Y, resid, resid <= tol * jnp.maximum(jnp.abs(tw), tiny)
+        AY = jax.lax.map(mv, Y)
+        G = Y @ AY.T
+        mu, W = jnp.linalg.eigh((G + G.T) / 2)
+        W = W[:, jnp.argsort(-_priority(mu, which_id, k), stable=True)]
+        Y, AY = W.T @ Y, W.T @ AY
+        scale = jnp.linalg.norm(Y, axis=1, keepdims=True)
+        Y, AY = Y / scale, AY / scale
+        tw = jnp.sum(Y * AY, axis=1)  # Rayleigh quotients
+        resid = jnp.linalg.norm(AY - tw[:, None] * Y, axis=1)
+        return tw, Y, resid, resid <= tol * jnp.maximum(jnp.abs(tw), tiny)
 
     def cond(state):
         return ~state["done"]
 
     def body(state):
-        V, T, it = state["V"], state["T"], state["it"]
+        V, T, size, j0 = state["V"], state["T"], state["size"], state["j0"]
 
         def compress(V, T):
-            theta, S, _, order = analyse(T)
+            theta, S, _, order = analyse(T, m)
             kept = order[:keep]
             Y = S[:, kept].T @ V[:m]
             s = T[m, m - 1] * S[m - 1, kept]
@@ -577,42 +666,73 @@ def _eigsh_loop(op, v0, key, tol, atol, breakdown_tol, which_id, *, k, ncv, keep
             Tn = Tn.at[keep, :keep].set(s).at[:keep, keep].set(s)
             return Vn, Tn
 
-        V, T = jax.lax.cond(it > 0, compress, lambda V, T: (V, T), V, T)
-        j0 = jnp.where(it > 0, keep, 0).astype(jnp.int32)
-        V, T, key, anorm, bad = jax.lax.fori_loop(
-            j0, m, functools.partial(step, j0=j0), (V, T, state["key"], state["anorm"], state["bad"])
+        # a full basis is compressed to the ``keep`` most wanted Ritz vectors (thick restart)
+        full = size >= m
+        V, T = jax.lax.cond(full, compress, lambda V, T: (V, T), V, T)
+        restarts = state["restarts"] + full.astype(jnp.int32)
+        j0 = jnp.where(full, keep, j0).astype(jnp.int32)
+        start = jnp.where(full, keep, size).astype(jnp.int32)
+        # inside-pass checks only until a verification has failed (then the residuals are near the
+        # rounding floor, and each further verification would cost k matvecs per check) and while
+        # no invariant subspace was met (a repeated eigenvalue may have copies still to be found:
+        # the pass goes on with fresh directions to its end)
+        check_inside = state["checks"] == 0
+
+        def inner_cond(c):
+            return (c[0] < m) & ~c[-1]
+
+        def inner_body(c):
+            j, V, T, key, anorm, bad, broke, _ = c
+            V, T, key, anorm, bad, broke = step(j, (V, T, key, anorm, bad, broke), j0)
+            size = j + 1
+            check = check_inside & ~broke & (size > k) & (size < m) & ((size - j0) % check_every == 0)
+            stop = bad | jax.lax.cond(check, lambda: estimates_converged(T, size, anorm), lambda: False)
+            return size, V, T, key, anorm, bad, broke, stop
+
+        size, V, T, key, anorm, bad, broke, _ = jax.lax.while_loop(
+            inner_cond,
+            inner_body,
+            (start, V, T, state["key"], state["anorm"], state["bad"], state["broke"], jnp.asarray(False)),
         )
-        theta, S, res, order = analyse(T)
+        theta, S, res, order = analyse(T, size)
         wanted = order[:k]
         tw, rw = theta[wanted], res[wanted]
-        tiny = jnp.maximum(eps ** (2 / 3) * jnp.maximum(anorm, jnp.max(jnp.abs(theta))), atol_rel)
+        tiny = tiny_of(theta, size, anorm)
         est_conv = jnp.all(rw <= tol * jnp.maximum(jnp.abs(tw), tiny))
-        # the estimates say converged: verify with true residuals; if rounding keeps them above
-        # tol, restart again (at most _MAX_VERIFY times) before reporting INACCURATE
-        Y, resid, converged = jax.lax.cond(
+        # the estimates say converged: verify with true residuals; if rounding keeps them above tol,
+        # go on (at most _MAX_VERIFY checks, fewer when the residuals stagnate) before INACCURATE
+        tv, Y, resid, converged = jax.lax.cond(
             est_conv,
             lambda: ritz_check(theta, S, V, wanted, tiny),
-            lambda: (state["Y"], state["resid"], jnp.zeros((k,), bool)),
+            lambda: (state["theta"], state["Y"], state["resid"], jnp.zeros((k,), bool)),
         )
+        worst = jnp.max(resid / (tol * jnp.maximum(jnp.abs(tv), tiny)))
+        stagnated = est_conv & (state["checks"] > 0) & (worst > 0.5 * state["worst"])
         checks = state["checks"] + est_conv.astype(jnp.int32)
-        nmv = state["nmv"] + (m - j0) + jnp.where(est_conv, k, 0)
-        done = jnp.all(converged) | bad | (it >= max_restarts) | (checks >= _MAX_VERIFY)
+        nmv = state["nmv"] + (size - start) + jnp.where(est_conv, k, 0)
+        out_of_budget = (size >= m) & (restarts >= max_restarts)
+        done = jnp.all(converged) | bad | out_of_budget | (checks >= _MAX_VERIFY) | stagnated
         return dict(
             V=V,
             T=T,
+            size=size,
+            j0=j0,
             key=key,
             anorm=anorm,
             bad=bad,
-            it=it + 1,
+            broke=broke,
+            restarts=restarts,
             done=done,
             est_conv=est_conv,
             checks=checks,
+            worst=jnp.where(est_conv, worst, state["worst"]),
             nmv=nmv.astype(jnp.int32),
+            theta=tv,
             Y=Y,
             resid=resid,
             converged=converged,
-            ritz_hist=state["ritz_hist"].at[it].set(tw),
-            res_hist=state["res_hist"].at[it].set(rw),
+            ritz_hist=state["ritz_hist"].at[restarts].set(tw),
+            res_hist=state["res_hist"].at[restarts].set(rw),
         )
 
     nan_hist = jnp.full((max_restarts + 1, k), jnp.nan, dtype)
@@ -620,14 +740,19 @@ def _eigsh_loop(op, v0, key, tol, atol, breakdown_tol, which_id, *, k, ncv, keep
     state = dict(
         V=V,
         T=T,
+        size=i0,
+        j0=i0,
         key=key,
         anorm=zero,
         bad=jnp.asarray(False),
-        it=i0,
+        broke=jnp.asarray(False),
+        restarts=i0,
         done=jnp.asarray(False),
         est_conv=jnp.asarray(False),
         checks=i0,
+        worst=jnp.asarray(jnp.inf, dtype),
         nmv=i0,
+        theta=jnp.zeros((k,), dtype),
         Y=jnp.zeros((k, n), dtype),
         resid=jnp.full((k,), jnp.inf, dtype),
         converged=jnp.zeros((k,), bool),
@@ -635,15 +760,14 @@ def _eigsh_loop(op, v0, key, tol, atol, breakdown_tol, which_id, *, k, ncv, keep
         res_hist=nan_hist,
     )
     state = jax.lax.while_loop(cond, body, state)
-    V, T, it = state["V"], state["T"], state["it"]
-    theta, S, _, order = analyse(T)
+    V, T, size = state["V"], state["T"], state["size"]
+    theta, S, _, order = analyse(T, size)
     wanted = order[:k]
-    tw = theta[wanted]
-    tiny = jnp.maximum(eps ** (2 / 3) * jnp.maximum(state["anorm"], jnp.max(jnp.abs(theta))), atol_rel)
+    tiny = tiny_of(theta, size, state["anorm"])
     # pairs of the last pass were verified already when its estimates converged
-    Y, resid, converged = jax.lax.cond(
+    tw, Y, resid, converged = jax.lax.cond(
         state["est_conv"],
-        lambda: (state["Y"], state["resid"], state["converged"]),
+        lambda: (state["theta"], state["Y"], state["resid"], state["converged"]),
         lambda: ritz_check(theta, S, V, wanted, tiny),
     )
     num_matvecs = state["nmv"] + jnp.where(state["est_conv"], 0, k)
@@ -659,7 +783,15 @@ def _eigsh_loop(op, v0, key, tol, atol, breakdown_tol, which_id, *, k, ncv, keep
         ),
     ).astype(jnp.int32)
     return EigshResult(
-        tw, Y.T, resid, num_matvecs, converged, status, it - 1, state["ritz_hist"], state["res_hist"]
+        tw,
+        Y.T,
+        resid,
+        num_matvecs,
+        converged,
+        status,
+        state["restarts"],
+        state["ritz_hist"],
+        state["res_hist"],
     )
 
 
@@ -687,7 +819,10 @@ def eigsh(
     test for :math:`\\theta \\approx 0`). Memory is ``(ncv + 1) n``; the whole algorithm,
     restarts included, is one jit-compiled ``lax.while_loop``. Full
     reorthogonalization keeps the basis orthonormal to working precision, so no
-    spurious copies of converged eigenvalues appear.
+    spurious copies of converged eigenvalues appear. The Ritz estimates
+    :math:`|\\beta_j s_{j,i}|` are also checked inside a pass, so the run stops near
+    the step where they converge; the wanted pairs are then refined by Rayleigh-Ritz on
+    their span and verified with true residuals (``k`` matvecs).
 
     Parameters
     ----------

@@ -164,7 +164,7 @@ def _slq(op, key, grid, sigma, breakdown_tol, *, num_probes, num_steps, probe, n
     n, dtype = op.size, op.dtype
     Z = _draw_probes(key, (num_probes, n), probe, dtype)
     Z = Z / jnp.linalg.norm(Z, axis=1, keepdims=True)
-    run = lambda z: _lanczos_loop(mv, z, num_steps, True, breakdown_tol, False)
+    run = lambda z: _lanczos_loop(mv, z, num_steps, True, breakdown_tol, False, blocked=False)
     res = _map_rows(run, Z, batch_size)
     theta, S = jax.vmap(_tridiag_eigh)(res.alpha, res.beta, res.num_steps)
     weights = S[:, 0, :] ** 2

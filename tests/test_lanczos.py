@@ -15,6 +15,8 @@ from curvlab.lanczos import (
     LanczosStatus,
     _eigsh_jit,
     _lanczos_jit,
+    _lanczos_loop,
+    _row_blocks,
     eigsh,
     lanczos,
     ritz_pairs,
@@ -77,6 +79,40 @@ def test_lanczos_relation_and_orthonormality_float64(name, seed):
     else:
         assert res.status == LanczosStatus.COMPLETED and m == k
     assert np.all(np.isfinite(np.asarray(res.basis)))
+
+
+def test_row_blocks_cover_the_buffer():
+    assert _row_blocks(31, False) == (31,)
+    assert _row_blocks(31, True) == (16, 31)
+    for rows in (2, 17, 61, 101, 201, 1001):
+        blocks = _row_blocks(rows, True)
+        assert blocks[-1] == rows and len(blocks) <= 8
+        assert all(b - a == blocks[0] for a, b in zip(blocks[:-2], blocks[1:-1], strict=True))
+
+
+@pytest.mark.parametrize("name", ["separated", "kappa1e8", "indefinite"])
+def test_lanczos_passes_over_rows_in_use_equal_full_passes(name):
+    # 100 steps on n = 120: the Gram-Schmidt passes run against the filled rows only (7 blocks of 16);
+    # the process must be the one that passes over the whole (k+1, n) buffer gives, and stay orthonormal
+    lam = spectrum(name)
+    op, A = _op(lam, 3)
+    k = 100
+    v0 = jax.random.normal(jax.random.key(4), (N,))
+    run = jax.jit(
+        lambda v, blocked: _lanczos_loop(op.matvec, v, k, True, 1e-10, False, blocked=blocked),
+        static_argnums=1,
+    )
+    blocked, full = run(v0, True), run(v0, False)
+    assert int(blocked.status) == LanczosStatus.COMPLETED
+    np.testing.assert_allclose(
+        np.asarray(blocked.alpha), np.asarray(full.alpha), atol=1e-9 * np.abs(lam).max()
+    )
+    np.testing.assert_allclose(np.asarray(blocked.beta), np.asarray(full.beta), atol=1e-9 * np.abs(lam).max())
+    Q = np.asarray(blocked.basis[:k])
+    assert np.abs(Q @ Q.T - np.eye(k)).max() < 1e-12
+    T = np.diag(np.asarray(blocked.alpha)) + np.diag(np.asarray(blocked.beta[:-1]), 1)
+    T = T + np.diag(np.asarray(blocked.beta[:-1]), -1)
+    assert np.allclose(T, Q @ A @ Q.T, atol=1e-11 * np.abs(lam).max())
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -308,6 +344,22 @@ def test_eigsh_ill_conditioned(which):
     res = eigsh(op, 4, which=which, tol=1e-8)
     assert res.status == EigshStatus.CONVERGED, res.message
     np.testing.assert_allclose(np.asarray(res.eigenvalues), np.sort(lam)[::-1][:4], rtol=1e-8)
+
+
+def test_eigsh_stops_inside_a_pass_when_the_estimates_converge():
+    # top-2 of a spectrum with two far outliers converge in a few steps: with a large basis (ncv = 60)
+    # eigsh stops inside the first pass (no restart) instead of running all 60 steps, and is exact
+    lam = np.r_[np.linspace(0.0, 1.0, 148), 50.0, 100.0]
+    op, A = _op(lam, 6)
+    res = eigsh(op, 2, which="LA", tol=1e-8, ncv=60, key=jax.random.key(1))
+    assert res.status == EigshStatus.CONVERGED, res.message
+    assert res.num_restarts == 0
+    assert res.num_matvecs < 40
+    np.testing.assert_allclose(np.asarray(res.eigenvalues), [100.0, 50.0], rtol=1e-8)
+    Y = np.asarray(res.eigenvectors)
+    true = np.linalg.norm(A @ Y - Y * np.asarray(res.eigenvalues), axis=0)
+    np.testing.assert_allclose(np.asarray(res.residual_norms), true, rtol=1e-6, atol=1e-13)
+    assert np.all(true <= 1e-8 * np.array([100.0, 50.0]))
 
 
 def test_eigsh_repeated_eigenvalues_small_n_full_space():

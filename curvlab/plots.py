@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 
 __all__ = [
     "COLORS",
+    "LEGEND_STRIP",
     "apply_theme",
     "arrow_trace",
     "contour_grid",
@@ -61,17 +62,65 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e
 FONT_FAMILY = "system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif"
 
 
-def apply_theme(fig: go.Figure, *, title: str | None = None, height: int | None = 420) -> go.Figure:
-    """Shared look: white template, compact margins, legend on top; returns ``fig``."""
+#: Height in pixels of the strip under the plots that holds a ``legend="bottom"`` legend (one or
+#: two rows) below the x-axis titles.
+LEGEND_STRIP = 56
+
+
+def apply_theme(
+    fig: go.Figure,
+    *,
+    title: str | None = None,
+    height: int | None = 420,
+    legend: str = "top",
+    subplot_titles: bool = False,
+) -> go.Figure:
+    """Shared look: white template, compact margins, the width of the page; returns ``fig``.
+
+    Parameters
+    ----------
+    title : str, optional
+        Figure title, centered at the top.
+    height : int, optional
+        Height in pixels (the width follows the container: ``autosize``).
+    legend : {"top", "bottom"}
+        ``"top"``: a horizontal legend right above the plot area (for figures without subplot
+        titles); ``"bottom"``: a horizontal legend centered at the bottom of the figure, under
+        the x-axis titles, in a strip of :data:`LEGEND_STRIP` pixels (it never covers a title).
+    subplot_titles : bool
+        Leave room above the plot area for subplot titles (and the title above them).
+    """
+    if legend not in ("top", "bottom"):
+        raise ValueError(f"legend must be 'top' or 'bottom', got {legend!r}")
+    top = 30 + (30 if title else 0) + (26 if subplot_titles else 0)
+    if legend == "top":
+        legend_layout = dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0.0)
+        bottom = 50
+    else:
+        legend_layout = dict(
+            orientation="h",
+            yref="container",
+            yanchor="bottom",
+            y=0.0,
+            xanchor="center",
+            x=0.5,
+            traceorder="normal",
+        )
+        bottom = 50 + LEGEND_STRIP
     fig.update_layout(
         template="plotly_white",
         font=dict(family=FONT_FAMILY, size=13),
-        margin=dict(l=60, r=20, t=60 if title else 30, b=50),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0.0),
+        margin=dict(l=60, r=20, t=top, b=bottom),
+        legend=legend_layout,
         hovermode="closest",
+        autosize=True,
+        width=None,
     )
     if title is not None:
-        fig.update_layout(title=dict(text=title, x=0.5, xanchor="center"))
+        # centered in the top margin, above the subplot titles
+        fig.update_layout(
+            title=dict(text=title, x=0.5, xanchor="center", yref="container", y=1.0, yanchor="top", pad_t=8)
+        )
     if height is not None:
         fig.update_layout(height=height)
     return fig
@@ -794,12 +843,13 @@ def spectrum_figure(
     ghosts=None,
     density_title: str = "SLQ density",
     title: str | None = None,
-    height: int = 440,
+    height: int = 500,
 ) -> go.Figure:
     """Lanczos Ritz values per step (left) beside the SLQ density and the exact spectrum (right).
 
     See :func:`ritz_figure` and :func:`density_figure` for the traces; the
-    subplot titles are the first two layout annotations.
+    subplot titles are the first two layout annotations. The figure takes the width of
+    its container; the legend sits under the plots, clear of the titles.
     """
     from plotly.subplots import make_subplots
 
@@ -812,7 +862,7 @@ def spectrum_figure(
     ritz_figure(ritz_history, exact_eigenvalues=exact_eigenvalues, ghosts=ghosts, fig=fig, row=1, col=1)
     density_figure(grid, density, density_stderr, exact_eigenvalues=exact_eigenvalues, fig=fig, row=1, col=2)
     fig.update_layout(barmode="overlay")
-    return apply_theme(fig, title=title, height=height)
+    return apply_theme(fig, title=title, height=height, legend="bottom", subplot_titles=True)
 
 
 def cg_data(iterations, relative_residuals, *, bound=None, anorm_errors=None, rtol=None) -> dict[str, dict]:

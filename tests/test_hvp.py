@@ -234,10 +234,7 @@ def test_functions_named_like_their_module_stay_functions(name):
 
     importlib.import_module(f"curvlab.{name}")
     assert callable(getattr(curvlab, name)) and not isinstance(getattr(curvlab, name), type(sys))
-    code = (
-        f"import curvlab.{name}, curvlab, types; "
-        f"assert not isinstance(curvlab.{name}, types.ModuleType)"
-    )
+    code = f"import curvlab.{name}, curvlab, types; assert not isinstance(curvlab.{name}, types.ModuleType)"
     subprocess.run([sys.executable, "-c", code], check=True)
     x = jnp.array([1.0, 2.0])
     np.testing.assert_allclose(curvlab.hvp(lambda y: jnp.sum(y**3), x, x), 6 * x * x)

@@ -109,3 +109,27 @@ def test_builders_draw_into_subplots_and_theme():
     assert fig.data[-1].subplot == "polar"
     themed = plots.apply_theme(go.Figure(), title="T", height=300)
     assert themed.layout.title.text == "T" and themed.layout.height == 300
+
+
+def test_theme_legend_placement_and_width():
+    top = plots.apply_theme(go.Figure(), title="T")
+    assert top.layout.legend.y == pytest.approx(1.02) and top.layout.margin.b == 50
+    assert top.layout.autosize is True and top.layout.width is None
+    bottom = plots.apply_theme(go.Figure(), title="T", legend="bottom", subplot_titles=True)
+    legend = bottom.layout.legend
+    assert (legend.yref, legend.y, legend.yanchor, legend.xanchor) == ("container", 0, "bottom", "center")
+    assert bottom.layout.margin.b == 50 + plots.LEGEND_STRIP
+    # room for the title above the subplot titles
+    assert bottom.layout.margin.t > top.layout.margin.t
+    assert bottom.layout.title.yref == "container" and bottom.layout.title.yanchor == "top"
+    with pytest.raises(ValueError, match="legend"):
+        plots.apply_theme(go.Figure(), legend="left")
+
+
+def test_spectrum_figure_legend_below_the_plots():
+    R = np.array([[1.0, np.nan], [0.5, 2.0]])
+    grid = np.linspace(0, 3, 7)
+    fig = plots.spectrum_figure(R, grid, np.ones(7) / 3, exact_eigenvalues=[0.5, 2.0], title="T")
+    assert [a.text for a in fig.layout.annotations][:2] == ["Ritz values per Lanczos step", "SLQ density"]
+    assert fig.layout.legend.yref == "container" and fig.layout.legend.y == 0
+    assert fig.layout.width is None and fig.layout.autosize is True

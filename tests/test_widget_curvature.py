@@ -156,3 +156,27 @@ def test_high_dimensional_mode():
     assert ex.last_result.slope == pytest.approx(ex.last_result.gradient_norm, rel=1e-10)
     ex.problem.value = "seed"  # back to 2-D: traces rebuilt
     assert isinstance(ex.last_result, CurvatureResult) and any(t.name == "f" for t in ex.figure.data)
+
+
+def _legend_at_the_bottom(layout):
+    from curvlab.plots import LEGEND_STRIP
+
+    legend = layout.legend
+    assert legend.orientation == "h" and legend.yref == "container"
+    assert legend.y == 0 and legend.yanchor == "bottom"  # in the bottom margin, under the x-axis titles
+    assert layout.margin.b >= 50 + LEGEND_STRIP
+    assert layout.autosize is True and layout.width is None  # the width of the page
+
+
+def test_layout_keeps_titles_clear_of_the_legend_and_the_polar_labels():
+    ex = CurvatureExplorer()
+    layout = ex.figure.layout
+    _legend_at_the_bottom(layout)
+    titles = [a.text for a in layout.annotations]
+    assert titles[1].startswith("curvature")
+    # the polar title is lifted above the 90° tick label, and the top margin makes room for it
+    shift = layout.annotations[1].yshift
+    assert shift >= 20 and layout.margin.t >= 26 + shift
+    ex.problem.value = "mlp"
+    assert isinstance(ex.last_result, HighDimCurvatureResult)
+    _legend_at_the_bottom(ex.figure.layout)

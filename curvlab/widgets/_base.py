@@ -45,6 +45,7 @@ ranges) with a single refresh at the end, and override
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import html
 import re
@@ -161,6 +162,8 @@ class Explorer(ipywidgets.VBox):
         self.figure = figure
         with contextlib.suppress(AttributeError):
             figure.add_class("curvlab-figure")
+        self._trace_edits_seen: collections.deque = collections.deque(maxlen=64)
+        figure.observe(self._on_trace_deltas, names="_js2py_traceDeltas")
         self.add_class("curvlab-explorer")
         self.add_class(f"curvlab-{self.css_name or css_class(type(self).__name__.removesuffix('Explorer'))}")
         if layout_children is None:
@@ -172,6 +175,26 @@ class Explorer(ipywidgets.VBox):
             if widget.has_trait("value"):
                 widget.observe(self._on_control_change, names="value")
         self.refresh()  # first refresh: compiles the jitted functions (warm-up)
+
+    def _on_trace_deltas(self, change) -> None:
+        """A view drew the figure: ask it to measure its container again (``autosize`` relayout).
+
+        A figure drawn before its container is laid out (a dashboard tab built when first
+        selected) gets plotly's default width of 700 px and keeps it until a relayout; with
+        ``autosize`` a relayout measures the container again and the figure fills the page.
+        After drawing the figure, a view reports its trace defaults with the id of the last
+        trace edit: the first report, or one with an id already reported (another view drawing
+        the same state), means a view has just drawn it; replies to edits carry new ids.
+        """
+        msg = change.get("new")
+        if not msg:
+            return
+        edit_id = msg.get("trace_edit_id")
+        drawn = not self._trace_edits_seen or edit_id in self._trace_edits_seen
+        self._trace_edits_seen.append(edit_id)
+        if drawn:
+            with contextlib.suppress(Exception):  # plotly's private API: never break the explorer
+                self.figure._send_relayout_msg({"autosize": True})
 
     # --------------------------------------------------------------- contract
 

@@ -587,8 +587,10 @@ class CurvatureExplorer(Explorer):
                 r.angles, r.curvatures, r.eigen_angles, eigenvalues=r.eigenvalues,
                 current_angle=r.angle, current_curvature=r.curvature, fig=fig, row=1, col=2,
             )  # fmt: skip
-            plots.apply_theme(fig, height=480)
-            fig.update_layout(margin=dict(t=80))
+            plots.apply_theme(fig, height=520, legend="bottom", subplot_titles=True)
+            # the polar plot's 90° label sits above its domain: lift its title clear of it
+            fig.layout.annotations[1].yshift = 22
+            fig.update_layout(margin_t=fig.layout.margin.t + 22)
             self._rebuild(fig, mode)
         self._update_two_d_traces(r)
         self.readout.value = self._two_d_readout(r)
@@ -654,8 +656,7 @@ class CurvatureExplorer(Explorer):
             )
             plots.directions_bar_figure(r.curvatures, fig=fig, row=1, col=1)
             plots.slice_figure(r.t, r.f_values, r.quadratic_model, fig=fig, row=1, col=2)
-            plots.apply_theme(fig, height=440)
-            fig.update_layout(margin=dict(t=80))
+            plots.apply_theme(fig, height=480, legend="bottom", subplot_titles=True)
             self._rebuild(fig, mode)
         fig, idx = self.figure, self._index
         new = plots.directions_bar_figure(r.curvatures)

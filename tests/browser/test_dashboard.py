@@ -64,6 +64,34 @@ def page(open_page, timings):
     return dp
 
 
+def assert_fills_width_and_titles_are_clear(dp, scope):
+    """The plot takes its container's width, and no title overlaps the legend or a polar tick label."""
+    dp.page.wait_for_function(  # a figure drawn in a tab built on selection is re-measured (one round trip)
+        """(s) => { const el = document.querySelector(s + ' .js-plotly-plot');
+            return !!(el && el._fullLayout
+                      && Math.abs(el._fullLayout.width - el.getBoundingClientRect().width) < 2); }""",
+        arg=scope,
+        timeout=30_000,
+    )
+    boxes = dp.page.eval_on_selector(
+        f"{scope} .js-plotly-plot",
+        """(el) => {
+            const box = (n) => {
+                const b = n.getBoundingClientRect();
+                return [b.left, b.top, b.right, b.bottom];
+            };
+            const all = (sel) => Array.from(el.querySelectorAll(sel)).map(box);
+            const others = all('g.legend').concat(all('.angularaxistick text'));
+            return {titles: all('.gtitle, g.annotation'), others: others};
+        }""",
+    )
+    assert boxes["titles"]
+    for t in boxes["titles"]:
+        for o in boxes["others"]:
+            overlap = t[0] < o[2] and o[0] < t[2] and t[1] < o[3] and o[1] < t[3]
+            assert not overlap, f"title box {t} overlaps {o}"
+
+
 def move_and_time(dp, scope, control, timings, key, moves=3):
     """Press ArrowRight ``moves`` times; record the median latency; return the final slider value."""
     lat = []
@@ -81,6 +109,7 @@ def move_and_time(dp, scope, control, timings, key, moves=3):
 def test_curvature_tab(page, timings):
     dp = page
     scope = dp.select_tab("curvature", "Curvature")
+    assert_fills_width_and_titles_are_clear(dp, scope)
     x0 = trace(dp.plot_data(scope), "x")["x"][0]
     x = move_and_time(dp, scope, "x", timings, "curvature.x")
     assert x == pytest.approx(x0 + 0.03, abs=1e-6)
@@ -124,6 +153,7 @@ def test_finite_difference_tab(page, timings):
 def test_spectrum_tab(page, timings):
     dp = page
     scope = dp.select_tab("spectrum", "Spectrum")
+    assert_fills_width_and_titles_are_clear(dp, scope)
     lam = move_and_time(dp, scope, "damping", timings, "spectrum.damping")
     assert lam == pytest.approx(0.03, abs=1e-9)
     from curvlab.widgets.spectrum import strakos_eigenvalues

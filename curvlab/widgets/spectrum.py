@@ -524,7 +524,7 @@ class SpectrumExplorer(Explorer):
         )
         self.n = widgets.IntSlider(value=100, min=50, max=EXACT_MAX_N, step=50, description="n")
         self.num_steps = widgets.IntSlider(
-            value=60, min=2, max=LANCZOS_STEPS, step=1, description="Lanczos steps"
+            value=40, min=2, max=LANCZOS_STEPS, step=1, description="Lanczos steps"
         )
         self.num_probes = widgets.IntSlider(
             value=10, min=1, max=PROBE_BUCKETS[-1], step=1, description="probes"

@@ -27,7 +27,8 @@ to the deflated remainder :math:`(I - QQ^\\top) A (I - QQ^\\top)`.
 (Bekas, Kokiopoulou & Saad, Appl. Numer. Math. 57, 2007).
 
 Every estimator is one jit-compiled function; probes are batched with
-``vmap`` (default) or ``lax.map(..., batch_size=batch_size)`` to bound memory.
+``vmap`` or ``lax.map(..., batch_size=batch_size)`` to bound memory (SLQ on large
+operators runs its probes one at a time by default).
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ __all__ = ["Estimate", "SpectralDensity", "spectral_density", "moments", "trace"
 _PROBES = ("rademacher", "gaussian")
 #: above this many bytes of Lanczos bases, probes run in sequence instead of all at once
 _VMAP_BYTES = 512 * 2**20
+#: above this size SLQ runs its probes one at a time by default: the Gram-Schmidt passes (memory
+#: bound) then cover only the rows in use, once, and one basis is in memory; measured 2.1x faster
+#: on a 269k-parameter MLP Hessian (10 probes x 50 steps) and 5.6x on a diagonal n = 20,000, while
+#: at n <= 2000 batched matrix-matrix products are as fast or faster
+_SEQUENTIAL_SIZE = 4096
 
 
 class Estimate(NamedTuple):
@@ -164,8 +170,16 @@ def _slq(op, key, grid, sigma, breakdown_tol, *, num_probes, num_steps, probe, n
     n, dtype = op.size, op.dtype
     Z = _draw_probes(key, (num_probes, n), probe, dtype)
     Z = Z / jnp.linalg.norm(Z, axis=1, keepdims=True)
-    run = lambda z: _lanczos_loop(mv, z, num_steps, True, breakdown_tol, False, blocked=False)
-    res = _map_rows(run, Z, batch_size)
+    if batch_size == 1:
+        # one probe at a time: an unbatched loop, Gram-Schmidt over the rows in use, one pass
+        # (a second only on cancellation), and a single basis in memory
+        run = lambda z: _lanczos_loop(mv, z, num_steps, True, breakdown_tol, False)
+        res = jax.lax.map(run, Z)
+    else:
+        # batched probes (matrix-matrix products); under vmap both Gram-Schmidt passes run over
+        # the whole basis buffer
+        run = lambda z: _lanczos_loop(mv, z, num_steps, True, breakdown_tol, False, blocked=False)
+        res = _map_rows(run, Z, batch_size)
     theta, S = jax.vmap(_tridiag_eigh)(res.alpha, res.beta, res.num_steps)
     weights = S[:, 0, :] ** 2
     nodes = theta
@@ -248,8 +262,9 @@ def spectral_density(
     probe : {"rademacher", "gaussian"}
         Probe distribution (normalized to unit length either way).
     batch_size : int, optional
-        Run probes ``batch_size`` at a time (``lax.map``) instead of all at once;
-        by default all at once unless their bases would exceed 512 MiB.
+        Run probes ``batch_size`` at a time (``lax.map``) instead of all at once. Default:
+        one at a time for ``n > 4096`` (less memory traffic in the reorthogonalization, one
+        basis in memory), else all at once unless their bases would exceed 512 MiB.
     breakdown_tol : float, optional
         See :func:`curvlab.lanczos.lanczos`.
 
@@ -283,7 +298,10 @@ def spectral_density(
     batch_size = _check_batch_size(batch_size)
     if batch_size is None:
         nbytes = num_probes * (num_steps + 1) * op.size * jnp.dtype(op.dtype).itemsize
-        batch_size = None if nbytes <= _VMAP_BYTES else max(1, int(_VMAP_BYTES // (nbytes / num_probes)))
+        if op.size > _SEQUENTIAL_SIZE:
+            batch_size = 1
+        elif nbytes > _VMAP_BYTES:
+            batch_size = max(1, int(_VMAP_BYTES // (nbytes / num_probes)))
     if breakdown_tol is None:
         breakdown_tol = _default_breakdown_tol(op.dtype)
     sd = _slq(

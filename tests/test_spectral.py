@@ -134,9 +134,27 @@ def test_spectral_density_batched_probes_match_vmap():
     lam = np.linspace(0.0, 1.0, 50)
     op, _ = _op(lam, 3)
     a = spectral_density(op, num_probes=4, num_steps=10, key=jax.random.key(7))
-    b = spectral_density(op, num_probes=4, num_steps=10, key=jax.random.key(7), batch_size=2)
-    np.testing.assert_allclose(np.asarray(a.nodes), np.asarray(b.nodes), atol=1e-12)
-    np.testing.assert_allclose(np.asarray(a.density), np.asarray(b.density), atol=1e-10)
+    for batch_size in (2, 1):  # 1: probes one at a time, unbatched loop over the rows in use
+        b = spectral_density(op, num_probes=4, num_steps=10, key=jax.random.key(7), batch_size=batch_size)
+        np.testing.assert_allclose(np.asarray(a.nodes), np.asarray(b.nodes), atol=1e-12)
+        np.testing.assert_allclose(np.asarray(a.density), np.asarray(b.density), atol=1e-10)
+        np.testing.assert_array_equal(np.asarray(a.num_steps), np.asarray(b.num_steps))
+
+
+def test_spectral_density_large_operator_runs_probes_one_at_a_time_and_matches_batched():
+    # n = 5000 > 4096: the default runs probes sequentially; same nodes, weights and density as all at once
+    lam = jnp.linspace(-1.0, 2.0, 5000)
+    op = DiagonalOperator(lam)
+    kw = dict(num_probes=3, num_steps=40, key=jax.random.key(1))
+    a = spectral_density(op, **kw)
+    b = spectral_density(op, batch_size=3, **kw)
+    np.testing.assert_allclose(np.asarray(a.nodes), np.asarray(b.nodes), atol=1e-10)
+    np.testing.assert_allclose(np.asarray(a.weights), np.asarray(b.weights), atol=1e-10)
+    np.testing.assert_allclose(np.asarray(a.density), np.asarray(b.density), rtol=1e-8, atol=1e-10)
+    # extreme nodes approach the ends of the spectrum (uniform spectrum, 40 steps: to ~3e-3), never past them
+    nodes = np.asarray(a.nodes)
+    assert 2.0 - 1e-2 < float(np.nanmax(nodes)) <= 2.0 + 1e-12
+    assert -1.0 - 1e-12 <= float(np.nanmin(nodes)) < -1.0 + 1e-2
 
 
 def test_spectral_density_invalid_arguments():

@@ -35,6 +35,14 @@ def _helpers():
     return mod
 
 
+def find_chromium(H) -> str | None:
+    """Debian's chromium for Playwright, or ``None`` with a message on stderr."""
+    chromium = H.chromium_path()
+    if chromium is None:
+        print("chromium not found (/usr/bin/chromium); install Debian's chromium package", file=sys.stderr)
+    return chromium
+
+
 def run(n: int, moves: int, H, browser) -> dict:
     server = H.start_server(Path(tempfile.mkdtemp(prefix="curvlab-load-")))
     try:
@@ -88,9 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--moves", type=int, default=5, help="slider moves per page (median reported)")
     args = ap.parse_args(argv)
     H = _helpers()
-    chromium = H.chromium_path()
+    chromium = find_chromium(H)
     if chromium is None:
-        print("chromium not found (/usr/bin/chromium); install Debian's chromium package", file=sys.stderr)
         return 2
     from playwright.sync_api import sync_playwright
 

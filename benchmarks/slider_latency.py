@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "slider_latency.json"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from load_dashboard import _helpers  # noqa: E402  (the browser-test helpers)
+from load_dashboard import _helpers, find_chromium  # noqa: E402  (the browser-test helpers)
 
 #: (tab key, tab title, control, preconditioner checkbox state or None, row label)
 CASES = [
@@ -50,9 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--moves", type=int, default=9, help="slider moves per case (median reported)")
     args = ap.parse_args(argv)
     H = _helpers()
-    chromium = H.chromium_path()
+    chromium = find_chromium(H)
     if chromium is None:
-        print("chromium not found (/usr/bin/chromium); install Debian's chromium package", file=sys.stderr)
         return 2
     from playwright.sync_api import sync_playwright
 

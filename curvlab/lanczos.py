@@ -219,12 +219,6 @@ def _default_breakdown_tol(dtype) -> float:
 _DGKS_ETA = 1 / math.sqrt(2)
 
 
-def _cgs_pass(Q, w):
-    """One classical Gram-Schmidt pass of ``w`` against the rows of ``Q``. Returns ``(w, h)``."""
-    h = Q @ w
-    return w - h @ Q, h
-
-
 def _orthogonalize(Q, w):
     """Classical Gram-Schmidt of ``w`` against the rows of ``Q``, twice. Returns ``(w, h)``."""
     h = Q @ w
@@ -278,18 +272,18 @@ def _dgks_orthogonalize(Q, w, j, blocks: tuple[int, ...]):
     """
     norm_before = jnp.linalg.norm(w)
     w, h = _cgs_pass_in_use(Q, w, j, blocks)
-    return jax.lax.cond(
-        jnp.linalg.norm(w) < _DGKS_ETA * norm_before,
-        lambda w: (lambda w2, h2: (w2, h + h2))(*_cgs_pass_in_use(Q, w, j, blocks)),
-        lambda w: (w, h),
-        w,
-    )
+
+    def second_pass(w):
+        w, h2 = _cgs_pass_in_use(Q, w, j, blocks)
+        return w, h + h2
+
+    return jax.lax.cond(jnp.linalg.norm(w) < _DGKS_ETA * norm_before, second_pass, lambda w: (w, h), w)
 
 
 def _lanczos_loop(
     mv, v0, num_steps: int, reorthogonalize: bool, breakdown_tol, history: bool, blocked: bool = True
 ):
-    """Traceable Lanczos process (also vmapped by :mod:`curvlab.spectral`, with ``blocked=False``)."""
+    """Traceable Lanczos process (vmapped by :mod:`curvlab.spectral` with ``blocked=False``)."""
     n = v0.shape[0]
     k = num_steps
     dtype = v0.dtype

@@ -686,6 +686,14 @@ class SpectrumExplorer(Explorer):
         lrun = srun = exact = None
         lanczos_new = slq_new = exact_new = None
         lshift = sshift = 0.0
+
+        def damped_runs():
+            """Runs on A + λI without preconditioner (when no shift of a run on A serves λ)."""
+            return self._damped_runs(state, (damping, False, None))
+
+        def damped_op():
+            return _CongruenceOperator(state.op.damped(damping), jnp.ones(size, dtype))
+
         if preconditioned:
             diag, diag_key = self._diagonal(state, num_probes)
             d = np.abs(diag + damping)
@@ -713,13 +721,6 @@ class SpectrumExplorer(Explorer):
             # Damping shifts the spectrum: reuse the runs on A and add λ (no Krylov work)
             undamped = _CongruenceOperator(state.op.damped(0.0), jnp.ones(size, dtype))
             runs = None
-
-            def damped_runs():
-                return self._damped_runs(state, (damping, False, None))
-
-            def damped_op():
-                return _CongruenceOperator(state.op.damped(damping), jnp.ones(size, dtype))
-
             cache = state.undamped
             base = _serving(cache, k, reorth, "lanczos")
             if base is None and (reorth or damping == 0.0):
@@ -784,12 +785,10 @@ class SpectrumExplorer(Explorer):
             lshift = damping if lanczos_new[2][0] == "lanczos" else 0.0
             if lshift and not (reorth and lrun.shiftable(damping, k, dtype)):
                 # the new undamped run does not serve λ: a run on A + λI (cached per damping)
-                runs = self._damped_runs(state, (damping, False, None))
-                op = _CongruenceOperator(state.op.damped(damping), jnp.ones(size, dtype))
                 lres = lanczos(
-                    op, lanczos_key[0], key=self._lanczos_key, reorthogonalize=reorth, history=False
+                    damped_op(), lanczos_key[0], key=self._lanczos_key, reorthogonalize=reorth, history=False
                 )
-                lrun = runs.lanczos[lanczos_key] = _lanczos_run(lres, lanczos_key[0])
+                lrun = damped_runs().lanczos[lanczos_key] = _lanczos_run(lres, lanczos_key[0])
                 lshift = 0.0
         if exact_future is not None:
             e = exact_future.result()
@@ -797,9 +796,9 @@ class SpectrumExplorer(Explorer):
             exact = e if preconditioned else e + damping
         if srun is not None and sshift and not srun.shiftable():
             # the new undamped SLQ run does not serve λ (all nodes equal or a probe broke down)
-            runs = self._damped_runs(state, (damping, False, None))
-            op = _CongruenceOperator(state.op.damped(damping), jnp.ones(size, dtype))
-            srun = runs.slq[slq_key] = self._slq_run(op, *slq_key, self._slq_key, slq_timing)
+            srun = damped_runs().slq[slq_key] = self._slq_run(
+                damped_op(), *slq_key, self._slq_key, slq_timing
+            )
             sshift = 0.0
 
         # Lanczos ran at least k steps; the first k are exactly a k-step run.

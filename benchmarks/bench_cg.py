@@ -1,4 +1,4 @@
-"""Benchmark: curvlab.cg vs jax.scipy.sparse.linalg.cg, time per iteration on the same operator.
+"""Benchmark: curvlab._cg vs jax.scipy.sparse.linalg.cg, time per iteration on the same operator.
 
 Both solvers run a fixed number of iterations (tolerance 0), jit-compiled, on the same prepared
 matvec (``op.prepare()``: for the Hessian, the gradient is linearized once). curvlab's CG also
@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from curvlab.cg import cg
-from curvlab.operators import DenseOperator, ggn_operator
+from curvlab._cg import cg
+from curvlab._operators import DenseOperator, ggn_operator
 
 
 def _time_pair(f, g, *args, repeats):

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from curvlab.diagnostics import dataset_operator, diagnose, summary_table
+from curvlab import dataset_operator, diagnose
 
 
 def init_mlp(key, sizes):
@@ -106,7 +106,7 @@ def main(argv=None):
         progress=False,
     )
     wall = time.perf_counter() - t0
-    print(summary_table(report))
+    print(report.summary())
 
     # 2. time of one product A v against the number of batches
     scaling = []

@@ -3,7 +3,7 @@
 Measures, on MLP classifiers (softmax cross-entropy, tanh, float32, random data):
 
 * the gradient (``jax.jit(jax.grad(loss))``), the reference for every ratio;
-* one HVP per mode through the public :func:`curvlab.hvp` (``fwd_rev``,
+* one HVP per mode through the public :func:`curvlab._hvp` (``fwd_rev``,
   ``rev_fwd``, ``rev_rev``);
 * repeated HVPs at one point: ``hvp_fn(..., linearize=True)`` and
   ``hessian_operator(..., linearize=True).prepare()`` called once inside a
@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import curvlab  # noqa: E402
-from curvlab.hvp import HVP_MODES  # noqa: E402
+from curvlab._hvp import HVP_MODES  # noqa: E402
 
 try:
     import torch

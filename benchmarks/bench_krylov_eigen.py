@@ -51,8 +51,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curvlab.lanczos import eigsh, lanczos  # noqa: E402
-from curvlab.operators import hessian_operator  # noqa: E402
+from curvlab._lanczos import eigsh, lanczos  # noqa: E402
+from curvlab._operators import hessian_operator  # noqa: E402
 
 
 def mlp_problem(sizes, batch, seed=0):

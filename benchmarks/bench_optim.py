@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from curvlab import problems  # noqa: E402
-from curvlab.optim import hessian_free, newton_cg, trust_region_newton  # noqa: E402
+from curvlab._optim import hessian_free, newton_cg, trust_region_newton  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 X0_TUTORIAL = [1.3, 0.7, 0.8, 1.9, 1.2]

@@ -1,118 +1,131 @@
 """curvlab: see and use the curvature of differentiable functions, with JAX.
 
-The Hessian is always a linear operator ``v -> H v``; see :mod:`curvlab.hvp`,
-:mod:`curvlab.operators`, the Krylov solvers (:mod:`curvlab.lanczos`,
-:mod:`curvlab.spectral`, :mod:`curvlab.cg`) and the optimizers
-(:mod:`curvlab.optim`). Public names are imported lazily, so ``import curvlab``
-is cheap and never imports the optional widget stack.
+The Hessian is always a linear operator ``v -> H v``. Everything public is
+re-exported here (HVPs, operators, Krylov solvers, optimizers, diagnostics,
+formulas); the public namespaces :mod:`curvlab.problems`,
+:mod:`curvlab.preconditioners`, :mod:`curvlab.sharding` and :mod:`curvlab.formula`
+are modules, and :mod:`curvlab.viz` / :mod:`curvlab.widgets` need the ``viz``
+extra. ``import curvlab`` imports only JAX and NumPy.
 """
-
-from __future__ import annotations
-
-import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
-# public name -> defining module (one concept per module)
-_EXPORTS = {
-    # hvp
-    "hvp": "curvlab.hvp",
-    "hvp_fn": "curvlab.hvp",
-    "fd_hvp": "curvlab.hvp",
-    "fd_default_eps": "curvlab.hvp",
-    "directional_curvature": "curvlab.hvp",
-    "gnvp": "curvlab.hvp",
-    # operators
-    "LinearOperator": "curvlab.operators",
-    "DenseOperator": "curvlab.operators",
-    "DiagonalOperator": "curvlab.operators",
-    "IdentityOperator": "curvlab.operators",
-    "LowRankOperator": "curvlab.operators",
-    "BlockDiagonalOperator": "curvlab.operators",
-    "KroneckerOperator": "curvlab.operators",
-    "SumOperator": "curvlab.operators",
-    "ScaledOperator": "curvlab.operators",
-    "FunctionOperator": "curvlab.operators",
-    "hessian_operator": "curvlab.operators",
-    "ggn_operator": "curvlab.operators",
-    "fisher_operator": "curvlab.operators",
-    "as_operator": "curvlab.operators",
-    # Krylov
-    "lanczos": "curvlab.lanczos",
-    "LanczosResult": "curvlab.lanczos",
-    "eigsh": "curvlab.lanczos",
-    "EigshResult": "curvlab.lanczos",
-    "LanczosStatus": "curvlab.lanczos",
-    "EigshStatus": "curvlab.lanczos",
-    "ritz_pairs": "curvlab.lanczos",
-    "spectral_density": "curvlab.spectral",
-    "SpectralDensity": "curvlab.spectral",
-    "trace": "curvlab.spectral",
-    "diagonal": "curvlab.spectral",
-    "Estimate": "curvlab.spectral",
-    "moments": "curvlab.spectral",
-    "cg": "curvlab.cg",
-    "steihaug_cg": "curvlab.cg",
-    "CGResult": "curvlab.cg",
-    "CGStatus": "curvlab.cg",
-    "condition_bound": "curvlab.cg",
-    "condition_estimate": "curvlab.cg",
-    "SteihaugResult": "curvlab.cg",
-    # optimizers
-    "newton_cg": "curvlab.optim",
-    "trust_region_newton": "curvlab.optim",
-    "hessian_free": "curvlab.optim",
-    "OptimizeResult": "curvlab.optim",
-    "OptimizeStatus": "curvlab.optim",
-    "IterationInfo": "curvlab.optim",
-    "update_damping": "curvlab.optim",
-    # diagnostics
-    "diagnose": "curvlab.diagnostics",
-    "CurvatureReport": "curvlab.diagnostics",
-    "sharpness_over_training": "curvlab.diagnostics",
-    "dataset_operator": "curvlab.diagnostics",
-    # formulas
-    "parse_formula": "curvlab.formula",
-    "FormulaError": "curvlab.formula",
-}
+from curvlab import formula as formula
+from curvlab import preconditioners as preconditioners
+from curvlab import problems as problems
+from curvlab import sharding as sharding
+from curvlab._cg import CGResult as CGResult
+from curvlab._cg import CGStatus as CGStatus
+from curvlab._cg import SteihaugResult as SteihaugResult
+from curvlab._cg import cg as cg
+from curvlab._cg import condition_bound as condition_bound
+from curvlab._cg import condition_estimate as condition_estimate
+from curvlab._cg import steihaug_cg as steihaug_cg
+from curvlab._diagnostics import CurvatureReport as CurvatureReport
+from curvlab._diagnostics import dataset_operator as dataset_operator
+from curvlab._diagnostics import diagnose as diagnose
+from curvlab._hvp import directional_curvature as directional_curvature
+from curvlab._hvp import fd_default_eps as fd_default_eps
+from curvlab._hvp import fd_hvp as fd_hvp
+from curvlab._hvp import gnvp as gnvp
+from curvlab._hvp import hvp as hvp
+from curvlab._hvp import hvp_fn as hvp_fn
+from curvlab._lanczos import EigshResult as EigshResult
+from curvlab._lanczos import EigshStatus as EigshStatus
+from curvlab._lanczos import LanczosResult as LanczosResult
+from curvlab._lanczos import LanczosStatus as LanczosStatus
+from curvlab._lanczos import eigsh as eigsh
+from curvlab._lanczos import lanczos as lanczos
+from curvlab._lanczos import ritz_pairs as ritz_pairs
+from curvlab._operators import BlockDiagonalOperator as BlockDiagonalOperator
+from curvlab._operators import DenseOperator as DenseOperator
+from curvlab._operators import DiagonalOperator as DiagonalOperator
+from curvlab._operators import FunctionOperator as FunctionOperator
+from curvlab._operators import IdentityOperator as IdentityOperator
+from curvlab._operators import KroneckerOperator as KroneckerOperator
+from curvlab._operators import LinearOperator as LinearOperator
+from curvlab._operators import LowRankOperator as LowRankOperator
+from curvlab._operators import ScaledOperator as ScaledOperator
+from curvlab._operators import SumOperator as SumOperator
+from curvlab._operators import as_operator as as_operator
+from curvlab._operators import fisher_operator as fisher_operator
+from curvlab._operators import ggn_operator as ggn_operator
+from curvlab._operators import hessian_operator as hessian_operator
+from curvlab._optim import IterationInfo as IterationInfo
+from curvlab._optim import OptimizeResult as OptimizeResult
+from curvlab._optim import OptimizeStatus as OptimizeStatus
+from curvlab._optim import hessian_free as hessian_free
+from curvlab._optim import newton_cg as newton_cg
+from curvlab._optim import trust_region_newton as trust_region_newton
+from curvlab._optim import update_damping as update_damping
+from curvlab._spectral import Estimate as Estimate
+from curvlab._spectral import SpectralDensity as SpectralDensity
+from curvlab._spectral import diagonal as diagonal
+from curvlab._spectral import moments as moments
+from curvlab._spectral import spectral_density as spectral_density
+from curvlab._spectral import trace as trace
+from curvlab._status import SolverError as SolverError
+from curvlab._status import Status as Status
+from curvlab.formula import FormulaError as FormulaError
+from curvlab.formula import parse_formula as parse_formula
 
-# Functions named like their module (``curvlab.hvp``, ``curvlab.lanczos``, ``curvlab.cg``):
-# import them eagerly. Python binds ``curvlab.<module>`` to the submodule the first time it is
-# imported, which would otherwise shadow the function of the same name.
-from curvlab.cg import cg as cg  # noqa: E402
-from curvlab.hvp import hvp as hvp  # noqa: E402
-from curvlab.lanczos import lanczos as lanczos  # noqa: E402
-
-__all__ = sorted(_EXPORTS) + ["problems", "preconditioners"]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    if name in ("problems", "preconditioners", "plots", "widgets"):
-        return importlib.import_module(f"curvlab.{name}")
-    raise AttributeError(f"module 'curvlab' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """Keeps ``curvlab.cg`` and ``curvlab.lanczos`` the functions when their submodules load.
-
-    Importing a submodule binds it on the package (``setattr(curvlab, "cg", <module>)``), which would
-    shadow the function of the same name once any other import loaded the module first.
-    """
-
-    def __setattr__(self, name, value):
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == f"{__name__}.{name}":
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+__all__ = [
+    "Status",
+    "SolverError",
+    "hvp",
+    "hvp_fn",
+    "fd_hvp",
+    "fd_default_eps",
+    "directional_curvature",
+    "gnvp",
+    "LinearOperator",
+    "DenseOperator",
+    "DiagonalOperator",
+    "IdentityOperator",
+    "LowRankOperator",
+    "BlockDiagonalOperator",
+    "KroneckerOperator",
+    "SumOperator",
+    "ScaledOperator",
+    "FunctionOperator",
+    "hessian_operator",
+    "ggn_operator",
+    "fisher_operator",
+    "as_operator",
+    "lanczos",
+    "LanczosResult",
+    "eigsh",
+    "EigshResult",
+    "LanczosStatus",
+    "EigshStatus",
+    "ritz_pairs",
+    "spectral_density",
+    "SpectralDensity",
+    "trace",
+    "diagonal",
+    "Estimate",
+    "moments",
+    "cg",
+    "steihaug_cg",
+    "CGResult",
+    "CGStatus",
+    "condition_bound",
+    "condition_estimate",
+    "SteihaugResult",
+    "newton_cg",
+    "trust_region_newton",
+    "hessian_free",
+    "OptimizeResult",
+    "OptimizeStatus",
+    "IterationInfo",
+    "update_damping",
+    "diagnose",
+    "CurvatureReport",
+    "dataset_operator",
+    "parse_formula",
+    "FormulaError",
+    "formula",
+    "preconditioners",
+    "problems",
+    "sharding",
+]

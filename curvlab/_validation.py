@@ -90,3 +90,56 @@ def check_positive_int(name: str, value, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_real_floating(name: str, tree: Any) -> None:
+    """Raise ``TypeError`` unless every leaf of ``tree`` is a real floating-point array.
+
+    Complex input is refused (curvlab's operators and solvers are real symmetric: casting
+    would silently drop the imaginary part); integer input is refused because derivatives
+    need floating-point leaves.
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = jnp.result_type(leaf)
+        where = jax.tree_util.keystr(path)
+        where = f" (leaf {where})" if where else ""
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                f"{name}{where} is complex ({dtype}); curvlab works on real symmetric operators and real "
+                "vectors. Split a Hermitian problem into its real form [[Re, -Im], [Im, Re]]"
+            )
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{name}{where} has dtype {dtype}; curvlab needs floating-point leaves")
+
+
+def check_matvec_output(what: str, matvec, n: int, dtype) -> None:
+    """Raise ``ValueError`` unless ``matvec`` maps an ``(n,)`` vector to an ``(n,)`` vector.
+
+    Evaluated abstractly (``jax.eval_shape``), so no product is computed.
+    """
+    out = jax.eval_shape(matvec, jax.ShapeDtypeStruct((n,), dtype))
+    shape = getattr(out, "shape", None)
+    if shape != (n,):
+        raise ValueError(
+            f"{what}: the operator's matvec must map a vector of shape ({n},) to shape ({n},), "
+            f"but it returned {shape if shape is not None else type(out).__name__}"
+        )
+    check_real_floating(f"{what}: the operator's matvec output", out)
+
+
+def as_key(name: str, key, *, required: bool = True, default_seed: int = 0):
+    """A typed PRNG key (``jax.random.key``) from ``key``; raw ``uint32[2]`` keys are wrapped.
+
+    ``key=None`` raises when ``required`` (stochastic estimators), else gives
+    ``jax.random.key(default_seed)`` (start vectors).
+    """
+    if key is None:
+        if required:
+            raise TypeError(f"{name} is required: pass a typed key, e.g. {name}=jax.random.key(0)")
+        return jax.random.key(default_seed)
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return key
+    if dtype is not None and np.shape(key) == (2,) and jnp.issubdtype(dtype, jnp.unsignedinteger):
+        return jax.random.wrap_key_data(key)
+    raise TypeError(f"{name} must be a PRNG key such as jax.random.key(0), got {type(key).__name__}")

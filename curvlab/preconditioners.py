@@ -1,11 +1,11 @@
-"""Preconditioners for :func:`curvlab.cg`.
+"""Preconditioners for :func:`curvlab._cg`.
 
 A preconditioner is a symmetric positive definite :math:`P \\approx A^{-1}`,
 applied to a residual as ``z = P(r)``; CG then converges at the rate set by
 the spectrum of :math:`PA` instead of :math:`A`. Preconditioners here are
-:class:`~curvlab.operators.LinearOperator` objects (so they are pytrees and can
+:class:`~curvlab._operators.LinearOperator` objects (so they are pytrees and can
 be arguments of jitted solvers), mostly a
-:class:`~curvlab.operators.DiagonalOperator` holding an *inverse* diagonal:
+:class:`~curvlab._operators.DiagonalOperator` holding an *inverse* diagonal:
 
 - :func:`jacobi`: :math:`P = \\operatorname{diag}(A + \\lambda I)^{-1}` from the exact diagonal;
 - :func:`hutchinson_jacobi`: the same from a stochastic (Hutchinson) estimate of the diagonal,
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from curvlab._operators import DenseOperator, DiagonalOperator, FunctionOperator, LinearOperator
 from curvlab._validation import check_positive_int, is_concrete
-from curvlab.operators import DenseOperator, DiagonalOperator, FunctionOperator, LinearOperator
 
 __all__ = [
     "as_preconditioner",
@@ -53,7 +53,7 @@ def as_preconditioner(p: Any, *, n: int | None = None, dtype=None) -> LinearOper
         ``None`` (no preconditioning) is returned as is; an operator as is; a 1-D array ``d`` is
         the diagonal of :math:`P` (already inverted: ``z = d * r``); a 2-D array is :math:`P`
         itself; a callable ``r -> z`` is wrapped in a
-        :class:`~curvlab.operators.FunctionOperator` (pass the same function object to reuse
+        :class:`~curvlab._operators.FunctionOperator` (pass the same function object to reuse
         compiled code), which needs ``n``.
     n : int, optional
         Problem size, checked against arrays and needed for callables.
@@ -133,7 +133,7 @@ def jacobi(op: LinearOperator, *, damping: float = 0.0, floor: float | None = No
     >>> P.diag.tolist()
     [0.25, 0.5]
     """
-    from curvlab.operators import as_operator
+    from curvlab._operators import as_operator
 
     op = as_operator(op)
     _check_nonneg("damping", damping)
@@ -159,7 +159,7 @@ def hutchinson_jacobi(
     """Jacobi preconditioner from a Hutchinson estimate of the diagonal.
 
     :math:`\\widehat{d} = \\frac1m \\sum_{i=1}^m z_i \\odot A z_i` with random probes
-    :math:`z_i` (:func:`curvlab.spectral.diagonal`), then
+    :math:`z_i` (:func:`curvlab._spectral.diagonal`), then
     :math:`P = \\operatorname{diag}(\\max(\\widehat d + \\lambda, f))^{-1}`. The estimate is noisy
     (its entries can even be negative), so it is always floored: at ``floor`` if given, else at
     ``rel_floor`` times the mean absolute estimate.
@@ -177,13 +177,13 @@ def hutchinson_jacobi(
     rel_floor : float
         Relative floor used when ``floor`` is None.
     """
-    from curvlab.operators import as_operator
+    from curvlab._operators import as_operator
 
     op = as_operator(op)
     num_probes = check_positive_int("num_probes", num_probes, minimum=2)
     _check_nonneg("damping", damping)
     _check_nonneg("rel_floor", rel_floor)
-    from curvlab.spectral import diagonal as _diagonal  # lazy: spectral imports more of the core
+    from curvlab._spectral import diagonal as _diagonal  # lazy: spectral imports more of the core
 
     est = _diagonal(op, num_probes=num_probes, key=key).value
     d = jnp.asarray(est) + damping
@@ -233,7 +233,7 @@ def empirical_fisher_diagonal(
     """Diagonal of the empirical Fisher, :math:`\\frac1N \\sum_{i=1}^N (\\nabla \\ell_i)^2`, flat.
 
     ``per_example_loss_fn(params, *args)`` returns the ``(N,)`` per-example losses (the
-    convention of :func:`curvlab.operators.fisher_operator`); every leaf of ``args`` has the
+    convention of :func:`curvlab._operators.fisher_operator`); every leaf of ``args`` has the
     examples along its leading axis, and example ``i``'s loss depends on row ``i`` only. The
     per-example gradients are computed ``chunk_size`` at a time as gradients on batches of one
     (memory ``chunk_size * n``). Returns a flat ``(n,)`` array in ``ravel_pytree`` order.

@@ -1,6 +1,6 @@
 """Data-parallel helpers for curvature on several devices (JAX SPMD).
 
-curvlab's dataset operators (:func:`curvlab.diagnostics.dataset_operator`) are
+curvlab's dataset operators (:func:`curvlab._diagnostics.dataset_operator`) are
 plain jitted JAX code, so data parallelism needs no special code path: the
 batches are *sharded* along their batch axis over a
 :class:`jax.sharding.Mesh` (``NamedSharding(mesh, P(None, "data"))`` for data

@@ -46,6 +46,5 @@ def make_problem(dtype=None):
 
 if __name__ == "__main__":
     import curvlab
-    from curvlab.diagnostics import summary_table
 
-    print(summary_table(curvlab.diagnose(**make_problem(), k=3)))
+    print(curvlab.diagnose(**make_problem(), k=3).summary())

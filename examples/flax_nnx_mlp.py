@@ -64,10 +64,7 @@ def make_problem(dtype=None):
 
 if __name__ == "__main__":
     import curvlab
-    from curvlab.diagnostics import summary_table
 
-    print(summary_table(curvlab.diagnose(**make_problem(), k=3)))
+    print(curvlab.diagnose(**make_problem(), k=3).summary())
     # form 2: the module itself
-    print(
-        summary_table(curvlab.diagnose(module_loss, make_model(), make_data(jnp.float32), batch_size=16, k=3))
-    )
+    print(curvlab.diagnose(module_loss, make_model(), make_data(jnp.float32), batch_size=16, k=3).summary())

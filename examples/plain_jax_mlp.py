@@ -60,8 +60,7 @@ def make_problem(dtype=None, num_examples=64, sizes=(3, 6, 2), seed=0):
 
 if __name__ == "__main__":
     import curvlab
-    from curvlab.diagnostics import summary_table
 
     problem = make_problem()
     report = curvlab.diagnose(**problem, k=3)
-    print(summary_table(report))
+    print(report.summary())

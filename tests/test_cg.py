@@ -1,4 +1,4 @@
-"""Tests for curvlab.cg against dense references on matrices of prescribed spectrum.
+"""Tests for curvlab._cg against dense references on matrices of prescribed spectrum.
 
 Tolerances: float64 checks are tight (solutions to ``10 * kappa * rtol``, identities to ~1e-10);
 float32 checks use ``rtol = 1e-5`` and accept a relative solution error of ``1e-3`` for kappa = 100
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from curvlab.cg import (
+from curvlab._cg import (
     CGResult,
     CGStatus,
     _cg_impl,
@@ -25,7 +25,7 @@ from curvlab.cg import (
     martens_schedule,
     steihaug_cg,
 )
-from curvlab.operators import DenseOperator, DiagonalOperator, FunctionOperator
+from curvlab._operators import DenseOperator, DiagonalOperator, FunctionOperator
 from tests.reference import matrix_with_spectrum
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from curvlab import cli, dashboard
+from curvlab.app import cli, dashboard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_help(argv, capsys):
 
 def test_voila_command_binds_localhost_and_culls():
     cmd = cli.voila_command("nb.ipynb", port=9100)
-    assert cmd[:4] == [sys.executable, "-m", "curvlab._voila_server", "nb.ipynb"]
+    assert cmd[:4] == [sys.executable, "-m", "curvlab.app._voila_server", "nb.ipynb"]
     for flag in (
         "--Voila.ip=127.0.0.1",
         "--Voila.port=9100",
@@ -89,7 +89,7 @@ def test_voila_command_binds_localhost_and_culls():
 
 
 def test_diagnose_passes_options(monkeypatch, tmp_path, capsys):
-    import curvlab.diagnostics as diagnostics
+    import curvlab.app._script as diagnostics
 
     calls = []
     monkeypatch.setattr(diagnostics, "diagnose_script", lambda spec, out, **kw: calls.append((spec, out, kw)))
@@ -102,7 +102,7 @@ def test_diagnose_passes_options(monkeypatch, tmp_path, capsys):
 
 
 def test_diagnose_reports_errors(monkeypatch, tmp_path, capsys):
-    import curvlab.diagnostics as diagnostics
+    import curvlab.app._script as diagnostics
 
     def boom(spec, out, **kw):
         raise ValueError("model.py provides no params")
@@ -126,7 +126,7 @@ def test_notebooks_dir_found_in_checkout():
 
 def test_apps_notebook_is_the_generated_one():
     """apps/dashboard.ipynb (Binder's target) is exactly what the CLI serves; regenerate with
-    ``python -m curvlab.dashboard apps/dashboard.ipynb``."""
+    ``python -m curvlab.app.dashboard apps/dashboard.ipynb``."""
     assert (REPO / "apps" / "dashboard.ipynb").read_text(encoding="utf-8") == dashboard.notebook_text()
 
 
@@ -208,7 +208,7 @@ def test_sync_figure_state_copies_later_edits():
 def test_rfc3987_import_is_deferred_but_works():
     code = (
         "import sys\n"
-        "from curvlab.dashboard import _defer_rfc3987_syntax\n"
+        "from curvlab.app.dashboard import _defer_rfc3987_syntax\n"
         "assert _defer_rfc3987_syntax()\n"
         "import jsonschema\n"
         "assert 'lark' not in sys.modules, 'rfc3987_syntax was imported eagerly'\n"
@@ -255,7 +255,7 @@ def test_dashboard_serves_and_stops_on_sigterm(tmp_path):
     log = tmp_path / "log.txt"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "curvlab.cli", "dashboard", "--port", str(port), "--no-preheat"],
+            [sys.executable, "-m", "curvlab.app.cli", "dashboard", "--port", str(port), "--no-preheat"],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
@@ -288,7 +288,7 @@ def test_dashboard_fails_on_busy_port(tmp_path):
         s.listen()
         port = s.getsockname()[1]
         out = subprocess.run(
-            [sys.executable, "-m", "curvlab.cli", "dashboard", "--port", str(port), "--no-preheat"],
+            [sys.executable, "-m", "curvlab.app.cli", "dashboard", "--port", str(port), "--no-preheat"],
             capture_output=True,
             text=True,
             timeout=120,
@@ -305,7 +305,7 @@ def test_pooled_kernel_handed_to_a_page_counts_as_active(monkeypatch):
 
     import voila.app
 
-    from curvlab import _voila_server
+    from curvlab.app import _voila_server
 
     old = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
     kernel = types.SimpleNamespace(last_activity=old)

@@ -1,4 +1,4 @@
-"""Tests of curvlab.diagnostics: dataset-averaged curvature operators and the curvature report.
+"""Tests of curvlab._diagnostics: dataset-averaged curvature operators and the curvature report.
 
 Every number is checked in float64 against a dense reference (``numpy.linalg.eigh``
 of ``jax.hessian`` of the full-batch loss, or the dense GGN / empirical Fisher).
@@ -16,14 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from curvlab.diagnostics import (
-    CurvatureReport,
-    dataset_operator,
-    diagnose,
-    diagnose_script,
-    sharpness_over_training,
-    summary_table,
-)
+from curvlab import viz
+from curvlab._diagnostics import CurvatureReport, dataset_operator, diagnose, summary_table
+from curvlab.app._script import diagnose_script
 from tests.reference import dense_hessian
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -328,30 +323,31 @@ def test_to_dict_is_json_serializable(plain_report):
 
 def test_figure_and_html(plain_report):
     _, r = plain_report
-    fig = r.figure()
+    fig = viz.report_figure(r)
     names = [t.name for t in fig.data]
     assert "density" in names and "top eigenvalues" in names and "block λmax" in names
     dens = next(t for t in fig.data if t.name == "density")
     np.testing.assert_allclose(np.asarray(dens.y), r.density)
-    page = r.to_html()
+    page = viz.report_html(r)
     assert page.startswith("<!DOCTYPE html>") and "plotly" in page.lower()
     assert page.count("Plotly.newPlot") >= 1 and "curvlab-report-json" in page
     assert "<script src=" not in page  # self-contained: plotly.js inlined
 
 
-def test_summary_table_and_sharpness_over_training(plain_report):
+def test_summary_table_and_sharpness_figure(plain_report):
     _, r = plain_report
     text = summary_table(r)
+    assert r.summary() == text
     assert "top eigenvalues" in text and "['layer0']" in text
-    fig = sharpness_over_training([r, r.to_dict()], steps=[10, 20])
+    fig = viz.sharpness_figure([r, r.to_dict()], steps=[10, 20])
     assert list(fig.data[0].x) == [10, 20]
     np.testing.assert_allclose(fig.data[0].y, [r.top_eigenvalues[0]] * 2)
     with pytest.raises(ValueError, match="steps"):
-        sharpness_over_training([r], steps=[1, 2])
+        viz.sharpness_figure([r], steps=[1, 2])
 
 
 def test_no_plotly_import():
-    code = "import curvlab.diagnostics, sys; print('plotly' in sys.modules, 'ipywidgets' in sys.modules)"
+    code = "import curvlab._diagnostics, sys; print('plotly' in sys.modules, 'ipywidgets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split() == ["False", "False"]
 
@@ -407,7 +403,7 @@ def test_diagnose_script_writes_report(tmp_path, capsys):
     assert isinstance(r, CurvatureReport) and out.exists()
     assert "top eigenvalues" in capsys.readouterr().out
     assert "Plotly.newPlot" in out.read_text()
-    r.save(tmp_path / "report.json")
+    viz.save_report(r, tmp_path / "report.json")
     assert json.loads((tmp_path / "report.json").read_text())["num_params"] == r.num_params
 
 

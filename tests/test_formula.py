@@ -79,7 +79,7 @@ def test_ieee_results_instead_of_errors():
 
 
 def test_hvp_of_formula_matches_dense_hessian():
-    from curvlab.hvp import hvp
+    from curvlab._hvp import hvp
 
     f = parse_formula("x^2*y + sin(y)")
     x = jnp.array([1.0, 0.5])

@@ -1,4 +1,4 @@
-"""Tests for curvlab.hvp: every mode against dense jax.hessian references, FD error orders, checks.
+"""Tests for curvlab._hvp: every mode against dense jax.hessian references, FD error orders, checks.
 
 Tolerances
 ----------
@@ -19,7 +19,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from curvlab import problems
-from curvlab.hvp import (
+from curvlab._hvp import (
     FD_SCHEMES,
     HVP_MODES,
     directional_curvature,
@@ -220,24 +220,6 @@ def test_hvp_fn_checks_direction():
     bad["a"] = jnp.ones(4)
     with pytest.raises(ValueError, match=r"shape mismatch at leaf \['a'\]"):
         prod(bad)
-
-
-@pytest.mark.parametrize("name", ["hvp", "lanczos", "cg"])
-def test_functions_named_like_their_module_stay_functions(name):
-    """``curvlab.hvp`` names a submodule and a function; after importing the submodule the
-    package attribute must still be the function (``from curvlab.hvp import hvp_fn`` for the rest)."""
-    import importlib
-    import subprocess
-    import sys
-
-    import curvlab
-
-    importlib.import_module(f"curvlab.{name}")
-    assert callable(getattr(curvlab, name)) and not isinstance(getattr(curvlab, name), type(sys))
-    code = f"import curvlab.{name}, curvlab, types; assert not isinstance(curvlab.{name}, types.ModuleType)"
-    subprocess.run([sys.executable, "-c", code], check=True)
-    x = jnp.array([1.0, 2.0])
-    np.testing.assert_allclose(curvlab.hvp(lambda y: jnp.sum(y**3), x, x), 6 * x * x)
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for curvlab.lanczos: the Lanczos process and the thick-restart eigensolver.
+"""Tests for curvlab._lanczos: the Lanczos process and the thick-restart eigensolver.
 
 References are numpy.linalg.eigh on matrices of prescribed spectrum (tests/reference.py).
 float32 tolerances are documented next to each check: orthogonality and the Lanczos relation
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from curvlab.lanczos import (
+from curvlab._lanczos import (
     EigshStatus,
     LanczosStatus,
     _eigsh_jit,
@@ -22,7 +22,7 @@ from curvlab.lanczos import (
     ritz_pairs,
     tridiagonal,
 )
-from curvlab.operators import DenseOperator, FunctionOperator, hessian_operator
+from curvlab._operators import DenseOperator, FunctionOperator, hessian_operator
 from tests.reference import dense_hessian, matrix_with_spectrum
 
 N = 120

@@ -16,7 +16,7 @@ SCRIPT = r"""
 import json, runpy
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
-from curvlab.diagnostics import diagnose, dataset_operator
+from curvlab._diagnostics import diagnose, dataset_operator
 from curvlab.sharding import data_mesh
 
 assert jax.device_count() == 4, jax.devices()

@@ -1,4 +1,4 @@
-"""Tests for curvlab.operators: every operator against an explicit dense construction.
+"""Tests for curvlab._operators: every operator against an explicit dense construction.
 
 Tolerances: float64 operators agree with their dense construction to ``rtol = 1e-12``
 (structured operators: a few roundings) or ``1e-10`` relative to the operator norm
@@ -14,8 +14,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from curvlab import problems
-from curvlab.hvp import HVP_MODES
-from curvlab.operators import (
+from curvlab._hvp import HVP_MODES
+from curvlab._operators import (
     DENSE_SIZE_LIMIT,
     BlockDiagonalOperator,
     DenseOperator,
@@ -379,7 +379,7 @@ def test_ravel_unravel_round_trip():
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(op.ravel(op.unravel(flat)), flat)
     # the flat product is the pytree HVP, raveled
-    from curvlab.hvp import hvp
+    from curvlab._hvp import hvp
 
     np.testing.assert_allclose(op @ flat, op.ravel(hvp(p.f, ref["x"], tree)), rtol=1e-10, atol=1e-14)
     for other in (

@@ -1,4 +1,4 @@
-"""Tests of curvlab.optim: Newton-CG, trust-region Newton, Hessian-free (Martens 2010).
+"""Tests of curvlab._optim: Newton-CG, trust-region Newton, Hessian-free (Martens 2010).
 
 Float64 (conftest) against dense references (numpy.linalg.solve, scipy.optimize.minimize);
 float32 runs with looser, documented tolerances.
@@ -13,9 +13,9 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from curvlab import problems
-from curvlab.cg import CGStatus, cg
-from curvlab.operators import hessian_operator
-from curvlab.optim import (
+from curvlab._cg import CGStatus, cg
+from curvlab._operators import hessian_operator
+from curvlab._optim import (
     HISTORY_KEYS,
     IterationInfo,
     OptimizeResult,

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from curvlab.cg import CGStatus, cg
-from curvlab.operators import (
+from curvlab._cg import CGStatus, cg
+from curvlab._operators import (
     DenseOperator,
     DiagonalOperator,
     FunctionOperator,

@@ -1,4 +1,4 @@
-"""Tests for curvlab.spectral: stochastic Lanczos quadrature, trace and diagonal estimators.
+"""Tests for curvlab._spectral: stochastic Lanczos quadrature, trace and diagonal estimators.
 
 Statistical checks use fixed seeds and tolerances of several standard errors, so they are
 deterministic; each also has a deterministic, exact counterpart (e.g. a diagonal operator,
@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from curvlab.lanczos import LanczosStatus
-from curvlab.operators import DenseOperator, DiagonalOperator, LowRankOperator, hessian_operator
-from curvlab.spectral import _slq, _trace, diagonal, moments, spectral_density, trace
+from curvlab._lanczos import LanczosStatus
+from curvlab._operators import DenseOperator, DiagonalOperator, LowRankOperator, hessian_operator
+from curvlab._spectral import _slq, _trace, diagonal, moments, spectral_density, trace
 from tests.reference import dense_hessian, matrix_with_spectrum, random_orthogonal
 
 N = 100

@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("ipywidgets")
 pytest.importorskip("plotly")
 
-from curvlab.cg import condition_bound  # noqa: E402
+from curvlab._cg import condition_bound  # noqa: E402
 from curvlab.widgets.cg_explorer import CGExplorer  # noqa: E402
 
 VALUE_CONTROLS = ("problem", "kappa", "damping", "preconditioner", "num_probes", "rtol")

@@ -159,7 +159,7 @@ def test_high_dimensional_mode():
 
 
 def _legend_at_the_bottom(layout):
-    from curvlab.plots import LEGEND_STRIP
+    from curvlab.viz import LEGEND_STRIP
 
     legend = layout.legend
     assert legend.orientation == "h" and legend.yref == "container"

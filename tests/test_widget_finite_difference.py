@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from curvlab.hvp import fd_default_eps
+from curvlab._hvp import fd_default_eps
 from curvlab.widgets import FiniteDifferenceExplorer
 from curvlab.widgets.finite_difference import ASYMPTOTES, EPS_GRID, FDResult
 

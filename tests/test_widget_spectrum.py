@@ -11,10 +11,10 @@ pytest.importorskip("plotly")
 
 import jax.numpy as jnp  # noqa: E402
 
-from curvlab import plots  # noqa: E402
-from curvlab.lanczos import lanczos  # noqa: E402
-from curvlab.operators import DenseOperator, DiagonalOperator  # noqa: E402
-from curvlab.spectral import spectral_density  # noqa: E402
+from curvlab import viz  # noqa: E402
+from curvlab._lanczos import lanczos  # noqa: E402
+from curvlab._operators import DenseOperator, DiagonalOperator  # noqa: E402
+from curvlab._spectral import spectral_density  # noqa: E402
 from curvlab.widgets import spectrum as spectrum_module  # noqa: E402
 from curvlab.widgets.spectrum import LANCZOS_BUCKETS, SpectrumExplorer, strakos_eigenvalues  # noqa: E402
 
@@ -153,7 +153,7 @@ def test_damping_moves_reuse_the_undamped_runs_and_match_a_fresh_computation(exp
             ref = arr(lres.ritz_history)[:steps, :steps]
             assert np.array_equal(np.isnan(r.ritz_history), np.isnan(ref))
             np.testing.assert_allclose(r.ritz_history, ref, rtol=0, atol=1e-12 * scale)
-            ghosts = plots.ghost_mask(ref, rtol=10 * np.finfo(np.float64).eps ** (2 / 3))
+            ghosts = viz.ghost_mask(ref, rtol=10 * np.finfo(np.float64).eps ** (2 / 3))
             assert np.array_equal(r.ghosts, ghosts)
         else:
             # without reorthogonalization rounding errors grow once orthogonality is lost, so the
@@ -181,7 +181,7 @@ def test_ritz_values_interlace_and_figure_matches_result(ex):
 
 def test_lanczos_steps_truncation_is_exact(ex):
     """k steps shown from a longer run equal a k-step run: compare with a direct lanczos call."""
-    from curvlab.lanczos import lanczos
+    from curvlab._lanczos import lanczos
 
     ex.num_steps.value = 17
     r = ex.last_result
@@ -207,8 +207,8 @@ def test_ghosts_appear_without_reorthogonalization_only(ex):
     dist = np.min(np.abs(ghosts[:, None] - e[None, :]), axis=1)
     assert np.all(dist <= 1e-6 * e[-1])
     assert "ghosts" in ex.readout.value
-    # the mask agrees with plots.ghost_mask (float64: its default tolerance)
-    assert plots.ghost_mask(off.ritz_history).sum() == ghosts.size == off.ghosts.sum()
+    # the mask agrees with viz.ghost_mask (float64: its default tolerance)
+    assert viz.ghost_mask(off.ritz_history).sum() == ghosts.size == off.ghosts.sum()
 
 
 def test_preconditioned_spectrum_is_jacobi_scaled(ex):
@@ -296,7 +296,7 @@ def test_errors_go_to_the_error_area(ex, monkeypatch):
 
 def test_ghost_marks_respect_the_true_multiplicity():
     """Near-equal Ritz values are ghosts only when they outnumber the exact eigenvalues there."""
-    from curvlab.plots import ghost_mask
+    from curvlab.viz import ghost_mask
     from curvlab.widgets.spectrum import _drop_true_multiplicity
 
     rtol = 1e-6
@@ -520,7 +520,7 @@ def test_figure_fills_the_width_and_the_legend_stays_clear_of_the_titles(explore
     # legend under the x-axis titles, in the bottom margin; titles above the plot area
     assert layout.legend.orientation == "h" and layout.legend.yref == "container"
     assert layout.legend.y == 0 and layout.legend.yanchor == "bottom"
-    assert layout.margin.b >= 50 + plots.LEGEND_STRIP
+    assert layout.margin.b >= 50 + viz.LEGEND_STRIP
     assert layout.title.yref == "container" and layout.title.yanchor == "top"
     # a view that draws the figure is asked to measure its container (autosize relayout), once per drawing
     sent = []

@@ -5,7 +5,7 @@ An explorer is an :class:`ipywidgets.VBox` holding named controls, one
 A subclass
 
 1. builds its controls and its figure (from a pure builder in
-   :mod:`curvlab.plots`), stores each control as an attribute, and calls
+   :mod:`curvlab.viz`), stores each control as an attribute, and calls
    ``self._setup(controls, figure)``;
 2. implements ``compute(self, **controls)``: a plain function of the control
    values (no widget access), returning a ``NamedTuple`` of numbers that all

@@ -1,6 +1,6 @@
 """CGExplorer: how conditioning, damping and preconditioning set the speed of conjugate gradient.
 
-Solves :math:`(A + \\lambda I) x = b` with :func:`curvlab.cg.cg` for a quadratic
+Solves :math:`(A + \\lambda I) x = b` with :func:`curvlab._cg.cg` for a quadratic
 whose spectrum is log-spaced on :math:`[1, \\kappa]` (``A = Q diag(λ) Qᵀ``), or for
 its badly scaled version :math:`DAD` with :math:`D` spread over three decades,
 where the Jacobi preconditioner removes :math:`D` entirely
@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import plotly.graph_objects as go
 
-from curvlab import plots, problems
-from curvlab.cg import cg, condition_bound
-from curvlab.operators import DenseOperator
+from curvlab import problems, viz
+from curvlab._cg import cg, condition_bound
+from curvlab._operators import DenseOperator
 from curvlab.preconditioners import hutchinson_jacobi, jacobi
 from curvlab.widgets._base import Explorer
 
@@ -67,7 +67,7 @@ class CGExplorerResult(NamedTuple):
     num_iterations : int
     converged : bool
     status, message : str
-        :class:`curvlab.cg.CGStatus` name and readable message.
+        :class:`curvlab._cg.CGStatus` name and readable message.
     label : str
         Short description used for kept curves.
     """
@@ -269,7 +269,7 @@ class CGExplorer(Explorer):
     def _render(self, result: CGExplorerResult) -> None:
         fig = self.figure
         title = f"CG on {PROBLEMS[result.problem]}"
-        data = plots.cg_data(
+        data = viz.cg_data(
             result.iterations,
             result.relative_residuals,
             bound=result.bound,
@@ -278,7 +278,7 @@ class CGExplorer(Explorer):
         )
         names = list(data) + [f"kept: {label}" for label, _, _ in self.kept]
         if [t.name for t in fig.data] != names:
-            new = plots.cg_figure(
+            new = viz.cg_figure(
                 result.iterations,
                 result.relative_residuals,
                 bound=result.bound,
@@ -287,7 +287,7 @@ class CGExplorer(Explorer):
                 kept=self.kept,
                 title=title,
             )
-            plots.update_figure(fig, new)
+            viz.update_figure(fig, new)
         else:
             for trace, props in zip(fig.data, data.values(), strict=False):
                 trace.update(props)

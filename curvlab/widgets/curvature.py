@@ -14,9 +14,9 @@ lines; beside it a polar plot of the Rayleigh quotient
           = \\lambda_1 \\cos^2(\\theta - \\theta_1) + \\lambda_2 \\sin^2(\\theta - \\theta_1),
 
 which peaks at the top eigen-direction and dips at the bottom one. The
-:math:`2\\times2` Hessian is assembled from two :func:`curvlab.hvp` products
+:math:`2\\times2` Hessian is assembled from two :func:`curvlab._hvp` products
 (:math:`He_1`, :math:`He_2`); :math:`Hv` and :math:`c(\\theta)` at the slider
-angle come from :func:`curvlab.hvp` and :func:`curvlab.directional_curvature`.
+angle come from :func:`curvlab._hvp` and :func:`curvlab.directional_curvature`.
 
 **High-dimensional** (``"mlp"``: a small tanh MLP on scikit-learn's digits):
 the curvature along random directions, the gradient and the top Hessian
@@ -45,9 +45,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from curvlab import plots, problems
+from curvlab import problems, viz
+from curvlab._hvp import directional_curvature, hvp
 from curvlab.formula import describe_grammar, parse_formula
-from curvlab.hvp import directional_curvature, hvp
 from curvlab.widgets._base import Explorer
 
 __all__ = ["CurvatureExplorer", "CurvatureResult", "HighDimCurvatureResult", "PROBLEMS"]
@@ -88,11 +88,11 @@ class CurvatureResult(NamedTuple):
     value : float
         :math:`f(x)`.
     gradient, hv : ndarray (2,)
-        :math:`\\nabla f(x)` and :math:`H v` (``curvlab.hvp``).
+        :math:`\\nabla f(x)` and :math:`H v` (``curvlab._hvp``).
     curvature : float
         :math:`v^\\top H v / v^\\top v` (``curvlab.directional_curvature``).
     hessian : ndarray (2, 2)
-        :math:`[He_1, He_2]` from two ``curvlab.hvp`` products.
+        :math:`[He_1, He_2]` from two ``curvlab._hvp`` products.
     eigenvalues, eigenvectors : ndarray
         Ascending eigenvalues of ``hessian`` and eigenvectors as columns.
     eigen_angles : ndarray (2,)
@@ -207,7 +207,7 @@ def _zoo_state(problem: str) -> _TwoD:
         PROBLEMS[problem],
         p.f,
         bounds,
-        plots.contour_grid(p.f, bounds),
+        viz.contour_grid(p.f, bounds),
         problem == "rosenbrock",
         _make_local(p.f),
     )
@@ -221,7 +221,7 @@ def _custom_state(text: str) -> _TwoD:
         _CUSTOM_CACHE.move_to_end(text)
         return _CUSTOM_CACHE[text]
     f = parse_formula(text)  # FormulaError -> shown in the error area
-    grid = plots.contour_grid(f, CUSTOM_BOUNDS)
+    grid = viz.contour_grid(f, CUSTOM_BOUNDS)
     state = _TwoD(f"f = {text}", f, CUSTOM_BOUNDS, grid, False, _make_local(f))
     _CUSTOM_CACHE[text] = state
     while len(_CUSTOM_CACHE) > 8:
@@ -246,8 +246,8 @@ class _HighD(NamedTuple):
 def _high_d_state(problem: str) -> _HighD:
     from jax.flatten_util import ravel_pytree
 
-    from curvlab.lanczos import eigsh
-    from curvlab.operators import hessian_operator
+    from curvlab._lanczos import eigsh
+    from curvlab._operators import hessian_operator
 
     if problem != "mlp":
         raise ValueError(f"unknown high-dimensional problem {problem!r}")
@@ -390,7 +390,7 @@ class CurvatureExplorer(Explorer):
         formula_row = widgets.HBox([self.formula, self.apply, self.help])
         self._formula_row = formula_row
         figure = go.FigureWidget()
-        plots.apply_theme(figure, height=460)
+        viz.apply_theme(figure, height=460)
         self._update_visibility(problem)
         rows = [
             widgets.HBox([self.problem]),
@@ -578,16 +578,16 @@ class CurvatureExplorer(Explorer):
                 column_widths=[0.58, 0.42],
                 subplot_titles=(r.label, "curvature vᵀHv/vᵀv against the angle of v"),
             )
-            plots.contour_figure(
+            viz.contour_figure(
                 None, r.bounds, r.point, r.direction, r.gradient, r.hv,
                 eigenvalues=r.eigenvalues, eigenvectors=r.eigenvectors, grid=r.grid,
                 log_levels=r.log_levels, fig=fig, row=1, col=1,
             )  # fmt: skip
-            plots.polar_curvature_figure(
+            viz.polar_curvature_figure(
                 r.angles, r.curvatures, r.eigen_angles, eigenvalues=r.eigenvalues,
                 current_angle=r.angle, current_curvature=r.curvature, fig=fig, row=1, col=2,
             )  # fmt: skip
-            plots.apply_theme(fig, height=520, legend="bottom", subplot_titles=True)
+            viz.apply_theme(fig, height=520, legend="bottom", subplot_titles=True)
             # the polar plot's 90° label sits above its domain: lift its title clear of it
             fig.layout.annotations[1].yshift = 22
             fig.update_layout(margin_t=fig.layout.margin.t + 22)
@@ -600,11 +600,11 @@ class CurvatureExplorer(Explorer):
         xmin, xmax, ymin, ymax = r.bounds
         length = 0.15 * max(xmax - xmin, ymax - ymin)
         for name, vec, color in (
-            ("v", r.direction, plots.COLORS["direction"]),
-            ("∇f", r.gradient, plots.COLORS["gradient"]),
-            ("Hv", r.hv, plots.COLORS["hv"]),
+            ("v", r.direction, viz.COLORS["direction"]),
+            ("∇f", r.gradient, viz.COLORS["gradient"]),
+            ("Hv", r.hv, viz.COLORS["hv"]),
         ):
-            new = plots.arrow_trace(r.point, vec, length=length, name=name, color=color)
+            new = viz.arrow_trace(r.point, vec, length=length, name=name, color=color)
             tr = fig.data[idx[name]]
             tr.x, tr.y, tr.customdata = new.x, new.y, new.customdata
         tr = fig.data[idx["x"]]
@@ -654,12 +654,12 @@ class CurvatureExplorer(Explorer):
                 cols=2,
                 subplot_titles=("curvature along directions", "1-D slice and its quadratic model"),
             )
-            plots.directions_bar_figure(r.curvatures, fig=fig, row=1, col=1)
-            plots.slice_figure(r.t, r.f_values, r.quadratic_model, fig=fig, row=1, col=2)
-            plots.apply_theme(fig, height=480, legend="bottom", subplot_titles=True)
+            viz.directions_bar_figure(r.curvatures, fig=fig, row=1, col=1)
+            viz.slice_figure(r.t, r.f_values, r.quadratic_model, fig=fig, row=1, col=2)
+            viz.apply_theme(fig, height=480, legend="bottom", subplot_titles=True)
             self._rebuild(fig, mode)
         fig, idx = self.figure, self._index
-        new = plots.directions_bar_figure(r.curvatures)
+        new = viz.directions_bar_figure(r.curvatures)
         for name in ("curvature", "samples"):
             src = new.data[[t.name for t in new.data].index(name)]
             tr = fig.data[idx[name]]

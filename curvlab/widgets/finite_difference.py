@@ -8,7 +8,7 @@ the explorer plots the relative error
 of the forward and central finite-difference HVPs
 (:func:`curvlab.fd_hvp`) against the step :math:`\\varepsilon \\in [10^{-14}, 10^{-1}]`
 on log-log axes, in float32 or float64, against the automatic-differentiation
-product :func:`curvlab.hvp` computed in float64 as the reference. The curves
+product :func:`curvlab._hvp` computed in float64 as the reference. The curves
 are V-shaped:
 
 * **truncation** (right branch): with :math:`g(t) = \\nabla f(x + t v)`,
@@ -55,8 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 import plotly.graph_objects as go
 
-from curvlab import plots, problems
-from curvlab.hvp import FD_SCHEMES, HVP_MODES, fd_default_eps, fd_hvp, hvp
+from curvlab import problems, viz
+from curvlab._hvp import FD_SCHEMES, HVP_MODES, fd_default_eps, fd_hvp, hvp
 from curvlab.widgets._base import Explorer
 
 __all__ = ["FiniteDifferenceExplorer", "FDResult", "FUNCTIONS", "EPS_GRID"]
@@ -239,7 +239,7 @@ class FiniteDifferenceExplorer(Explorer):
         self.angle = widgets.FloatSlider(
             value=30.0, min=0.0, max=360.0, step=1.0, description="direction θ (°)", style=style
         )
-        fig = plots.fd_error_figure(
+        fig = viz.fd_error_figure(
             EPS_GRID,
             {s: np.ones_like(EPS_GRID) for s in FD_SCHEMES},
             {m: 1.0 for m in HVP_MODES},

@@ -1,6 +1,6 @@
 """HessianFreeExplorer: train a network with Hessian-free optimization, live, beside Adam and SGD.
 
-Press **Start**: a background thread runs :func:`curvlab.optim.hessian_free`
+Press **Start**: a background thread runs :func:`curvlab._optim.hessian_free`
 (Martens 2010) on a digits model (an MLP classifier or a deep autoencoder) and
 the optimizer's ``callback`` redraws the figure after every iteration: the
 loss per iteration and against wall time, the damping :math:`\\lambda` and the
@@ -27,8 +27,8 @@ import jax
 import numpy as np
 import plotly.graph_objects as go
 
-from curvlab import plots, problems
-from curvlab.optim import hessian_free
+from curvlab import problems, viz
+from curvlab._optim import hessian_free
 from curvlab.widgets._base import Explorer, css_class
 
 __all__ = ["HessianFreeExplorer", "HFExplorerResult", "MODELS", "BASELINE_LEARNING_RATES"]
@@ -48,14 +48,14 @@ class HFExplorerResult(NamedTuple):
     ----------
     model, curvature, preconditioner : str
     history : dict of numpy arrays
-        :attr:`curvlab.optim.OptimizeResult.history` (entry 0 the start; ``loss``,
+        :attr:`curvlab._optim.OptimizeResult.history` (entry 0 the start; ``loss``,
         ``time``, ``damping``, ``rho``, ``cg_iterations``, ``grad_norm``, ``num_hvps``, ...).
     baselines : dict
         ``{"Adam": (times, losses), "SGD": (times, losses)}`` over the same wall time as HF
         (empty when baselines are off or the run was stopped).
     num_iterations : int
     status, message : str
-        :class:`curvlab.optim.OptimizeStatus` name and message.
+        :class:`curvlab._optim.OptimizeStatus` name and message.
     stopped : bool
         True when the Stop button (or ``stop_event``) ended the run.
     """
@@ -343,10 +343,10 @@ class HessianFreeExplorer(Explorer):
 
     def _draw(self, history: dict, baselines: dict, *, title: str | None = None) -> None:
         fig = self.figure
-        data = plots.hf_data(history, baselines)
+        data = viz.hf_data(history, baselines)
         with self._draw_lock:
             if [t.name for t in fig.data] != list(data):
-                plots.update_figure(fig, plots.hf_training_figure(history, baselines, title=title))
+                viz.update_figure(fig, viz.hf_training_figure(history, baselines, title=title))
             else:
                 for trace, props in zip(fig.data, data.values(), strict=True):
                     trace.update(props)

@@ -2,7 +2,7 @@
 
 For a chosen symmetric operator :math:`A` (a quadratic with a prescribed
 spectrum, the Hessian of a small MLP on digits, or any operator you pass) the
-explorer runs :func:`curvlab.lanczos.lanczos` on
+explorer runs :func:`curvlab._lanczos.lanczos` on
 
 .. math::
 
@@ -16,7 +16,7 @@ preconditioner) and shows
 * the Ritz values after every Lanczos step: the extreme ones converge first;
   without reorthogonalization, converged Ritz values are repeated ("ghosts")
   once the basis loses orthogonality;
-* the stochastic Lanczos quadrature density of :func:`curvlab.spectral.spectral_density`
+* the stochastic Lanczos quadrature density of :func:`curvlab._spectral.spectral_density`
   with its standard-error band;
 * the exact eigenvalues (dense ``eigh``) for ``n <= 500``.
 
@@ -66,11 +66,11 @@ import numpy as np
 import plotly.graph_objects as go
 from scipy.linalg import eigvalsh_tridiagonal
 
-from curvlab import plots, problems
-from curvlab.lanczos import LanczosStatus, _default_breakdown_tol, lanczos
-from curvlab.operators import LinearOperator, _register, as_operator, hessian_operator
-from curvlab.spectral import diagonal as estimate_diagonal
-from curvlab.spectral import spectral_density
+from curvlab import problems, viz
+from curvlab._lanczos import LanczosStatus, _default_breakdown_tol, lanczos
+from curvlab._operators import LinearOperator, _register, as_operator, hessian_operator
+from curvlab._spectral import diagonal as estimate_diagonal
+from curvlab._spectral import spectral_density
 from curvlab.widgets._base import Explorer
 
 __all__ = ["SpectrumExplorer", "SpectrumResult", "strakos_eigenvalues", "EXACT_MAX_N"]
@@ -314,7 +314,7 @@ class _LatestOnly:
 
 
 class SpectrumResult(NamedTuple):
-    """Everything :func:`curvlab.plots.spectrum_figure` draws.
+    """Everything :func:`curvlab.viz.spectrum_figure` draws.
 
     Attributes
     ----------
@@ -339,7 +339,7 @@ class SpectrumResult(NamedTuple):
         Estimates from the final Ritz values; ``kappa`` is NaN unless ``lambda_min > 0``.
     ghosts : ndarray of bool, shape like ``ritz_history``
         Ritz values that duplicate the next larger one to ``10 ε^{2/3}`` (relative) of the
-        operator's dtype (:func:`curvlab.plots.ghost_mask`): ghost copies.
+        operator's dtype (:func:`curvlab.viz.ghost_mask`): ghost copies.
     num_copies_max : int
         Final Ritz values that coincide with the largest one (``> 1``: ghosts).
     message : str
@@ -421,7 +421,7 @@ def _drop_true_multiplicity(
 ) -> np.ndarray:
     """Keep a ghost mark only where more Ritz values sit near it than exact eigenvalues do.
 
-    The gap test of :func:`curvlab.plots.ghost_mask` cannot tell a ghost copy from distinct
+    The gap test of :func:`curvlab.viz.ghost_mask` cannot tell a ghost copy from distinct
     eigenvalues closer together than its tolerance (a dense cluster in float32); with the exact
     spectrum known, a Ritz value is a ghost only if its cluster holds more Ritz values than the
     spectrum holds eigenvalues within the same distance.
@@ -805,7 +805,7 @@ class SpectrumExplorer(Explorer):
         ritz = lrun.ritz(k) + lshift
         taken = ritz.shape[0]
         final = ritz[-1][np.isfinite(ritz[-1])]
-        ghosts = plots.ghost_mask(ritz, rtol=_ghost_rtol(dtype))
+        ghosts = viz.ghost_mask(ritz, rtol=_ghost_rtol(dtype))
         if lrun.taken < k:
             message = f"{taken} steps: {lrun.message}"
         else:
@@ -968,8 +968,8 @@ class SpectrumExplorer(Explorer):
         fig = self.figure
         empty = np.zeros(0)
         data = {
-            **plots.ritz_data(r.ritz_history, exact_eigenvalues=r.exact_eigenvalues, ghosts=r.ghosts),
-            **plots.density_data(
+            **viz.ritz_data(r.ritz_history, exact_eigenvalues=r.exact_eigenvalues, ghosts=r.ghosts),
+            **viz.density_data(
                 empty if r.grid is None else r.grid,
                 empty if r.density is None else r.density,
                 None if r.density_stderr is None else r.density_stderr,
@@ -979,7 +979,7 @@ class SpectrumExplorer(Explorer):
         context = (r.label, r.preconditioned)
         if [t.name for t in fig.data] != list(data):
             # first render: build the figure once; later renders only replace data
-            new = plots.spectrum_figure(
+            new = viz.spectrum_figure(
                 r.ritz_history,
                 data["SLQ density"]["x"],
                 data["SLQ density"]["y"],
@@ -988,7 +988,7 @@ class SpectrumExplorer(Explorer):
                 density_title=density_title,
                 title=title,
             )
-            plots.update_figure(fig, new)
+            viz.update_figure(fig, new)
             fig.layout.width = None
             self._opacity = {t.name: 1.0 if t.opacity is None else float(t.opacity) for t in fig.data}
             self._shown_context = None
@@ -1018,7 +1018,7 @@ class SpectrumExplorer(Explorer):
 
 
 def _lanczos_run(lres, steps: int) -> _LanczosRun:
-    """Host copy of a :class:`~curvlab.lanczos.LanczosResult` of ``steps`` steps (``history=False``)."""
+    """Host copy of a :class:`~curvlab._lanczos.LanczosResult` of ``steps`` steps (``history=False``)."""
     taken = int(lres.num_steps)
     return _LanczosRun(
         steps=int(steps),

@@ -3,7 +3,7 @@
 * Chromium is Debian's (``/usr/bin/chromium`` or ``$CURVLAB_CHROMIUM``), never a
   Playwright download. Missing Chromium skips the tests with a clear message,
   except in CI (``CI=true``) where it fails them.
-* The server is ``python -m curvlab.cli dashboard --port N`` on a free port (so
+* The server is ``python -m curvlab.app.cli dashboard --port N`` on a free port (so
   each xdist worker can run its own), ready when ``/voila/static/voila.js``
   answers; it is stopped with SIGTERM at the end and must exit.
 * Every browser context aborts non-local requests (Voila asks a CDN for Font
@@ -142,7 +142,7 @@ def start_server(tmp_dir: Path, *, port: int | None = None, extra_args=(), timeo
     port = port or free_port()
     log_path = tmp_dir / f"dashboard-{port}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    cmd = [sys.executable, "-m", "curvlab.cli", "dashboard", "--port", str(port), *extra_args]
+    cmd = [sys.executable, "-m", "curvlab.app.cli", "dashboard", "--port", str(port), *extra_args]
     notebook = os.environ.get("CURVLAB_BROWSER_NOTEBOOK")  # developer hook: serve another notebook
     if notebook:
         cmd += ["--notebook", notebook]

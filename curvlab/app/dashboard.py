@@ -3,7 +3,7 @@
 The Voila app (``apps/dashboard.ipynb``, served by ``curvlab dashboard``) is one
 code cell::
 
-    from curvlab.dashboard import build_dashboard
+    from curvlab.app.dashboard import build_dashboard
     build_dashboard()
 
 :func:`build_dashboard` returns a :class:`Dashboard`: a header, then an
@@ -180,7 +180,7 @@ def _defer_rfc3987_syntax() -> bool:
     if spec is None:
         return False
     stub = types.ModuleType("rfc3987_syntax")
-    stub.__doc__ = "Deferred stand-in installed by curvlab.dashboard (imports the real module on use)."
+    stub.__doc__ = "Deferred stand-in installed by curvlab.app.dashboard (imports the real module on use)."
 
     def _real():
         if sys.modules.get("rfc3987_syntax") is stub:
@@ -480,7 +480,7 @@ def __getattr__(name: str):
         if _Dashboard is None:
             _Dashboard = _dashboard_class()
         return _Dashboard
-    raise AttributeError(f"module 'curvlab.dashboard' has no attribute {name!r}")
+    raise AttributeError(f"module 'curvlab.app.dashboard' has no attribute {name!r}")
 
 
 def build_dashboard(
@@ -532,7 +532,7 @@ def build_dashboard(
 
 # ------------------------------------------------------------------------- notebook
 
-NOTEBOOK_SOURCE = "from curvlab.dashboard import build_dashboard\n\nbuild_dashboard()"
+NOTEBOOK_SOURCE = "from curvlab.app.dashboard import build_dashboard\n\nbuild_dashboard()"
 
 
 def notebook_json() -> dict:
@@ -582,6 +582,6 @@ def write_notebook(path: str | os.PathLike) -> Path:
     return path
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m curvlab.dashboard apps/dashboard.ipynb`
+if __name__ == "__main__":  # pragma: no cover - `python -m curvlab.app.dashboard apps/dashboard.ipynb`
     for target in sys.argv[1:] or ["apps/dashboard.ipynb"]:
         print(write_notebook(target))

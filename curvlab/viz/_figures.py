@@ -22,19 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-__all__ = [
-    "COLORS",
-    "LEGEND_STRIP",
-    "apply_theme",
-    "arrow_trace",
-    "contour_grid",
-    "contour_figure",
-    "polar_curvature_figure",
-    "fd_error_figure",
-    "directions_bar_figure",
-    "slice_figure",
-]
-
 #: One color per concept, used by every figure.
 COLORS = {
     "point": "#111111",
@@ -714,7 +701,7 @@ def ritz_figure(
     """Ritz values after every Lanczos step (x: step, y: Ritz values).
 
     ``ritz_history`` is ``(k, k)``: row ``j`` holds the Ritz values after step
-    ``j + 1`` (ascending, NaN-padded), as :func:`curvlab.lanczos.lanczos`
+    ``j + 1`` (ascending, NaN-padded), as :func:`curvlab._lanczos.lanczos`
     returns it. Traces: ``"Ritz values"``; ``"ghost copies"`` (red crosses:
     Ritz values that duplicate the next one, ``ghosts`` is a boolean mask like
     :func:`ghost_mask`'s, its default); ``"exact eigenvalues"`` (a rug right of
@@ -949,7 +936,7 @@ def hf_data(history: Mapping[str, Sequence[float]], baselines: Mapping | None = 
 
     ``history`` holds at least ``loss``, ``time``, ``damping``, ``rho`` and ``cg_iterations``
     (entry 0 the start, entry ``k`` iteration ``k``, as in
-    :attr:`curvlab.optim.OptimizeResult.history`), all of the same length; live lists with an
+    :attr:`curvlab._optim.OptimizeResult.history`), all of the same length; live lists with an
     ``iteration`` key (the iteration numbers, e.g. from the callback) work too. ``baselines`` maps
     a name (``"Adam"``) to ``(times, losses)``.
     """

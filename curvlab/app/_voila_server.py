@@ -1,4 +1,4 @@
-"""Run Voila with one fix to its pre-heated kernel pool: ``python -m curvlab._voila_server ARGS``.
+"""Run Voila with one fix to its pre-heated kernel pool: ``python -m curvlab.app._voila_server ARGS``.
 
 Voila keeps pooled kernels safe from the idle culler only while they sit in the pool. A kernel
 that waited in the pool longer than ``cull_idle_timeout`` is handed to a new page still marked

@@ -41,15 +41,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from curvlab._validation import check_positive_int, is_concrete
-from curvlab.lanczos import (
+from curvlab._lanczos import (
     LanczosStatus,
     _check_operator,
     _default_breakdown_tol,
     _lanczos_loop,
     _tridiag_eigh,
 )
-from curvlab.operators import LinearOperator
+from curvlab._operators import LinearOperator
+from curvlab._validation import check_positive_int, is_concrete
 
 __all__ = ["Estimate", "SpectralDensity", "spectral_density", "moments", "trace", "diagonal"]
 
@@ -105,7 +105,7 @@ class SpectralDensity(NamedTuple):
     num_steps : Array, shape (num_probes,)
         Lanczos steps taken per probe.
     status : Array, shape (num_probes,)
-        :class:`~curvlab.lanczos.LanczosStatus` value per probe.
+        :class:`~curvlab._lanczos.LanczosStatus` value per probe.
     num_matvecs : int
         Total matvecs.
     """
@@ -266,12 +266,12 @@ def spectral_density(
         one at a time for ``n > 4096`` (less memory traffic in the reorthogonalization, one
         basis in memory), else all at once unless their bases would exceed 512 MiB.
     breakdown_tol : float, optional
-        See :func:`curvlab.lanczos.lanczos`.
+        See :func:`curvlab._lanczos.lanczos`.
 
     Examples
     --------
     >>> import jax, jax.numpy as jnp
-    >>> from curvlab.operators import DiagonalOperator
+    >>> from curvlab._operators import DiagonalOperator
     >>> sd = spectral_density(DiagonalOperator(jnp.linspace(0.0, 1.0, 50)), num_probes=4,
     ...                       num_steps=20, key=jax.random.key(0))
     >>> round(float(jnp.sum((sd.density[1:] + sd.density[:-1]) * jnp.diff(sd.grid)) / 2), 6)
@@ -408,7 +408,7 @@ def trace(
     Examples
     --------
     >>> import jax, jax.numpy as jnp
-    >>> from curvlab.operators import DiagonalOperator
+    >>> from curvlab._operators import DiagonalOperator
     >>> est = trace(DiagonalOperator(jnp.ones(10)), num_probes=6, key=jax.random.key(0), method="hutchinson")
     >>> round(float(est.value), 6), round(float(est.stderr), 6)
     (10.0, 0.0)
@@ -453,7 +453,7 @@ def diagonal(
     Examples
     --------
     >>> import jax, jax.numpy as jnp
-    >>> from curvlab.operators import DiagonalOperator
+    >>> from curvlab._operators import DiagonalOperator
     >>> est = diagonal(DiagonalOperator(jnp.array([1.0, 2.0])), num_probes=4, key=jax.random.key(0))
     >>> [round(float(d), 6) for d in est.value]
     [1.0, 2.0]

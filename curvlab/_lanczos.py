@@ -1,6 +1,6 @@
 """Lanczos tridiagonalization and a thick-restart Lanczos eigensolver.
 
-Both work on a symmetric :class:`~curvlab.operators.LinearOperator` through its
+Both work on a symmetric :class:`~curvlab._operators.LinearOperator` through its
 matvec only, and both are whole jit-compiled loops.
 
 :func:`lanczos` runs ``k`` steps of the Lanczos process from a unit vector
@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import eigh_tridiagonal
 
+from curvlab._operators import LinearOperator, as_operator
 from curvlab._validation import check_finite, check_positive_int, is_concrete
-from curvlab.operators import LinearOperator, as_operator
 
 __all__ = [
     "LanczosStatus",
@@ -283,7 +283,7 @@ def _dgks_orthogonalize(Q, w, j, blocks: tuple[int, ...]):
 def _lanczos_loop(
     mv, v0, num_steps: int, reorthogonalize: bool, breakdown_tol, history: bool, blocked: bool = True
 ):
-    """Traceable Lanczos process (vmapped by :mod:`curvlab.spectral` with ``blocked=False``)."""
+    """Traceable Lanczos process (vmapped by :mod:`curvlab._spectral` with ``blocked=False``)."""
     n = v0.shape[0]
     k = num_steps
     dtype = v0.dtype
@@ -427,7 +427,7 @@ def lanczos(
     Examples
     --------
     >>> import jax.numpy as jnp
-    >>> from curvlab.operators import DiagonalOperator
+    >>> from curvlab._operators import DiagonalOperator
     >>> res = lanczos(DiagonalOperator(jnp.array([1.0, 2.0, 3.0])), 5)
     >>> res.status.name, res.num_steps
     ('BREAKDOWN', 3)
@@ -856,7 +856,7 @@ def eigsh(
     Examples
     --------
     >>> import jax.numpy as jnp
-    >>> from curvlab.operators import DiagonalOperator
+    >>> from curvlab._operators import DiagonalOperator
     >>> res = eigsh(DiagonalOperator(jnp.arange(1.0, 101.0)), k=2, tol=1e-5)
     >>> res.status.name, [round(float(t), 3) for t in res.eigenvalues]
     ('CONVERGED', [100.0, 99.0])

@@ -1,7 +1,7 @@
 """Conjugate gradient for symmetric positive definite operators, with its full history.
 
 :func:`cg` solves :math:`A x = b` for a symmetric positive definite operator
-:math:`A` (any :class:`~curvlab.operators.LinearOperator`, e.g. a damped
+:math:`A` (any :class:`~curvlab._operators.LinearOperator`, e.g. a damped
 Hessian or Gauss-Newton matrix), optionally preconditioned by
 :math:`P \\approx A^{-1}` (see :mod:`curvlab.preconditioners`). Equivalently it
 minimizes the quadratic
@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from curvlab._operators import LinearOperator, as_operator
 from curvlab._validation import check_positive_int, is_concrete
-from curvlab.operators import LinearOperator, as_operator
 
 __all__ = [
     "CGStatus",

@@ -1,4 +1,4 @@
-"""curvlab.plots: pure figure builders."""
+"""curvlab.viz: pure figure builders."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import pytest
 from plotly.subplots import make_subplots
 
-from curvlab import plots
+from curvlab import viz
 
 
 def seed(p):
@@ -19,7 +19,7 @@ def names(fig):
 
 def test_contour_figure_traces_and_arrows():
     g, hv = np.array([3.0, -4.0]), np.array([0.0, 2.0])
-    fig = plots.contour_figure(
+    fig = viz.contour_figure(
         seed, (-2, 2, -1, 1), [1.0, 0.5], [1.0, 0.0], g, hv,
         eigenvalues=[-1.0, 2.0], eigenvectors=np.eye(2), resolution=21,
     )  # fmt: skip
@@ -42,15 +42,15 @@ def test_contour_figure_traces_and_arrows():
 
 
 def test_contour_figure_precomputed_grid_and_log_levels():
-    xs, ys, Z = plots.contour_grid(seed, (-1, 1, -1, 1), resolution=5)
-    fig = plots.contour_figure(
+    xs, ys, Z = viz.contour_grid(seed, (-1, 1, -1, 1), resolution=5)
+    fig = viz.contour_figure(
         None, (-1, 1, -1, 1), [0, 0], [1, 0], [1, 0], [0, 1], grid=(xs, ys, Z), log_levels=True
     )
     np.testing.assert_allclose(np.asarray(fig.data[0].z), np.log1p(Z - Z.min()))
     with pytest.raises(ValueError, match="f or grid"):
-        plots.contour_figure(None, (-1, 1, -1, 1), [0, 0], [1, 0], [1, 0], [0, 1])
+        viz.contour_figure(None, (-1, 1, -1, 1), [0, 0], [1, 0], [1, 0], [0, 1])
     with pytest.raises(ValueError, match="2 entries"):
-        plots.contour_figure(None, (-1, 1, -1, 1), [0, 0, 0], [1, 0], [1, 0], [0, 1], grid=(xs, ys, Z))
+        viz.contour_figure(None, (-1, 1, -1, 1), [0, 0, 0], [1, 0], [1, 0], [0, 1], grid=(xs, ys, Z))
 
 
 def test_polar_curvature_splits_sign():
@@ -58,7 +58,7 @@ def test_polar_curvature_splits_sign():
     H = np.diag([2.0, -1.0])
     U = np.stack([np.cos(np.radians(theta)), np.sin(np.radians(theta))])
     c = np.einsum("im,ij,jm->m", U, H, U)
-    fig = plots.polar_curvature_figure(
+    fig = viz.polar_curvature_figure(
         theta, c, [0.0, 90.0], eigenvalues=[2.0, -1.0], current_angle=30, current_curvature=1.25
     )
     assert names(fig) == ["vᵀHv > 0", "vᵀHv < 0", "eigen 1", "eigen 2", "current v"]
@@ -69,12 +69,12 @@ def test_polar_curvature_splits_sign():
     assert list(fig.data[2].theta) == [0.0, 0.0, 180.0]
     assert fig.data[4].r[0] == 1.25
     with pytest.raises(ValueError, match="same length"):
-        plots.polar_curvature_figure(theta[:3], c, None)
+        viz.polar_curvature_figure(theta[:3], c, None)
 
 
 def test_fd_error_figure():
     e = np.logspace(-14, -1, 14)
-    fig = plots.fd_error_figure(
+    fig = viz.fd_error_figure(
         e, {"forward": e, "central": np.where(e > 1e-10, e**2, 0.0)}, {"fwd_rev": 1e-16, "rev_rev": 0.0},
         {"∝ ε": e}, default_eps={"forward": (1e-8, 2e-8)},
     )  # fmt: skip
@@ -87,49 +87,49 @@ def test_fd_error_figure():
 
 
 def test_directions_bar_and_slice():
-    fig = plots.directions_bar_figure(
+    fig = viz.directions_bar_figure(
         {"random": np.array([1.0, 3.0]), "gradient": -2.0}, eigenvalue_range=(-3, 5)
     )
     assert names(fig) == ["curvature", "samples", "λ_min", "λ_max"]
     assert list(fig.data[0].y) == [2.0, -2.0]
     assert list(fig.data[1].y) == [1.0, 3.0]
     t = np.linspace(-1, 1, 5)
-    fig = plots.slice_figure(t, t**2, 0.5 * t**2)
+    fig = viz.slice_figure(t, t**2, 0.5 * t**2)
     assert names(fig) == ["f(x + t v)", "quadratic model"]
     with pytest.raises(ValueError, match="same length"):
-        plots.slice_figure(t, t[:2], t)
+        viz.slice_figure(t, t[:2], t)
 
 
 def test_builders_draw_into_subplots_and_theme():
     fig = make_subplots(1, 2, specs=[[{"type": "xy"}, {"type": "polar"}]])
-    plots.contour_figure(
+    viz.contour_figure(
         seed, (-1, 1, -1, 1), [0, 0.5], [1, 0], [1, 0], [0, 1], resolution=5, fig=fig, row=1, col=1
     )
-    plots.polar_curvature_figure([0, 90, 180], [1, -1, 1], fig=fig, row=1, col=2)
+    viz.polar_curvature_figure([0, 90, 180], [1, -1, 1], fig=fig, row=1, col=2)
     assert fig.data[-1].subplot == "polar"
-    themed = plots.apply_theme(go.Figure(), title="T", height=300)
+    themed = viz.apply_theme(go.Figure(), title="T", height=300)
     assert themed.layout.title.text == "T" and themed.layout.height == 300
 
 
 def test_theme_legend_placement_and_width():
-    top = plots.apply_theme(go.Figure(), title="T")
+    top = viz.apply_theme(go.Figure(), title="T")
     assert top.layout.legend.y == pytest.approx(1.02) and top.layout.margin.b == 50
     assert top.layout.autosize is True and top.layout.width is None
-    bottom = plots.apply_theme(go.Figure(), title="T", legend="bottom", subplot_titles=True)
+    bottom = viz.apply_theme(go.Figure(), title="T", legend="bottom", subplot_titles=True)
     legend = bottom.layout.legend
     assert (legend.yref, legend.y, legend.yanchor, legend.xanchor) == ("container", 0, "bottom", "center")
-    assert bottom.layout.margin.b == 50 + plots.LEGEND_STRIP
+    assert bottom.layout.margin.b == 50 + viz.LEGEND_STRIP
     # room for the title above the subplot titles
     assert bottom.layout.margin.t > top.layout.margin.t
     assert bottom.layout.title.yref == "container" and bottom.layout.title.yanchor == "top"
     with pytest.raises(ValueError, match="legend"):
-        plots.apply_theme(go.Figure(), legend="left")
+        viz.apply_theme(go.Figure(), legend="left")
 
 
 def test_spectrum_figure_legend_below_the_plots():
     R = np.array([[1.0, np.nan], [0.5, 2.0]])
     grid = np.linspace(0, 3, 7)
-    fig = plots.spectrum_figure(R, grid, np.ones(7) / 3, exact_eigenvalues=[0.5, 2.0], title="T")
+    fig = viz.spectrum_figure(R, grid, np.ones(7) / 3, exact_eigenvalues=[0.5, 2.0], title="T")
     assert [a.text for a in fig.layout.annotations][:2] == ["Ritz values per Lanczos step", "SLQ density"]
     assert fig.layout.legend.yref == "container" and fig.layout.legend.y == 0
     assert fig.layout.width is None and fig.layout.autosize is True

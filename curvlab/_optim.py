@@ -8,7 +8,7 @@ Three methods, all matrix-free (the curvature is only ever applied to vectors):
   negative curvature are handled, and an Armijo backtracking line search picks
   the step.
 * :func:`trust_region_newton` -- trust-region Newton with the Steihaug-Toint
-  truncated CG (:func:`curvlab.cg.steihaug_cg`) for the subproblem
+  truncated CG (:func:`curvlab._cg.steihaug_cg`) for the subproblem
   :math:`\\min_{\\|p\\| \\le \\Delta} g^\\top p + \\tfrac12 p^\\top H p`.
 * :func:`hessian_free` -- Martens' (2010) Hessian-free optimization for neural
   networks: Gauss-Newton (or Hessian, or empirical Fisher) curvature with
@@ -42,9 +42,9 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from curvlab._cg import CGStatus, cg, steihaug_cg
+from curvlab._operators import LinearOperator, fisher_operator, ggn_operator, hessian_operator
 from curvlab._validation import check_positive_int, check_scalar_output
-from curvlab.cg import CGStatus, cg, steihaug_cg
-from curvlab.operators import LinearOperator, fisher_operator, ggn_operator, hessian_operator
 from curvlab.preconditioners import empirical_fisher_diagonal, martens
 
 PyTree = Any
@@ -126,7 +126,7 @@ class OptimizeResult(NamedTuple):
         - ``loss``: objective after the iteration; ``grad_norm``: see each optimizer;
         - ``damping``: :math:`\\lambda` used by the iteration (HF); ``rho``: reduction ratio;
         - ``cg_iterations``, ``cg_residual`` (:math:`\\|r\\|/\\|b\\|` at the end of the solve),
-          ``cg_status`` (a :class:`~curvlab.cg.CGStatus` value);
+          ``cg_status`` (a :class:`~curvlab._cg.CGStatus` value);
         - ``step_length``: line-search multiplier :math:`t` (HF: 0 for a rejected step);
           ``step_norm``: :math:`\\|x_{k} - x_{k-1}\\|`;
         - ``num_hvps``: cumulative curvature-vector products; ``time``: seconds since the start,
@@ -461,7 +461,7 @@ def _check_newton_options(f, x0, args, forcing, forcing_constant, cg_maxiter, mo
     check_scalar_output(f, x0, *args)
     args = tuple(args)
     if cg_maxiter is None:
-        from curvlab.cg import default_maxiter
+        from curvlab._cg import default_maxiter
 
         cg_maxiter = default_maxiter(ravel_pytree(x0)[0].size)
     return forcing_constant, cg_maxiter, args
@@ -483,7 +483,7 @@ def newton_cg(
     """Line-search truncated Newton (Newton-CG) for :math:`\\min_x f(x, *args)`.
 
     At each iterate :math:`x_k` with gradient :math:`g_k` and Hessian :math:`H_k` (never
-    formed: a :func:`~curvlab.operators.hessian_operator`), CG solves
+    formed: a :func:`~curvlab._operators.hessian_operator`), CG solves
     :math:`H_k p = -g_k` until :math:`\\|H_k p + g_k\\| \\le \\eta_k \\|g_k\\|`. If CG meets a
     direction of non-positive curvature it stops with its last iterate, used when it is a
     descent direction (:math:`g_k^\\top p < 0`); otherwise (negative curvature at the first CG
@@ -520,7 +520,7 @@ def newton_cg(
     cg_maxiter : int, optional
         CG iteration cap per Newton step (default: CG's default, ``10 n`` for small ``n``).
     mode : str
-        HVP mode (see :func:`curvlab.hvp.hvp`).
+        HVP mode (see :func:`curvlab._hvp.hvp`).
     callback : callable, optional
         Called with an :class:`IterationInfo` after every iteration; returning True stops.
 
@@ -664,7 +664,7 @@ def trust_region_newton(
 
     At :math:`x_k` the step approximately solves
     :math:`\\min_{\\|p\\| \\le \\Delta_k} m_k(p) = f_k + g_k^\\top p + \\tfrac12 p^\\top H_k p`
-    (:func:`curvlab.cg.steihaug_cg`, inner tolerance :math:`\\eta_k` as in :func:`newton_cg`).
+    (:func:`curvlab._cg.steihaug_cg`, inner tolerance :math:`\\eta_k` as in :func:`newton_cg`).
     With the reduction ratio :math:`\\rho_k = (f(x_k) - f(x_k + p)) / (m_k(0) - m_k(p))`:
     :math:`\\rho_k < \\tfrac14 \\Rightarrow \\Delta_{k+1} = \\tfrac14 \\|p\\|`;
     :math:`\\rho_k > \\tfrac34` and :math:`p` on the boundary :math:`\\Rightarrow
@@ -1070,7 +1070,7 @@ def hessian_free(
        the Hessian (``"hessian"``, may be indefinite) or the empirical Fisher (``"fisher"``).
     2. **Damping**: CG minimizes :math:`q(d) = g^\\top d + \\tfrac12 d^\\top (B + \\lambda I
        + \\mu\\lambda J_h^\\top J_h) d`, the last term being structural damping (below).
-    3. **CG** (:func:`curvlab.cg.cg`) warm-started at ``cg_decay`` times the previous run's last
+    3. **CG** (:func:`curvlab._cg.cg`) warm-started at ``cg_decay`` times the previous run's last
        iterate, stopped by Martens' relative-progress rule (``martens_eps``), by
        :math:`\\|r\\| \\le` ``cg_rtol`` :math:`\\|g\\|`, by negative curvature or at ``cg_maxiter``;
        optionally preconditioned by :math:`P = (\\operatorname{diag}(F) + \\lambda)^{-\\alpha}`

@@ -8,7 +8,7 @@
 
 where :math:`A_b` is the Hessian, generalized Gauss-Newton matrix or empirical
 Fisher of the batch-mean loss on batch :math:`b` (of :math:`n_b` examples), and
-runs the Krylov solvers of :mod:`curvlab.lanczos` and :mod:`curvlab.spectral`
+runs the Krylov solvers of :mod:`curvlab._lanczos` and :mod:`curvlab._spectral`
 on it: top and bottom eigenvalues (Lanczos), the trace (Hutch++), the spectral
 density (stochastic Lanczos quadrature), the curvature along the gradient,
 and the same per parameter block (layer). Every product :math:`A v` loops over
@@ -46,18 +46,15 @@ Pass ``mesh=`` (a :class:`jax.sharding.Mesh` with a ``"data"`` axis, or
 vectors replicated, and XLA inserts the all-reduce of the batch mean. See
 :mod:`curvlab.sharding` for multi-host use (``jax.distributed.initialize``).
 
-The report (:class:`CurvatureReport`) renders to JSON (``to_dict``), a
-self-contained HTML page (``to_html``) and a plotly figure (``figure``);
-plotly is imported only inside those methods.
+The report (:class:`CurvatureReport`) is data: ``to_dict`` (JSON-safe) and
+``summary()`` (text) live here; its figure and HTML page come from
+:func:`curvlab.viz.report_figure` and :func:`curvlab.viz.report_html`.
 """
 
 from __future__ import annotations
 
-import html as _html
 import json
 import math
-import os
-import runpy
 import sys
 import time
 import types
@@ -69,8 +66,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from curvlab._operators import LinearOperator, _ParameterOperator, _register
 from curvlab._validation import check_positive_int
-from curvlab.operators import LinearOperator, _ParameterOperator, _register
 from curvlab.sharding import replicate, resolve_mesh, shard_batch_axis
 
 PyTree = Any
@@ -85,9 +82,7 @@ __all__ = [
     "BlockOperator",
     "dataset_operator",
     "diagnose",
-    "diagnose_script",
     "summary_table",
-    "sharpness_over_training",
 ]
 
 
@@ -722,128 +717,9 @@ class CurvatureReport(NamedTuple):
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
-    # -- figures (plotly imported lazily) ------------------------------
-    def figure(self):
-        """A plotly figure: spectral density with its band and the extreme eigenvalues; per-block bars."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
-
-        has_blocks = bool(self.blocks)
-        fig = make_subplots(
-            rows=1,
-            cols=2 if has_blocks else 1,
-            subplot_titles=("Spectral density (SLQ)",) + (("Per-block curvature",) if has_blocks else ()),
-            specs=[[{}, {"secondary_y": True}]] if has_blocks else [[{}]],
-        )
-        grid, dens, err = (
-            np.asarray(a, dtype=float) for a in (self.density_grid, self.density, self.density_stderr)
-        )
-        upper, lower = dens + 2 * err, np.maximum(dens - 2 * err, 0.0)
-        fig.add_trace(
-            go.Scatter(x=grid, y=upper, mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip"),
-            row=1,
-            col=1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=grid,
-                y=lower,
-                mode="lines",
-                line={"width": 0},
-                fill="tonexty",
-                fillcolor="rgba(31,119,180,0.25)",
-                name="± 2 stderr",
-            ),
-            row=1,
-            col=1,
-        )
-        fig.add_trace(go.Scatter(x=grid, y=dens, mode="lines", name="density"), row=1, col=1)
-        ymax = float(np.max(upper)) if upper.size else 1.0
-        fig.add_trace(
-            go.Scatter(
-                x=np.asarray(self.top_eigenvalues, dtype=float),
-                y=np.full(len(self.top_eigenvalues), ymax * 1.05),
-                mode="markers",
-                marker={"symbol": "triangle-down", "size": 10, "color": "crimson"},
-                name="top eigenvalues",
-            ),
-            row=1,
-            col=1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=np.asarray(self.bottom_eigenvalues, dtype=float),
-                y=np.full(len(self.bottom_eigenvalues), ymax * 1.05),
-                mode="markers",
-                marker={"symbol": "triangle-down", "size": 10, "color": "seagreen"},
-                name="bottom eigenvalues",
-            ),
-            row=1,
-            col=1,
-        )
-        fig.update_xaxes(title_text="eigenvalue", row=1, col=1)
-        fig.update_yaxes(title_text="density", row=1, col=1)
-        if has_blocks:
-            names = [b.name for b in self.blocks]
-            fig.add_trace(
-                go.Bar(x=names, y=[b.top_eigenvalue for b in self.blocks], name="block λmax", offsetgroup=0),
-                row=1,
-                col=2,
-            )
-            fig.add_trace(
-                go.Bar(
-                    x=names,
-                    y=[b.trace for b in self.blocks],
-                    error_y={"type": "data", "array": [2 * b.trace_stderr for b in self.blocks]},
-                    name="block trace",
-                    offsetgroup=1,
-                ),
-                row=1,
-                col=2,
-                secondary_y=True,
-            )
-            fig.update_yaxes(title_text="λmax", row=1, col=2)
-            fig.update_yaxes(title_text="trace", row=1, col=2, secondary_y=True)
-        fig.update_layout(
-            title=f"{self.curvature} curvature: λmax = {float(self.top_eigenvalues[0]):.4g}, "
-            f"trace = {self.trace:.4g} ± {self.trace_stderr:.2g}",
-            template="plotly_white",
-            height=450,
-            barmode="group",
-        )
-        return fig
-
-    def to_html(self, title: str = "curvlab curvature report") -> str:
-        """A self-contained HTML page (plotly.js inlined) with the figures and the numbers."""
-        figs = [self.figure()]
-        parts = []
-        for i, fig in enumerate(figs):
-            parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
-        table = _html.escape(summary_table(self))
-        return (
-            "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-            f"<title>{_html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;margin:2em} pre{background:#f6f6f6;padding:1em}</style>"
-            f"</head><body><h1>{_html.escape(title)}</h1>\n"
-            + "\n".join(parts)
-            + f"\n<h2>Summary</h2><pre>{table}</pre>\n"
-            + "<h2>Data (JSON)</h2><pre id='curvlab-report-json'>"
-            + _html.escape(json.dumps(self.to_dict(), indent=1))
-            + "</pre></body></html>\n"
-        )
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write HTML (``.html``/``.htm``) or JSON (``.json``) by the file suffix."""
-        path = os.fspath(path)
-        suffix = os.path.splitext(path)[1].lower()
-        if suffix in (".html", ".htm"):
-            text = self.to_html()
-        elif suffix == ".json":
-            text = json.dumps(self.to_dict(), indent=1)
-        else:
-            raise ValueError(f"out must end in .html or .json, got {path!r}")
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
+    def summary(self) -> str:
+        """A plain-text table of the main numbers (what ``curvlab diagnose`` prints)."""
+        return summary_table(self)
 
 
 def summary_table(report: CurvatureReport) -> str:
@@ -882,65 +758,6 @@ def summary_table(report: CurvatureReport) -> str:
                 f"{g(b.trace_stderr):>10}"
             )
     return "\n".join(lines)
-
-
-def sharpness_over_training(reports, steps=None):
-    """Plotly figure tracking curvature across checkpoints.
-
-    Plots the top eigenvalue, the trace (± 2 stderr), the negative spectral
-    mass and the curvature along the gradient against ``steps`` (default
-    ``0, 1, ...``). ``reports`` are :class:`CurvatureReport` objects or their
-    ``to_dict()`` dictionaries.
-    """
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    reports = [r.to_dict() if isinstance(r, CurvatureReport) else dict(r) for r in reports]
-    if not reports:
-        raise ValueError("reports must not be empty")
-    steps = list(range(len(reports))) if steps is None else list(steps)
-    if len(steps) != len(reports):
-        raise ValueError(f"steps has {len(steps)} entries for {len(reports)} reports")
-    nan = float("nan")
-    val = lambda r, k: nan if r.get(k) is None else r[k]
-    fig = make_subplots(
-        rows=2,
-        cols=2,
-        subplot_titles=("top eigenvalue", "trace", "negative spectral mass", "curvature along gradient"),
-    )
-    fig.add_trace(
-        go.Scatter(x=steps, y=[r["top_eigenvalues"][0] for r in reports], mode="lines+markers", name="λmax"),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=steps,
-            y=[val(r, "trace") for r in reports],
-            error_y={"type": "data", "array": [2 * val(r, "trace_stderr") for r in reports]},
-            mode="lines+markers",
-            name="trace",
-        ),
-        row=1,
-        col=2,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=steps, y=[val(r, "negative_mass") for r in reports], mode="lines+markers", name="neg. mass"
-        ),
-        row=2,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=steps, y=[val(r, "gradient_curvature") for r in reports], mode="lines+markers", name="gᵀAg/gᵀg"
-        ),
-        row=2,
-        col=2,
-    )
-    fig.update_xaxes(title_text="step")
-    fig.update_layout(template="plotly_white", height=600, title="Curvature over training")
-    return fig
 
 
 # ---------------------------------------------------------------------------
@@ -1089,8 +906,8 @@ def diagnose(
     >>> bool(jnp.allclose(r.top_eigenvalues[0], jnp.linalg.eigvalsh(X.T @ X / 32)[-1]))
     True
     """
-    from curvlab.lanczos import eigsh
-    from curvlab.spectral import spectral_density, trace
+    from curvlab._lanczos import eigsh
+    from curvlab._spectral import spectral_density, trace
 
     k = check_positive_int("k", k)
     num_probes = check_positive_int("num_probes", num_probes)
@@ -1230,86 +1047,3 @@ def diagnose(
         wall_time=time.perf_counter() - t0,
         messages=messages,
     )
-
-
-# ---------------------------------------------------------------------------
-# Scripts (the `curvlab diagnose SCRIPT[:object]` command)
-# ---------------------------------------------------------------------------
-
-_SETUP_NAMES = ("make_problem", "get_problem", "setup")
-_OPTIONAL_NAMES = ("batch_size", "model_fn", "output_loss_fn", "per_example_loss_fn", "curvature")
-
-
-def _load_spec(path_spec: str) -> tuple[dict, str]:
-    path, _, obj = str(path_spec).partition(":")
-    if len(path) == 1 and obj and (obj.startswith("\\") or obj.startswith("/")):  # Windows drive letter
-        path, _, obj = path_spec.rpartition(":") if path_spec.count(":") > 1 else (path_spec, "", "")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"script {path!r} not found")
-    namespace = runpy.run_path(path, run_name="__curvlab_diagnose__")
-    if obj:
-        if obj not in namespace:
-            raise ValueError(f"{path} defines no name {obj!r}")
-        target = namespace[obj]
-        if callable(target):
-            target = target()
-        if isinstance(target, dict):
-            return dict(target), path
-        if isinstance(target, (tuple, list)) and len(target) == 3:
-            return dict(zip(("loss_fn", "params", "data"), target, strict=True)), path
-        raise TypeError(
-            f"{path}:{obj} must be (or return) a dict with keys loss_fn, params, data or a tuple "
-            f"(loss_fn, params, data); got {type(target).__name__}"
-        )
-    if all(name in namespace for name in ("loss_fn", "params", "data")):
-        return {
-            k: namespace[k] for k in ("loss_fn", "params", "data") + _OPTIONAL_NAMES if k in namespace
-        }, path
-    for name in _SETUP_NAMES:
-        if callable(namespace.get(name)):
-            return _load_spec(f"{path}:{name}")
-    missing = [n for n in ("loss_fn", "params", "data") if n not in namespace]
-    raise ValueError(
-        f"{path} defines no {', '.join(missing)}. Define loss_fn(params, batch), params and data at top "
-        f"level, or a function returning them (named one of {', '.join(_SETUP_NAMES)}, or any name given "
-        "as SCRIPT:function)"
-    )
-
-
-def diagnose_script(path_spec: str, out: str | os.PathLike | None = None, **options) -> CurvatureReport:
-    """Run :func:`diagnose` on the problem a Python script defines; print a summary; write the report.
-
-    Parameters
-    ----------
-    path_spec : str
-        ``"script.py"`` or ``"script.py:name"``. The script is run with
-        ``runpy`` (its ``if __name__ == "__main__"`` block does not run). Without
-        ``:name`` it must define ``loss_fn``, ``params`` and ``data`` (and may
-        define ``batch_size``, ``model_fn``, ``output_loss_fn``,
-        ``per_example_loss_fn``, ``curvature``), or a function ``make_problem``
-        returning them. ``name`` may be a dict, a ``(loss_fn, params, data)``
-        tuple, or a function returning either.
-    out : path, optional
-        ``.html`` (self-contained page) or ``.json``.
-    **options
-        Passed to :func:`diagnose`; they override the script's values.
-    """
-    if out is not None:
-        suffix = os.path.splitext(os.fspath(out))[1].lower()
-        if suffix not in (".html", ".htm", ".json"):
-            raise ValueError(f"out must end in .html or .json, got {os.fspath(out)!r}")
-    spec, path = _load_spec(path_spec)
-    missing = [n for n in ("loss_fn", "params", "data") if n not in spec]
-    if missing:
-        raise ValueError(f"{path_spec} provides no {', '.join(missing)}")
-    unknown = set(spec) - {"loss_fn", "params", "data", *_OPTIONAL_NAMES}
-    kwargs = {k: spec[k] for k in _OPTIONAL_NAMES if k in spec}
-    for k in sorted(unknown):
-        kwargs[k] = spec[k]
-    kwargs.update({k: v for k, v in options.items() if v is not None})
-    report = diagnose(spec["loss_fn"], spec["params"], spec["data"], **kwargs)
-    print(summary_table(report))
-    if out is not None:
-        report.save(out)
-        print(f"report written to {os.fspath(out)}")
-    return report

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from curvlab._hvp import HVP_MODES, _hvp_kernel
 from curvlab._validation import check_like, check_scalar_output
-from curvlab.hvp import HVP_MODES, _hvp_kernel
 
 PyTree = Any
 

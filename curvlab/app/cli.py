@@ -9,7 +9,7 @@ Sub-commands
     Open JupyterLab on the teaching notebooks.
 ``curvlab diagnose SCRIPT[:object] --out report.html``
     Curvature report of a model defined in a script (see
-    :func:`curvlab.diagnostics.diagnose_script`).
+    :func:`curvlab.app._script.diagnose_script`).
 
 Importing this module has no side effects; everything heavy is imported
 inside the command that needs it.
@@ -61,7 +61,7 @@ CULL_INTERVAL = 60
 
 def _repo_root() -> Path | None:
     """The repository checkout curvlab runs from (editable install), or ``None``."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").is_file() and (root / "curvlab").is_dir() else None
 
 
@@ -97,7 +97,7 @@ def voila_command(
     cmd = [
         python or sys.executable,
         "-m",
-        "curvlab._voila_server",  # Voila, with pooled kernels protected from the culler at hand-out
+        "curvlab.app._voila_server",  # Voila, with pooled kernels protected from the culler at hand-out
         str(notebook),
         "--no-browser",
         "--Voila.ip=127.0.0.1",
@@ -190,7 +190,7 @@ def _run_forwarding_signals(cmd: list[str], *, ready_url: str | None, on_ready, 
 
 def _serve_plotly_bundle(workdir: Path) -> tuple[list[str], dict]:
     """Copy plotly's widget bundle next to the notebook; Voila args + env that serve and use it."""
-    from curvlab.dashboard import PLOTLY_BUNDLE_ENV, plotly_bundle_path
+    from curvlab.app.dashboard import PLOTLY_BUNDLE_ENV, plotly_bundle_path
 
     try:
         src = plotly_bundle_path()
@@ -205,7 +205,7 @@ def _serve_plotly_bundle(workdir: Path) -> tuple[list[str], dict]:
 
 
 def _cmd_dashboard(args) -> int:
-    from curvlab.dashboard import write_notebook
+    from curvlab.app.dashboard import write_notebook
 
     workdir = Path(tempfile.mkdtemp(prefix="curvlab-dashboard-"))
     try:
@@ -282,7 +282,7 @@ def diagnose_options(args) -> dict:
 
 def _cmd_diagnose(args) -> int:
     try:
-        from curvlab.diagnostics import diagnose_script
+        from curvlab.app._script import diagnose_script
     except ImportError as err:
         print(f"curvlab diagnose: {err}", file=sys.stderr)
         return 2
@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a curvature report (HTML) for a model defined in a script",
         description="Load SCRIPT (a Python file; ':object' names the object to diagnose in it), compute "
         "its curvature report (top/bottom Hessian eigenvalues, trace, spectral density) and write it as "
-        "HTML. See curvlab.diagnostics.diagnose_script.",
+        "HTML. See curvlab.app._script.diagnose_script.",
     )
     p.add_argument("script", metavar="SCRIPT[:object]", help="path to a Python script, optionally ':object'")
     p.add_argument("--out", required=True, help="path of the HTML report to write")

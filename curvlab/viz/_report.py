@@ -1,0 +1,195 @@
+"""Rendering of :class:`curvlab.CurvatureReport`: a plotly figure, a self-contained HTML page.
+
+The report itself is data in the core (``to_dict``, ``summary``); everything that needs
+plotly lives here.
+"""
+
+from __future__ import annotations
+
+import html as _html
+import json
+import os
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from curvlab._diagnostics import CurvatureReport
+
+
+def report_figure(report: CurvatureReport) -> go.Figure:
+    """A plotly figure: spectral density with its band and the extreme eigenvalues; per-block bars."""
+    has_blocks = bool(report.blocks)
+    fig = make_subplots(
+        rows=1,
+        cols=2 if has_blocks else 1,
+        subplot_titles=("Spectral density (SLQ)",) + (("Per-block curvature",) if has_blocks else ()),
+        specs=[[{}, {"secondary_y": True}]] if has_blocks else [[{}]],
+    )
+    grid, dens, err = (
+        np.asarray(a, dtype=float) for a in (report.density_grid, report.density, report.density_stderr)
+    )
+    upper, lower = dens + 2 * err, np.maximum(dens - 2 * err, 0.0)
+    fig.add_trace(
+        go.Scatter(x=grid, y=upper, mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip"),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=grid,
+            y=lower,
+            mode="lines",
+            line={"width": 0},
+            fill="tonexty",
+            fillcolor="rgba(31,119,180,0.25)",
+            name="± 2 stderr",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(go.Scatter(x=grid, y=dens, mode="lines", name="density"), row=1, col=1)
+    ymax = float(np.max(upper)) if upper.size else 1.0
+    fig.add_trace(
+        go.Scatter(
+            x=np.asarray(report.top_eigenvalues, dtype=float),
+            y=np.full(len(report.top_eigenvalues), ymax * 1.05),
+            mode="markers",
+            marker={"symbol": "triangle-down", "size": 10, "color": "crimson"},
+            name="top eigenvalues",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=np.asarray(report.bottom_eigenvalues, dtype=float),
+            y=np.full(len(report.bottom_eigenvalues), ymax * 1.05),
+            mode="markers",
+            marker={"symbol": "triangle-down", "size": 10, "color": "seagreen"},
+            name="bottom eigenvalues",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.update_xaxes(title_text="eigenvalue", row=1, col=1)
+    fig.update_yaxes(title_text="density", row=1, col=1)
+    if has_blocks:
+        names = [b.name for b in report.blocks]
+        fig.add_trace(
+            go.Bar(x=names, y=[b.top_eigenvalue for b in report.blocks], name="block λmax", offsetgroup=0),
+            row=1,
+            col=2,
+        )
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=[b.trace for b in report.blocks],
+                error_y={"type": "data", "array": [2 * b.trace_stderr for b in report.blocks]},
+                name="block trace",
+                offsetgroup=1,
+            ),
+            row=1,
+            col=2,
+            secondary_y=True,
+        )
+        fig.update_yaxes(title_text="λmax", row=1, col=2)
+        fig.update_yaxes(title_text="trace", row=1, col=2, secondary_y=True)
+    fig.update_layout(
+        title=f"{report.curvature} curvature: λmax = {float(report.top_eigenvalues[0]):.4g}, "
+        f"trace = {report.trace:.4g} ± {report.trace_stderr:.2g}",
+        template="plotly_white",
+        height=450,
+        barmode="group",
+    )
+    return fig
+
+
+def report_html(report: CurvatureReport, title: str = "curvlab curvature report") -> str:
+    """A self-contained HTML page (plotly.js inlined) with the figures and the numbers."""
+    figs = [report_figure(report)]
+    parts = []
+    for i, fig in enumerate(figs):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
+    table = _html.escape(report.summary())
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{_html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em} pre{background:#f6f6f6;padding:1em}</style>"
+        f"</head><body><h1>{_html.escape(title)}</h1>\n"
+        + "\n".join(parts)
+        + f"\n<h2>Summary</h2><pre>{table}</pre>\n"
+        + "<h2>Data (JSON)</h2><pre id='curvlab-report-json'>"
+        + _html.escape(json.dumps(report.to_dict(), indent=1))
+        + "</pre></body></html>\n"
+    )
+
+
+def save_report(report: CurvatureReport, path: str | os.PathLike) -> None:
+    """Write HTML (``.html``/``.htm``) or JSON (``.json``) by the file suffix."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in (".html", ".htm"):
+        text = report_html(report)
+    elif suffix == ".json":
+        text = json.dumps(report.to_dict(), indent=1)
+    else:
+        raise ValueError(f"out must end in .html or .json, got {path!r}")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def sharpness_figure(reports, steps=None) -> go.Figure:
+    """Plotly figure tracking curvature across checkpoints.
+
+    Plots the top eigenvalue, the trace (± 2 stderr), the negative spectral
+    mass and the curvature along the gradient against ``steps`` (default
+    ``0, 1, ...``). ``reports`` are :class:`CurvatureReport` objects or their
+    ``to_dict()`` dictionaries.
+    """
+    reports = [r.to_dict() if isinstance(r, CurvatureReport) else dict(r) for r in reports]
+    if not reports:
+        raise ValueError("reports must not be empty")
+    steps = list(range(len(reports))) if steps is None else list(steps)
+    if len(steps) != len(reports):
+        raise ValueError(f"steps has {len(steps)} entries for {len(reports)} reports")
+    nan = float("nan")
+    val = lambda r, k: nan if r.get(k) is None else r[k]
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        subplot_titles=("top eigenvalue", "trace", "negative spectral mass", "curvature along gradient"),
+    )
+    fig.add_trace(
+        go.Scatter(x=steps, y=[r["top_eigenvalues"][0] for r in reports], mode="lines+markers", name="λmax"),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=steps,
+            y=[val(r, "trace") for r in reports],
+            error_y={"type": "data", "array": [2 * val(r, "trace_stderr") for r in reports]},
+            mode="lines+markers",
+            name="trace",
+        ),
+        row=1,
+        col=2,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=steps, y=[val(r, "negative_mass") for r in reports], mode="lines+markers", name="neg. mass"
+        ),
+        row=2,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=steps, y=[val(r, "gradient_curvature") for r in reports], mode="lines+markers", name="gᵀAg/gᵀg"
+        ),
+        row=2,
+        col=2,
+    )
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(template="plotly_white", height=600, title="Curvature over training")
+    return fig

@@ -78,19 +78,19 @@ def main(argv=None):
     ap.add_argument("--num-probes", type=int, default=2)
     ap.add_argument("--num-steps", type=int, default=5)
     ap.add_argument("--trace-probes", type=int, default=4)
-    ap.add_argument("--max-steps", type=int, default=None, help="eigsh budget (default: the solver's)")
+    ap.add_argument("--max-matvecs", type=int, default=None, help="eigsh matvec budget")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "diagnose.json"))
     args = ap.parse_args(argv)
     hidden = 256 if args.quick else 1024
     if args.quick:
         args.batch_size, args.batches, args.sizes = 128, 4, "1,2,4,8"
     sizes = (784, hidden, hidden, 10)
-    params = init_mlp(jax.random.PRNGKey(0), sizes)
+    params = init_mlp(jax.random.key(0), sizes)
     n = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))
     print(f"MLP {sizes}: {n:,} parameters; devices {jax.devices()}")
 
     # 1. one diagnose call
-    data = make_data(jax.random.PRNGKey(1), args.batches * args.batch_size, sizes[0], sizes[-1])
+    data = make_data(jax.random.key(1), args.batches * args.batch_size, sizes[0], sizes[-1])
     t0 = time.perf_counter()
     report = diagnose(
         loss_fn,
@@ -101,7 +101,7 @@ def main(argv=None):
         num_probes=args.num_probes,
         num_steps=args.num_steps,
         trace_probes=args.trace_probes,
-        max_steps=args.max_steps,
+        max_matvecs=args.max_matvecs,
         per_block=False,
         progress=False,
     )
@@ -111,7 +111,7 @@ def main(argv=None):
     # 2. time of one product A v against the number of batches
     scaling = []
     for nb in [int(s) for s in args.sizes.split(",")]:
-        d = make_data(jax.random.PRNGKey(2), nb * args.batch_size, sizes[0], sizes[-1])
+        d = make_data(jax.random.key(2), nb * args.batch_size, sizes[0], sizes[-1])
         op = dataset_operator(loss_fn, params, d, batch_size=args.batch_size)
         mv = jax.jit(lambda o, v: o.matvec(v))
         v = jnp.ones((n,), jnp.float32) / np.sqrt(n)
@@ -141,7 +141,7 @@ def main(argv=None):
             "num_probes": args.num_probes,
             "num_steps": args.num_steps,
             "trace_probes": args.trace_probes,
-            "max_steps": args.max_steps,
+            "max_matvecs": args.max_matvecs,
             "per_block": False,
         },
         "diagnose_wall_time_s": wall,

@@ -103,7 +103,7 @@ def mlp_loss(params, inputs, labels):
 
 
 def make_problem(sizes, batch, seed=0):
-    kp, kx, ky, kv = jax.random.split(jax.random.PRNGKey(seed), 4)
+    kp, kx, ky, kv = jax.random.split(jax.random.key(seed), 4)
     params = init_mlp(kp, sizes)
     X = jax.random.normal(kx, (batch, sizes[0]), jnp.float32)
     y = jax.random.randint(ky, (batch,), 0, sizes[-1], dtype=jnp.int32)

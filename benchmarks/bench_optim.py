@@ -45,8 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from curvlab import problems  # noqa: E402
-from curvlab._optim import hessian_free, newton_cg, trust_region_newton  # noqa: E402
+from curvlab import HFConfig, hessian_free, newton_cg, problems, trust_region_newton  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 X0_TUTORIAL = [1.3, 0.7, 0.8, 1.9, 1.2]
@@ -67,8 +66,8 @@ def _curvlab_rosenbrock(name, opt, **kw):
         if not at_target and float(jnp.max(jnp.abs(info.x - 1.0))) < TARGET:
             at_target.update(iterations=info.iteration, hvps=info.num_hvps)
 
-    opt(f, x0, tol=1e-8, **kw)  # compile
-    res = opt(f, x0, tol=1e-8, callback=cb, **kw)
+    opt(f, x0, gtol=1e-8, **kw)  # compile
+    res = opt(f, x0, gtol=1e-8, callback=cb, **kw)
     return {
         "method": name,
         "iterations_at_target": at_target.get("iterations"),
@@ -157,7 +156,7 @@ def _recon_error(prob, params):
 
 def run_hf(prob, budget, **kw):
     full_loss = jax.jit(prob.f)
-    hessian_free(prob, maxiter=1, **kw)  # compile (cached for the timed run)
+    hessian_free(prob, config=HFConfig(maxiter=1, **kw))  # compile (cached for the timed run)
     full_loss(prob.x0).block_until_ready()
     curve = {"time": [0.0], "loss": [float(full_loss(prob.x0))]}
 
@@ -166,7 +165,7 @@ def run_hf(prob, budget, **kw):
         curve["loss"].append(info.loss)  # full batch: the training loss itself
         return info.time >= budget
 
-    res = hessian_free(prob, maxiter=100000, callback=cb, **kw)
+    res = hessian_free(prob, config=HFConfig(maxiter=100000, **kw), callback=cb)
     h = res.history
     return {
         "time": curve["time"],
@@ -205,7 +204,7 @@ def run_first_order(prob, make_opt, budget, *, batch_size=128, steps_per_chunk=5
         return params, state
 
     params, state = prob.x0, opt.init(prob.x0)
-    key = jax.random.PRNGKey(seed)
+    key = jax.random.key(seed)
     jax.block_until_ready(chunk(params, state, key))  # compile
     full_loss(params).block_until_ready()
     curve = {"time": [0.0], "loss": [float(full_loss(params))]}

@@ -15,7 +15,6 @@ from curvlab import preconditioners as preconditioners
 from curvlab import problems as problems
 from curvlab import sharding as sharding
 from curvlab._cg import CGResult as CGResult
-from curvlab._cg import CGStatus as CGStatus
 from curvlab._cg import SteihaugResult as SteihaugResult
 from curvlab._cg import cg as cg
 from curvlab._cg import condition_bound as condition_bound
@@ -24,20 +23,23 @@ from curvlab._cg import steihaug_cg as steihaug_cg
 from curvlab._diagnostics import CurvatureReport as CurvatureReport
 from curvlab._diagnostics import dataset_operator as dataset_operator
 from curvlab._diagnostics import diagnose as diagnose
+from curvlab._eigsh import EigshResult as EigshResult
+from curvlab._eigsh import eigsh as eigsh
+from curvlab._hessian_free import HFConfig as HFConfig
+from curvlab._hessian_free import hessian_free as hessian_free
+from curvlab._hessian_free import update_damping as update_damping
 from curvlab._hvp import directional_curvature as directional_curvature
 from curvlab._hvp import fd_default_eps as fd_default_eps
 from curvlab._hvp import fd_hvp as fd_hvp
 from curvlab._hvp import gnvp as gnvp
 from curvlab._hvp import hvp as hvp
 from curvlab._hvp import hvp_fn as hvp_fn
-from curvlab._lanczos import EigshResult as EigshResult
-from curvlab._lanczos import EigshStatus as EigshStatus
 from curvlab._lanczos import LanczosResult as LanczosResult
-from curvlab._lanczos import LanczosStatus as LanczosStatus
-from curvlab._lanczos import eigsh as eigsh
 from curvlab._lanczos import lanczos as lanczos
-from curvlab._lanczos import ritz_pairs as ritz_pairs
+from curvlab._newton import newton_cg as newton_cg
+from curvlab._newton import trust_region_newton as trust_region_newton
 from curvlab._operators import BlockDiagonalOperator as BlockDiagonalOperator
+from curvlab._operators import CongruenceOperator as CongruenceOperator
 from curvlab._operators import DenseOperator as DenseOperator
 from curvlab._operators import DiagonalOperator as DiagonalOperator
 from curvlab._operators import FunctionOperator as FunctionOperator
@@ -51,13 +53,8 @@ from curvlab._operators import as_operator as as_operator
 from curvlab._operators import fisher_operator as fisher_operator
 from curvlab._operators import ggn_operator as ggn_operator
 from curvlab._operators import hessian_operator as hessian_operator
-from curvlab._optim import IterationInfo as IterationInfo
-from curvlab._optim import OptimizeResult as OptimizeResult
-from curvlab._optim import OptimizeStatus as OptimizeStatus
-from curvlab._optim import hessian_free as hessian_free
-from curvlab._optim import newton_cg as newton_cg
-from curvlab._optim import trust_region_newton as trust_region_newton
-from curvlab._optim import update_damping as update_damping
+from curvlab._optim_loop import IterationInfo as IterationInfo
+from curvlab._optim_loop import OptimizeResult as OptimizeResult
 from curvlab._spectral import Estimate as Estimate
 from curvlab._spectral import SpectralDensity as SpectralDensity
 from curvlab._spectral import diagonal as diagonal
@@ -79,6 +76,7 @@ __all__ = [
     "directional_curvature",
     "gnvp",
     "LinearOperator",
+    "CongruenceOperator",
     "DenseOperator",
     "DiagonalOperator",
     "IdentityOperator",
@@ -96,9 +94,6 @@ __all__ = [
     "LanczosResult",
     "eigsh",
     "EigshResult",
-    "LanczosStatus",
-    "EigshStatus",
-    "ritz_pairs",
     "spectral_density",
     "SpectralDensity",
     "trace",
@@ -108,15 +103,14 @@ __all__ = [
     "cg",
     "steihaug_cg",
     "CGResult",
-    "CGStatus",
     "condition_bound",
     "condition_estimate",
     "SteihaugResult",
     "newton_cg",
     "trust_region_newton",
     "hessian_free",
+    "HFConfig",
     "OptimizeResult",
-    "OptimizeStatus",
     "IterationInfo",
     "update_damping",
     "diagnose",

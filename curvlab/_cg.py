@@ -14,7 +14,8 @@ residual norms, :math:`q(x_k)`, optionally the :math:`A`-norm errors, and the
 Lanczos tridiagonal implied by the CG coefficients, so that a plot can show how
 it converged. CG never returns garbage: a direction of non-positive curvature
 (an indefinite :math:`A`) or a non-finite number stops it with a
-:class:`CGStatus` saying so, and the last good iterate.
+:class:`~curvlab._status.Status` saying so (the one status table shared by every
+solver), and the last good iterate.
 
 :func:`steihaug_cg` is the truncated CG of Steihaug and Toint for trust-region
 subproblems, and :func:`condition_bound` the classical convergence bound.
@@ -30,7 +31,6 @@ Preconditioned CG here (PCG) is, with :math:`z = P r`:
 
 from __future__ import annotations
 
-import enum
 import functools
 import math
 from typing import Any, NamedTuple
@@ -40,11 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from curvlab._operators import LinearOperator, as_operator
-from curvlab._validation import check_positive_int, is_concrete
+from curvlab._operators import LinearOperator
+from curvlab._status import RUNNING, Status, as_status, check_throw, converged_of, message_of, raise_if_failed
+from curvlab._tridiagonal import host_eigvals
+from curvlab._validation import check_matvec_output, check_positive_int, check_real_floating, is_concrete
 
 __all__ = [
-    "CGStatus",
     "CGResult",
     "SteihaugResult",
     "ConditionEstimate",
@@ -55,46 +56,25 @@ __all__ = [
     "martens_schedule",
 ]
 
-#: Loop still running (never returned).
-_RUNNING = -1
 
-
-class CGStatus(enum.IntEnum):
-    """Why a CG run stopped. An ``IntEnum``: its values live in the ``int32`` ``status`` array."""
-
-    CONVERGED = 0
-    MAX_ITERATIONS = 1
-    NEGATIVE_CURVATURE = 2
-    NONFINITE = 3
-    BOUNDARY = 4
-    RELATIVE_PROGRESS = 5
-    BREAKDOWN = 6
-
-    @property
-    def message(self) -> str:
-        return _MESSAGES[self]
-
-
-_MESSAGES = {
-    CGStatus.CONVERGED: "converged: the residual norm fell below max(rtol * ||b||, atol)",
-    CGStatus.MAX_ITERATIONS: "stopped at maxiter before the residual norm reached the tolerance",
-    CGStatus.NEGATIVE_CURVATURE: (
-        "stopped: found a direction p with p^T A p <= 0, so the operator is not positive definite "
-        "(indefinite or singular); returned the last iterate and the direction "
-        "(negative_curvature_direction). Damp the operator or use a Gauss-Newton matrix"
-    ),
-    CGStatus.NONFINITE: (
-        "stopped: a matvec or preconditioner produced NaN or infinity; returned the last finite iterate"
-    ),
-    CGStatus.BOUNDARY: "stopped on the trust-region boundary: the step reached the radius",
-    CGStatus.RELATIVE_PROGRESS: (
-        "converged by the Martens relative-progress rule: over the last k iterations the quadratic "
-        "decreased by less than k * martens_eps relative to its value"
-    ),
-    CGStatus.BREAKDOWN: (
-        "stopped: r^T P r <= 0 with a nonzero residual, so the preconditioner is not positive definite"
-    ),
-}
+def _run_message(status, num_iterations, operator_psd=None) -> str:
+    """The status table's message, the iteration count and, for ``NEGATIVE_CURVATURE``, the operator's tag."""
+    if not is_concrete(status) or np.ndim(status) != 0:
+        return message_of(status)
+    s = Status(int(status))
+    text = s.message
+    if s is Status.NEGATIVE_CURVATURE and operator_psd is not None:
+        if bool(operator_psd):
+            text += (
+                ". The operator is tagged positive semidefinite, so this direction is (numerically) in "
+                "its null space: damp it"
+            )
+        else:
+            text += (
+                ". The operator is not tagged positive semidefinite ('psd' not in op.tags): a Hessian "
+                "away from a minimum is indefinite"
+            )
+    return f"{text} (after {int(num_iterations)} iterations)"
 
 
 class CGResult(NamedTuple):
@@ -108,9 +88,15 @@ class CGResult(NamedTuple):
     residual_norms : (maxiter + 1,) array
         :math:`\\|r_k\\|_2` of the recursively updated residual, entry 0 is :math:`\\|b - A x_0\\|`.
     num_iterations : int array
-        Number of CG steps taken (one matvec each; a warm start x0 costs one more for the initial residual).
-    status : int32 array
-        A :class:`CGStatus` value; see :attr:`status_enum` and :attr:`message`.
+        Number of accepted CG steps :math:`k`.
+    status : Status or int32 array
+        A :class:`~curvlab._status.Status` (``CONVERGED``, ``MAX_ITERATIONS``,
+        ``NEGATIVE_CURVATURE``, ``NONFINITE``, ``INDEFINITE_PRECONDITIONER`` or
+        ``RELATIVE_PROGRESS``) when concrete, the ``int32`` code when traced; see :attr:`message`.
+    num_matvecs : int array
+        Products with :math:`A`: one per loop pass (including a pass that stopped on negative
+        curvature or a non-finite value), one for :math:`r_0` with a warm start, and one per
+        iterate (plus one) for ``anorm_errors`` when ``x_true`` is given.
     quadratic_values : (maxiter + 1,) array
         :math:`q(x_k) = \\tfrac12 x_k^\\top A x_k - b^\\top x_k = -\\tfrac12 (b + r_k)^\\top x_k`
         (no extra matvec).
@@ -131,12 +117,16 @@ class CGResult(NamedTuple):
         (Martens' geometric schedule :math:`\\lceil 1.3^j \\rceil`), NaN rows not reached; else ``(0, n)``.
     saved_iterations : (m,) int32 array
         The iteration numbers of the rows of ``saved_iterates``.
+    operator_psd : bool
+        Whether the operator was tagged positive semidefinite (``"psd" in op.tags``); it words
+        the ``NEGATIVE_CURVATURE`` message.
     """
 
     x: jax.Array
     residual_norms: jax.Array
     num_iterations: jax.Array
-    status: jax.Array
+    status: Status | jax.Array
+    num_matvecs: jax.Array
     quadratic_values: jax.Array
     anorm_errors: jax.Array
     lanczos_alpha: jax.Array
@@ -145,21 +135,26 @@ class CGResult(NamedTuple):
     curvature: jax.Array
     saved_iterates: jax.Array
     saved_iterations: jax.Array
-
-    @property
-    def status_enum(self) -> CGStatus:
-        """``status`` as a :class:`CGStatus` (needs a concrete, not traced, result)."""
-        return CGStatus(int(self.status))
+    operator_psd: bool | jax.Array = False
 
     @property
     def message(self) -> str:
-        """A readable sentence saying why CG stopped."""
-        return f"{self.status_enum.message} (after {int(self.num_iterations)} iterations)"
+        """Why CG stopped: the status table's message and the iteration count."""
+        return _run_message(self.status, self.num_iterations, self.operator_psd)
 
     @property
-    def converged(self) -> bool:
-        """True for ``CONVERGED`` and ``RELATIVE_PROGRESS``."""
-        return self.status_enum in (CGStatus.CONVERGED, CGStatus.RELATIVE_PROGRESS)
+    def converged(self):
+        """``True`` for ``CONVERGED`` and ``RELATIVE_PROGRESS`` (a traced boolean under ``jit``)."""
+        return converged_of(self.status)
+
+
+def _steihaug_converged(status):
+    """Steihaug's step solves the subproblem on ``CONVERGED``, ``TRUST_REGION_BOUNDARY`` and
+    ``NEGATIVE_CURVATURE`` (the step then follows that direction to the boundary)."""
+    nc, ok = status == Status.NEGATIVE_CURVATURE, converged_of(status)
+    if is_concrete(status) and np.ndim(status) == 0:
+        return bool(nc) or ok
+    return nc | ok
 
 
 class SteihaugResult(NamedTuple):
@@ -170,13 +165,15 @@ class SteihaugResult(NamedTuple):
     x : (n,) array
         The step :math:`p` (approximately) minimizing :math:`m(p) = g^\\top p + \\tfrac12 p^\\top B p`
         subject to :math:`\\|p\\| \\le \\Delta` (with ``b = -g``).
-    status : int32 array
-        ``CONVERGED`` (interior, residual small), ``BOUNDARY`` (a CG step left the trust region;
-        the step was cut at the boundary), ``NEGATIVE_CURVATURE`` (went to the boundary along a
-        direction of non-positive curvature), ``MAX_ITERATIONS`` or ``NONFINITE``.
+    status : Status or int32 array
+        ``CONVERGED`` (interior, residual small), ``TRUST_REGION_BOUNDARY`` (a CG step left the
+        trust region; the step was cut at the boundary), ``NEGATIVE_CURVATURE`` (went to the
+        boundary along a direction of non-positive curvature), ``MAX_ITERATIONS`` or ``NONFINITE``.
     residual_norms : (maxiter + 1,) array
         :math:`\\|b - B p_k\\|`, NaN-padded.
     num_iterations : int array
+    num_matvecs : int array
+        Products with :math:`B`: one per loop pass.
     step_norm : array
         :math:`\\|p\\|` (the :math:`P^{-1}`-norm :math:`\\sqrt{p^\\top P^{-1} p}` when preconditioned).
     predicted_reduction : array
@@ -184,19 +181,23 @@ class SteihaugResult(NamedTuple):
     """
 
     x: jax.Array
-    status: jax.Array
+    status: Status | jax.Array
     residual_norms: jax.Array
     num_iterations: jax.Array
+    num_matvecs: jax.Array
     step_norm: jax.Array
     predicted_reduction: jax.Array
 
     @property
-    def status_enum(self) -> CGStatus:
-        return CGStatus(int(self.status))
+    def message(self) -> str:
+        """Why truncated CG stopped: the status table's message and the iteration count."""
+        return _run_message(self.status, self.num_iterations)
 
     @property
-    def message(self) -> str:
-        return f"{self.status_enum.message} (after {int(self.num_iterations)} iterations)"
+    def converged(self):
+        """``True`` when the step solves the subproblem: ``CONVERGED``, ``TRUST_REGION_BOUNDARY`` or
+        ``NEGATIVE_CURVATURE`` (a boundary step along that direction)."""
+        return _steihaug_converged(self.status)
 
 
 class ConditionEstimate(NamedTuple):
@@ -245,50 +246,47 @@ def _check_tol(name, value):
             raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
-def _check_vector(name, v, n, dtype):
+def _check_vector(name, v, n):
     v = jnp.asarray(v)
     if v.ndim != 1 or v.shape[0] != n:
         raise ValueError(
             f"{name} must be a 1-D array of length n = {n} (the operator's size), got shape {v.shape}"
         )
-    if not jnp.issubdtype(v.dtype, jnp.floating):
-        v = v.astype(dtype)
+    check_real_floating(name, v)
     if is_concrete(v) and not bool(jnp.all(jnp.isfinite(v))):
         raise ValueError(f"{name} contains non-finite values (NaN or infinity)")
     return v
 
 
-def _prepare_inputs(op, b, x0, preconditioner, x_true, rtol, atol, maxiter):
-    from curvlab.preconditioners import as_preconditioner
+def _prepare_inputs(solver, op, b, x0, preconditioner, x_true, rtol, atol, maxiter):
+    from curvlab.preconditioners import _as_real_operator, _check_real_operator, as_preconditioner
 
-    op = as_operator(op)
-    if not isinstance(op, LinearOperator):  # pragma: no cover - as_operator raises first
-        raise TypeError("op must be a LinearOperator")
-    n = op.size
-    b = _check_vector("b", b, n, jnp.result_type(float))
+    op = _as_real_operator("op", op)
+    n = op.shape[0]
+    b = _check_vector("b", b, n)
     dtype = jnp.result_type(b.dtype, op.dtype)
     b = b.astype(dtype)
     # x0 = None stays None: the solver then starts from 0 without spending a matvec on r0 = b.
-    x0 = None if x0 is None else _check_vector("x0", x0, n, dtype).astype(dtype)
+    x0 = None if x0 is None else _check_vector("x0", x0, n).astype(dtype)
     if x_true is not None:
-        x_true = _check_vector("x_true", x_true, n, dtype).astype(dtype)
+        x_true = _check_vector("x_true", x_true, n).astype(dtype)
     _check_tol("rtol", rtol)
     _check_tol("atol", atol)
     maxiter = default_maxiter(n) if maxiter is None else check_positive_int("maxiter", maxiter, minimum=0)
     precond = as_preconditioner(preconditioner, n=n, dtype=dtype)
-    if precond is not None and precond.size != n:
-        raise ValueError(f"preconditioner has size {precond.size}, the operator has size {n}")
+    if precond is not None:
+        if precond.shape[0] != n:
+            raise ValueError(f"preconditioner has size {precond.shape[0]}, the operator has size {n}")
+        _check_real_operator("preconditioner", precond)
     return op, b, x0, precond, x_true, dtype, maxiter
 
 
 def _make_mv(fn, n, dtype, what):
+    """``fn`` checked once (abstractly, at trace time) to map ``(n,)`` to real ``(n,)``, cast to ``dtype``."""
+    check_matvec_output(what, fn, n, dtype)
+
     def mv(v):
-        out = fn(v)
-        if getattr(out, "shape", None) != (n,):
-            raise ValueError(
-                f"{what} must map a vector of shape ({n},) to shape ({n},), got {getattr(out, 'shape', out)}"
-            )
-        return out.astype(dtype)
+        return fn(v).astype(dtype)
 
     return mv
 
@@ -320,19 +318,21 @@ class _CGState(NamedTuple):
     curv: jax.Array
     saved: jax.Array
     save_ptr: jax.Array
+    matvecs: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=("maxiter", "stop_rule", "save_iterates"))
 def _cg_impl(op, b, x0, precond, x_true, rtol, atol, martens_eps, *, maxiter, stop_rule, save_iterates):
     n, dtype = b.shape[0], b.dtype
-    mv = _make_mv(op.prepare(), n, dtype, "the operator")
-    pc = None if precond is None else _make_mv(precond.prepare(), n, dtype, "the preconditioner")
+    mv = _make_mv(op.prepare(), n, dtype, "cg")
+    pc = None if precond is None else _make_mv(precond.prepare(), n, dtype, "cg (preconditioner)")
     nan = jnp.asarray(jnp.nan, dtype)
     rtol, atol, martens_eps = (jnp.asarray(t, dtype) for t in (rtol, atol, martens_eps))
 
     bnorm = jnp.linalg.norm(b)
     tol = jnp.maximum(rtol * bnorm, atol)
-    if x0 is None:  # cold start: r0 = b costs no matvec
+    warm = x0 is not None
+    if not warm:  # cold start: r0 = b costs no matvec
         x0, r0 = jnp.zeros_like(b), b
     else:
         # b = 0: the solution is 0 whatever x0 is (as in SciPy).
@@ -357,10 +357,12 @@ def _cg_impl(op, b, x0, precond, x_true, rtol, atol, martens_eps, *, maxiter, st
 
     status0 = jnp.where(
         rnorm0 <= tol,
-        CGStatus.CONVERGED,
-        jnp.where(jnp.isfinite(rz0) & jnp.isfinite(rnorm0), _RUNNING, CGStatus.NONFINITE),
+        Status.CONVERGED,
+        jnp.where(jnp.isfinite(rz0) & jnp.isfinite(rnorm0), RUNNING, Status.NONFINITE),
     ).astype(jnp.int32)
-    status0 = jnp.where((status0 == _RUNNING) & (rz0 <= 0), CGStatus.BREAKDOWN, status0).astype(jnp.int32)
+    status0 = jnp.where((status0 == RUNNING) & (rz0 <= 0), Status.INDEFINITE_PRECONDITIONER, status0).astype(
+        jnp.int32
+    )
     init = _CGState(
         k=jnp.asarray(0, jnp.int32),
         status=status0,
@@ -377,10 +379,11 @@ def _cg_impl(op, b, x0, precond, x_true, rtol, atol, martens_eps, *, maxiter, st
         curv=nan,
         saved=jnp.full((m, n), nan, dtype),
         save_ptr=jnp.asarray(0, jnp.int32),
+        matvecs=jnp.asarray(int(warm) + int(x_true is not None), jnp.int32),
     )
 
     def cond(s):
-        return (s.status == _RUNNING) & (s.k < maxiter)
+        return (s.status == RUNNING) & (s.k < maxiter)
 
     def body(s):
         k = s.k
@@ -402,17 +405,17 @@ def _cg_impl(op, b, x0, precond, x_true, rtol, atol, martens_eps, *, maxiter, st
         k1 = k + 1
         q = quad(x, r)
 
-        status = jnp.where(rnorm <= tol, CGStatus.CONVERGED, _RUNNING)
+        status = jnp.where(rnorm <= tol, Status.CONVERGED, RUNNING)
         if stop_rule == "martens":
             gap = jnp.maximum(10, jnp.ceil(0.1 * k1).astype(jnp.int32))
             q_old = s.qvals[jnp.maximum(k1 - gap, 0)]
             stalled = (k1 > gap) & (q < 0) & ((q - q_old) / q < gap * martens_eps)
             status = jnp.where(
-                status == _RUNNING, jnp.where(stalled, CGStatus.RELATIVE_PROGRESS, _RUNNING), status
+                status == RUNNING, jnp.where(stalled, Status.RELATIVE_PROGRESS, RUNNING), status
             )
-        status = jnp.where((status == _RUNNING) & (rz <= 0), CGStatus.BREAKDOWN, status)
+        status = jnp.where((status == RUNNING) & (rz <= 0), Status.INDEFINITE_PRECONDITIONER, status)
         status = jnp.where(
-            finite, jnp.where(negative, CGStatus.NEGATIVE_CURVATURE, status), CGStatus.NONFINITE
+            finite, jnp.where(negative, Status.NEGATIVE_CURVATURE, status), Status.NONFINITE
         ).astype(jnp.int32)
 
         def put(buf, i, val):
@@ -441,16 +444,18 @@ def _cg_impl(op, b, x0, precond, x_true, rtol, atol, martens_eps, *, maxiter, st
             curv=jnp.where(negative, pAp / pp, s.curv),
             saved=saved,
             save_ptr=save_ptr,
+            matvecs=s.matvecs + 1 + int(x_true is not None),
         )
 
     s = lax.while_loop(cond, body, init) if maxiter > 0 else init
-    status = jnp.where(s.status == _RUNNING, CGStatus.MAX_ITERATIONS, s.status).astype(jnp.int32)
+    status = jnp.where(s.status == RUNNING, Status.MAX_ITERATIONS, s.status).astype(jnp.int32)
     alpha, beta = _lanczos_from_cg(s.gammas, s.betas) if maxiter > 0 else (s.gammas, s.betas)
     return CGResult(
         x=s.x,
         residual_norms=s.res,
         num_iterations=s.k,
         status=status,
+        num_matvecs=s.matvecs,
         quadratic_values=s.qvals,
         anorm_errors=s.aerr,
         lanczos_alpha=alpha,
@@ -491,7 +496,8 @@ def cg(
     (``CONVERGED``); ``maxiter`` steps (``MAX_ITERATIONS``); a search direction with
     :math:`p^\\top A p \\le \\epsilon\\,\\|p\\|\\,\\|Ap\\|` (``NEGATIVE_CURVATURE``: the last iterate
     and the direction are returned); a NaN or infinity (``NONFINITE``: the last finite
-    iterate is returned); :math:`r^\\top P r \\le 0` with :math:`r \\ne 0` (``BREAKDOWN``);
+    iterate is returned); :math:`r^\\top P r \\le 0` with :math:`r \\ne 0`
+    (``INDEFINITE_PRECONDITIONER``);
     and, with ``stop_rule="martens"``, Martens' (2010, §4.4) relative-progress test
     at iteration :math:`i`:
 
@@ -526,12 +532,25 @@ def cg(
     save_iterates : bool
         Save :math:`x_k` at :math:`k = \\lceil 1.3^j \\rceil` (for Hessian-free CG backtracking).
     throw : bool
-        Raise ``RuntimeError`` with the message unless the run converged (needs concrete values,
-        so not under ``jit``).
+        Raise :class:`~curvlab._status.SolverError` with the message unless the run converged
+        (``CONVERGED`` or ``RELATIVE_PROGRESS``). Under ``jax.jit`` the status is not known at
+        trace time, so ``throw=True`` raises a ``ValueError`` saying so: check ``result.converged``
+        after the call instead.
 
     Returns
     -------
     CGResult
+        ``status`` is a :class:`~curvlab._status.Status` member (the ``int32`` code under ``jit``).
+        On an operator not tagged positive semidefinite, the ``NEGATIVE_CURVATURE`` message says so.
+
+    Raises
+    ------
+    TypeError
+        Complex or integer ``b``/``x0``/``x_true``, a complex operator or preconditioner, or a
+        non-bool ``throw``.
+    ValueError
+        Wrong shapes (including a matvec whose output is not ``(n,)``, found abstractly before any
+        product), non-finite ``b``, negative tolerances.
 
     Examples
     --------
@@ -540,14 +559,15 @@ def cg(
     >>> res = cg(A, jnp.array([1.0, 2.0]), rtol=1e-5)
     >>> [round(float(v), 6) for v in res.x]
     [0.090909, 0.636364]
-    >>> res.status_enum.name, int(res.num_iterations)
-    ('CONVERGED', 2)
+    >>> res.status.name, int(res.num_iterations), res.converged
+    ('CONVERGED', 2, True)
     """
+    throw = check_throw("cg", throw)
     if stop_rule not in ("residual", "martens"):
         raise ValueError(f"stop_rule must be 'residual' or 'martens', got {stop_rule!r}")
     _check_tol("martens_eps", martens_eps)
     op, b, x0, precond, x_true, dtype, maxiter = _prepare_inputs(
-        op, b, x0, preconditioner, x_true, rtol, atol, maxiter
+        "cg", op, b, x0, preconditioner, x_true, rtol, atol, maxiter
     )
     res = _cg_impl(
         op,
@@ -562,8 +582,8 @@ def cg(
         stop_rule=stop_rule,
         save_iterates=bool(save_iterates),
     )
-    if throw and not res.converged:
-        raise RuntimeError(f"cg did not converge: {res.message}")
+    res = res._replace(status=as_status(res.status), operator_psd="psd" in getattr(op, "tags", frozenset()))
+    raise_if_failed("cg", res.status, throw)
     return res
 
 
@@ -580,27 +600,37 @@ def condition_estimate(result: CGResult) -> ConditionEstimate:
         return ConditionEstimate(math.nan, math.nan, math.nan)
     a = np.asarray(result.lanczos_alpha[:k], dtype=np.float64)
     e = np.asarray(result.lanczos_beta[: k - 1], dtype=np.float64)
-    T = np.diag(a) + np.diag(e, 1) + np.diag(e, -1)
-    w = np.linalg.eigvalsh(T)
+    w = host_eigvals(a, e)
     lo, hi = float(w[0]), float(w[-1])
     return ConditionEstimate(lo, hi, hi / lo if lo > 0 else math.inf)
 
 
-def condition_bound(kappa, k) -> jax.Array:
-    """Classical CG bound :math:`\\|x_k - x_\\star\\|_A / \\|x_0 - x_\\star\\|_A \\le
-    2\\left(\\frac{\\sqrt\\kappa - 1}{\\sqrt\\kappa + 1}\\right)^k` (broadcasts over ``kappa`` and ``k``).
+def condition_bound(
+    condition_number: jax.typing.ArrayLike, num_iterations: jax.typing.ArrayLike
+) -> jax.Array:
+    """Classical CG convergence bound in the :math:`A`-norm, for condition number :math:`\\kappa`:
+
+    .. math:: \\frac{\\|x_k - x_\\star\\|_A}{\\|x_0 - x_\\star\\|_A}
+              \\le 2\\left(\\frac{\\sqrt\\kappa - 1}{\\sqrt\\kappa + 1}\\right)^k .
+
+    Parameters
+    ----------
+    condition_number : float or array
+        :math:`\\kappa = \\lambda_{\\max} / \\lambda_{\\min} \\ge 1` (of :math:`PA` when preconditioned).
+    num_iterations : int or array
+        :math:`k \\ge 0`. Broadcasts against ``condition_number``.
 
     Examples
     --------
     >>> [round(v, 6) for v in condition_bound(4.0, [0, 1, 2]).tolist()]
     [2.0, 0.666667, 0.222222]
     """
-    kappa = jnp.asarray(kappa, dtype=jnp.result_type(float))
-    if is_concrete(kappa) and bool(jnp.any(kappa < 1)):
-        raise ValueError(f"kappa must be >= 1 (a condition number), got {kappa}")
-    k = jnp.asarray(k)
+    kappa = jnp.asarray(condition_number, dtype=jnp.result_type(float))
+    if is_concrete(kappa) and bool(jnp.any(~(kappa >= 1))):
+        raise ValueError(f"condition_number must be >= 1, got {condition_number}")
+    k = jnp.asarray(num_iterations)
     if is_concrete(k) and bool(jnp.any(k < 0)):
-        raise ValueError("k must be >= 0")
+        raise ValueError(f"num_iterations must be >= 0, got {num_iterations}")
     s = jnp.sqrt(kappa)
     return 2.0 * ((s - 1.0) / (s + 1.0)) ** k
 
@@ -621,6 +651,7 @@ class _STState(NamedTuple):
     xMd: jax.Array
     dMd: jax.Array
     res: jax.Array
+    matvecs: jax.Array
 
 
 def _boundary_tau(xMx, xMd, dMd, radius):
@@ -631,20 +662,20 @@ def _boundary_tau(xMx, xMd, dMd, radius):
 
 
 @functools.partial(jax.jit, static_argnames=("maxiter",))
-def _steihaug_impl(op, b, precond, radius, rtol, *, maxiter):
+def _steihaug_impl(op, b, precond, radius, rtol, atol, *, maxiter):
     n, dtype = b.shape[0], b.dtype
-    mv = _make_mv(op.prepare(), n, dtype, "the operator")
-    pc = None if precond is None else _make_mv(precond.prepare(), n, dtype, "the preconditioner")
+    mv = _make_mv(op.prepare(), n, dtype, "steihaug_cg")
+    pc = None if precond is None else _make_mv(precond.prepare(), n, dtype, "steihaug_cg (preconditioner)")
     nan = jnp.asarray(jnp.nan, dtype)
     radius = jnp.asarray(radius, dtype)
     bnorm = jnp.linalg.norm(b)
-    tol = jnp.asarray(rtol, dtype) * bnorm
+    tol = jnp.maximum(jnp.asarray(rtol, dtype) * bnorm, jnp.asarray(atol, dtype))
     z0 = b if pc is None else pc(b)
     rz0 = jnp.vdot(b, z0)
     zero = jnp.zeros((), dtype)
     init = _STState(
         k=jnp.asarray(0, jnp.int32),
-        status=jnp.where(bnorm <= tol, CGStatus.CONVERGED, _RUNNING).astype(jnp.int32),
+        status=jnp.where(bnorm <= tol, Status.CONVERGED, RUNNING).astype(jnp.int32),
         x=jnp.zeros(n, dtype),
         r=b,
         d=z0,
@@ -653,10 +684,11 @@ def _steihaug_impl(op, b, precond, radius, rtol, *, maxiter):
         xMd=zero,
         dMd=rz0,
         res=jnp.full(maxiter + 1, nan).at[0].set(bnorm),
+        matvecs=jnp.asarray(0, jnp.int32),
     )
 
     def cond(s):
-        return (s.status == _RUNNING) & (s.k < maxiter)
+        return (s.status == RUNNING) & (s.k < maxiter)
 
     def body(s):
         Bd = mv(s.d)
@@ -684,10 +716,12 @@ def _steihaug_impl(op, b, precond, radius, rtol, *, maxiter):
         finite = finite & jnp.isfinite(rnorm) & jnp.all(jnp.isfinite(x)) & (jnp.isfinite(rz) | outside)
         status = jnp.where(
             negative,
-            CGStatus.NEGATIVE_CURVATURE,
-            jnp.where(outside, CGStatus.BOUNDARY, jnp.where(rnorm <= tol, CGStatus.CONVERGED, _RUNNING)),
+            Status.NEGATIVE_CURVATURE,
+            jnp.where(
+                outside, Status.TRUST_REGION_BOUNDARY, jnp.where(rnorm <= tol, Status.CONVERGED, RUNNING)
+            ),
         )
-        status = jnp.where(finite, status, CGStatus.NONFINITE).astype(jnp.int32)
+        status = jnp.where(finite, status, Status.NONFINITE).astype(jnp.int32)
         sel = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         k1 = k = s.k + 1
         return _STState(
@@ -701,16 +735,18 @@ def _steihaug_impl(op, b, precond, radius, rtol, *, maxiter):
             xMd=sel(xMd, s.xMd),
             dMd=sel(dMd, s.dMd),
             res=s.res.at[k].set(jnp.where(finite, rnorm, nan)),
+            matvecs=s.matvecs + 1,
         )
 
     s = lax.while_loop(cond, body, init) if maxiter > 0 else init
-    status = jnp.where(s.status == _RUNNING, CGStatus.MAX_ITERATIONS, s.status).astype(jnp.int32)
+    status = jnp.where(s.status == RUNNING, Status.MAX_ITERATIONS, s.status).astype(jnp.int32)
     step_norm = jnp.linalg.norm(s.x) if pc is None else jnp.sqrt(jnp.maximum(s.xMx, 0.0))
     return SteihaugResult(
         x=s.x,
         status=status,
         residual_norms=s.res,
         num_iterations=s.k,
+        num_matvecs=s.matvecs,
         step_norm=step_norm,
         predicted_reduction=0.5 * jnp.vdot(b + s.r, s.x),
     )
@@ -723,7 +759,9 @@ def steihaug_cg(
     *,
     preconditioner: Any = None,
     rtol: float = 1e-6,
+    atol: float = 0.0,
     maxiter: int | None = None,
+    throw: bool = False,
 ) -> SteihaugResult:
     """Steihaug-Toint truncated CG for the trust-region subproblem.
 
@@ -734,10 +772,12 @@ def steihaug_cg(
               \\quad\\text{s.t.}\\quad \\|p\\| \\le \\Delta
 
     by CG on :math:`B p = b` from :math:`p_0 = 0` (Nocedal & Wright, Alg. 7.2). CG iterates
-    grow in norm, so the first step leaving the ball is cut at the boundary (``BOUNDARY``);
+    grow in norm, so the first step leaving the ball is cut at the boundary
+    (``TRUST_REGION_BOUNDARY``);
     a direction :math:`d` with :math:`d^\\top B d \\le 0` is followed to the boundary
     (``NEGATIVE_CURVATURE``); otherwise CG runs until
-    :math:`\\|b - B p\\| \\le \\text{rtol}\\,\\|b\\|` (``CONVERGED``, an interior Newton step).
+    :math:`\\|b - B p\\| \\le \\max(\\text{rtol}\\,\\|b\\|, \\text{atol})` (``CONVERGED``, an interior
+    Newton step).
     With a preconditioner :math:`P \\approx B^{-1}` the trust region is measured in the
     :math:`P^{-1}`-norm :math:`\\sqrt{p^\\top P^{-1} p}` (computed by recurrences, without
     :math:`P^{-1}`), the norm in which preconditioned CG iterates grow.
@@ -752,20 +792,37 @@ def steihaug_cg(
         Trust radius :math:`\\Delta > 0` (traced; does not recompile).
     preconditioner : optional
         As in :func:`cg`.
-    rtol : float
+    rtol, atol : float
+        Residual tolerances, as in :func:`cg`.
     maxiter : int, optional
         Default as in :func:`cg`.
+    throw : bool
+        Raise :class:`~curvlab._status.SolverError` unless the step solves the subproblem
+        (``CONVERGED``, ``TRUST_REGION_BOUNDARY`` or ``NEGATIVE_CURVATURE``; see
+        :attr:`SteihaugResult.converged`). Not under ``jax.jit`` (as in :func:`cg`).
+
+    Returns
+    -------
+    SteihaugResult
 
     Examples
     --------
     >>> import jax.numpy as jnp
     >>> res = steihaug_cg(jnp.eye(2), jnp.array([3.0, 4.0]), radius=1.0)
-    >>> res.status_enum.name, round(float(res.step_norm), 6)
-    ('BOUNDARY', 1.0)
+    >>> res.status.name, round(float(res.step_norm), 6), res.num_matvecs.item()
+    ('TRUST_REGION_BOUNDARY', 1.0, 1)
     """
+    throw = check_throw("steihaug_cg", throw)
     if is_concrete(radius):
         rad = np.asarray(radius)
         if rad.ndim != 0 or not np.isfinite(rad) or rad <= 0:
             raise ValueError(f"radius must be a finite number > 0, got {radius}")
-    op, b, _, precond, _, _, maxiter = _prepare_inputs(op, b, None, preconditioner, None, rtol, 0.0, maxiter)
-    return _steihaug_impl(op, b, precond, radius, rtol, maxiter=maxiter)
+    op, b, _, precond, _, _, maxiter = _prepare_inputs(
+        "steihaug_cg", op, b, None, preconditioner, None, rtol, atol, maxiter
+    )
+    res = _steihaug_impl(op, b, precond, radius, rtol, atol, maxiter=maxiter)
+    res = res._replace(status=as_status(res.status))
+    if throw and is_concrete(res.status) and res.status is Status.NEGATIVE_CURVATURE:
+        return res  # a boundary step along negative curvature solves the subproblem
+    raise_if_failed("steihaug_cg", res.status, throw)
+    return res

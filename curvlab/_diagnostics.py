@@ -53,6 +53,7 @@ The report (:class:`CurvatureReport`) is data: ``to_dict`` (JSON-safe) and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -66,7 +67,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from curvlab._operators import LinearOperator, _ParameterOperator, _register
+from curvlab._hvp import _fisher_product, _ggn_product, _hessian_product
+from curvlab._operators import LinearOperator, ParameterOperator, pytree_operator, static_field
 from curvlab._validation import check_positive_int
 from curvlab.sharding import replicate, resolve_mesh, shard_batch_axis
 
@@ -254,25 +256,17 @@ def _batch_product(kind, fns, x, batch, v):
     """One batch's curvature product (pytree ``v`` -> pytree), traceable."""
     loss_fn, model_fn, output_loss_fn, per_example_loss_fn = fns
     if kind == "hessian":
-        g = lambda p: jax.grad(loss_fn)(p, batch)
-        return jax.jvp(g, (x,), (v,))[1]
+        return _hessian_product(loss_fn, x, (batch,))(v)
     if kind == "ggn":
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise ValueError("curvature='ggn' needs batches that are pairs (inputs, targets)")
-        inputs, targets = batch
-        model = lambda p: model_fn(p, inputs)
-        z, jv = jax.jvp(model, (x,), (v,))
-        hjv = jax.jvp(jax.grad(lambda o: output_loss_fn(o, targets)), (z,), (jv,))[1]
-        return jax.vjp(model, x)[1](hjv)[0]
+        return _ggn_product(model_fn, output_loss_fn, x, batch)(v)
     # empirical Fisher of this batch: (1/n_b) G_b^T G_b v
-    losses_fn = lambda p: per_example_loss_fn(p, batch)
-    losses, gv = jax.jvp(losses_fn, (x,), (v,))
-    out = jax.vjp(losses_fn, x)[1](gv)[0]
-    return jax.tree_util.tree_map(lambda a: a / losses.shape[0], out)
+    return _fisher_product(per_example_loss_fn, x, batch)(v)
 
 
-@_register
-class DatasetCurvatureOperator(_ParameterOperator):
+@pytree_operator
+class DatasetCurvatureOperator(ParameterOperator):
     """Dataset average :math:`\\sum_b (n_b/N) A_b` of per-batch curvature; see :func:`dataset_operator`.
 
     Leaves: the parameters ``x``, the stacked batch groups and their weights.
@@ -281,12 +275,22 @@ class DatasetCurvatureOperator(_ParameterOperator):
     one batch.
     """
 
-    _children = ("x", "groups", "weights")
-    _static = ("kind", "fns", "count")
+    x: PyTree
+    groups: tuple
+    weights: tuple
+    kind: str = static_field()
+    fns: tuple = static_field()
+    count: bool = static_field(default=False)
+    num_examples: int = static_field(default=0)
+    num_batches: int = static_field(default=0)
 
-    def _tree_matvec(self, v_tree):
-        flat = self._flat_matvec(v_tree)
-        return ravel_pytree(self.x)[1](flat)
+    tags = property(
+        lambda self: frozenset({"symmetric", "psd"} if self.kind in ("ggn", "fisher") else {"symmetric"})
+    )
+
+    def tree_product(self, linearize):
+        unravel = ravel_pytree(self.x)[1]
+        return lambda v_tree: unravel(self._flat_matvec(v_tree))
 
     def _flat_matvec(self, v_tree):
         acc = jnp.zeros((self.size,), self.dtype)
@@ -307,6 +311,9 @@ class DatasetCurvatureOperator(_ParameterOperator):
             jax.debug.callback(_on_pass, v[0])
         return out
 
+    def prepare(self):
+        return self.matvec
+
     def gradient_and_loss(self):
         """Dataset-average loss and flat gradient :math:`\\sum_b (n_b/N) \\nabla L_b`."""
         loss_fn = self.fns[0]
@@ -322,20 +329,27 @@ class DatasetCurvatureOperator(_ParameterOperator):
         return acc[1], acc[0]
 
 
-@_register
+@pytree_operator
 class BlockOperator(LinearOperator):
-    """Diagonal block :math:`A_{[s:e],[s:e]}` of an operator: ``v`` is zero outside the block."""
+    """Diagonal block :math:`A_{[s:e],[s:e]}` of an operator: ``v`` is zero outside the block.
 
-    _children = ("op",)
-    _static = ("start", "stop")
+    A principal submatrix: it keeps the operator's tags.
+    """
+
+    op: LinearOperator
+    start: int = static_field()
+    stop: int = static_field()
 
     def __init__(self, op: LinearOperator, start: int, stop: int):
         if not 0 <= start < stop <= op.size:
             raise ValueError(f"block [{start}, {stop}) is not inside [0, {op.size})")
-        self.op, self.start, self.stop = op, int(start), int(stop)
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "start", int(start))
+        object.__setattr__(self, "stop", int(stop))
 
     size = property(lambda self: self.stop - self.start)
     dtype = property(lambda self: self.op.dtype)
+    tags = property(lambda self: self.op.tags)
 
     def _embed(self, fn, vb):
         v = jnp.zeros((self.op.size,), vb.dtype).at[self.start : self.stop].set(vb)
@@ -510,18 +524,19 @@ def dataset_operator(
         groups = tuple(shard_batch_axis(g, mesh, data_axis, batch_axis=1) for g in groups)
         weights = replicate(weights, mesh)
         params = replicate(params, mesh)
-    op = object.__new__(DatasetCurvatureOperator)
-    op.x, op.groups, op.weights = params, tuple(groups), tuple(weights)
-    op.kind, op.fns, op.count = curvature, fns, False
-    op._meta = (prepared.num_examples, prepared.num_batches)
-    return op
+    return DatasetCurvatureOperator(
+        x=params,
+        groups=tuple(groups),
+        weights=tuple(weights),
+        kind=curvature,
+        fns=fns,
+        num_examples=prepared.num_examples,
+        num_batches=prepared.num_batches,
+    )
 
 
 def _with_count(op: DatasetCurvatureOperator) -> DatasetCurvatureOperator:
-    new = object.__new__(DatasetCurvatureOperator)
-    new.x, new.groups, new.weights = op.x, op.groups, op.weights
-    new.kind, new.fns, new.count = op.kind, op.fns, True
-    return new
+    return dataclasses.replace(op, count=True)
 
 
 # ---------------------------------------------------------------------------
@@ -765,7 +780,7 @@ def summary_table(report: CurvatureReport) -> str:
 # ---------------------------------------------------------------------------
 
 
-@_register
+@pytree_operator
 class _MaskedOperator(LinearOperator):
     """:math:`P A P - c (I - P)` with :math:`P = \\operatorname{diag}(\\text{mask})`.
 
@@ -774,10 +789,9 @@ class _MaskedOperator(LinearOperator):
     block of the same model reuses one compiled solver.
     """
 
-    _children = ("op", "mask", "shift")
-
-    def __init__(self, op, mask, shift):
-        self.op, self.mask, self.shift = op, mask, shift
+    op: LinearOperator
+    mask: jax.Array
+    shift: jax.Array
 
     size = property(lambda self: self.op.size)
     dtype = property(lambda self: self.op.dtype)
@@ -830,14 +844,14 @@ def diagnose(
     num_probes: int = 10,
     num_steps: int = 60,
     trace_probes: int | None = None,
-    tol: float = 1e-6,
-    max_steps: int | None = None,
+    rtol: float = 1e-6,
+    max_matvecs: int | None = None,
     key: jax.Array | None = None,
     damping: float = 0.0,
     per_block: bool = True,
     block_depth: int | None = None,
-    block_max_steps: int | None = None,
-    probe_batch_size: int | None = None,
+    block_max_matvecs: int | None = None,
+    chunk_size: int | None = None,
     progress: bool | None = None,
     checkpoint: bool = False,
     mesh=None,
@@ -869,20 +883,20 @@ def diagnose(
         Stochastic Lanczos quadrature probes and Lanczos steps per probe.
     trace_probes : int, optional
         Hutch++ matvec budget for traces (default ``num_probes``).
-    tol, max_steps : float, int
-        Passed to :func:`curvlab.eigsh`.
+    rtol, max_matvecs : float, int
+        Passed to :func:`curvlab.eigsh` (``max_matvecs`` bounds every matvec of the eigensolve).
     key : jax.random key, optional
-        Randomness of all estimators (default ``PRNGKey(0)``).
+        Randomness of all estimators (default ``jax.random.key(0)``).
     damping : float
         :math:`\\delta` for the condition estimate.
     per_block : bool
         Also report each parameter block's top eigenvalue and trace.
     block_depth : int, optional
         Path depth that defines blocks (default: the first depth with >1 block).
-    block_max_steps : int, optional
-        ``max_steps`` of the per-block eigensolves (default ``max_steps``).
-    probe_batch_size : int, optional
-        Probes of the trace and density estimators run ``probe_batch_size`` at a
+    block_max_matvecs : int, optional
+        ``max_matvecs`` of the per-block eigensolves (default ``max_matvecs``).
+    chunk_size : int, optional
+        Probes of the trace and density estimators run ``chunk_size`` at a
         time (``lax.map``); each probe in flight holds one batch's HVP memory.
         Default: all at once (``vmap``) below 100,000 parameters, else one at a time.
     progress : bool, optional
@@ -899,14 +913,14 @@ def diagnose(
     Examples
     --------
     >>> import jax, jax.numpy as jnp
-    >>> X = jax.random.normal(jax.random.PRNGKey(0), (32, 3)); y = X @ jnp.ones(3)
+    >>> X = jax.random.normal(jax.random.key(0), (32, 3)); y = X @ jnp.ones(3)
     >>> loss = lambda w, b: 0.5 * jnp.mean((b[0] @ w - b[1]) ** 2)
     >>> r = diagnose(loss, jnp.zeros(3), (X, y), batch_size=8, k=1, num_probes=3,
     ...              num_steps=3, per_block=False, progress=False)
     >>> bool(jnp.allclose(r.top_eigenvalues[0], jnp.linalg.eigvalsh(X.T @ X / 32)[-1]))
     True
     """
-    from curvlab._lanczos import eigsh
+    from curvlab._eigsh import eigsh
     from curvlab._spectral import spectral_density, trace
 
     k = check_positive_int("k", k)
@@ -915,10 +929,10 @@ def diagnose(
     trace_probes = (
         max(num_probes, 4) if trace_probes is None else check_positive_int("trace_probes", trace_probes, 4)
     )
-    if max_steps is not None:
-        max_steps = check_positive_int("max_steps", max_steps)
-    if block_max_steps is None:
-        block_max_steps = max_steps
+    if max_matvecs is not None:
+        max_matvecs = check_positive_int("max_matvecs", max_matvecs)
+    if block_max_matvecs is None:
+        block_max_matvecs = max_matvecs
     if not (isinstance(damping, (int, float, np.floating)) and math.isfinite(damping) and damping >= 0):
         raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
     t0 = time.perf_counter()
@@ -935,15 +949,15 @@ def diagnose(
         mesh=mesh,
         data_axis=data_axis,
     )
-    num_examples, num_batches = base._meta
+    num_examples, num_batches = base.num_examples, base.num_batches
     n = base.size
     if k >= n:
         raise ValueError(f"k = {k} must be smaller than the number of parameters ({n})")
     op = _with_count(base)
-    if probe_batch_size is None:
-        probe_batch_size = None if n < 100_000 else 1
+    if chunk_size is None:
+        chunk_size = None if n < 100_000 else 1
     else:
-        probe_batch_size = check_positive_int("probe_batch_size", probe_batch_size)
+        chunk_size = check_positive_int("chunk_size", chunk_size)
     key = jax.random.key(0) if key is None else key
     keys = jax.random.split(key, 6)
     messages = {}
@@ -962,7 +976,7 @@ def diagnose(
         phase("extreme eigenvalues")
         # both ends in one thick-restart run (one compilation, shared Krylov space)
         if 2 * k < n:
-            ends = eigsh(op, k=2 * k, which="BE", tol=tol, max_steps=max_steps, key=keys[0])
+            ends = eigsh(op, k=2 * k, which="BE", rtol=rtol, max_matvecs=max_matvecs, key=keys[0])
             messages["eigsh"] = ends.message
             evals, resid = np.asarray(ends.eigenvalues), np.asarray(ends.residual_norms)
         else:  # tiny problem: all eigenvalues from n matvecs
@@ -975,10 +989,10 @@ def diagnose(
         bottom, bottom_res = evals[:k], resid[:k]
         top, top_res = evals[k:][::-1], resid[k:][::-1]
         phase("trace")
-        tr = trace(op, num_probes=trace_probes, key=keys[2], batch_size=probe_batch_size)
+        tr = trace(op, num_probes=trace_probes, key=keys[2], chunk_size=chunk_size)
         phase("spectral density")
         sd = spectral_density(
-            op, num_probes=num_probes, num_steps=min(num_steps, n), key=keys[3], batch_size=probe_batch_size
+            op, num_probes=num_probes, num_steps=min(num_steps, n), key=keys[3], chunk_size=chunk_size
         )
         messages["density"] = sd.message
         blocks = []
@@ -997,8 +1011,8 @@ def diagnose(
                             _MaskedOperator(op, mask, shift),
                             k=1,
                             which="LA",
-                            tol=tol,
-                            max_steps=block_max_steps,
+                            rtol=rtol,
+                            max_matvecs=block_max_matvecs,
                             key=bkeys[2 * i],
                         )
                         lam, res, msg = float(be.eigenvalues[0]), float(be.residual_norms[0]), be.message
@@ -1009,7 +1023,7 @@ def diagnose(
                         _MaskedOperator(op, mask, zero),
                         num_probes=trace_probes,
                         key=bkeys[2 * i + 1],
-                        batch_size=probe_batch_size,
+                        chunk_size=chunk_size,
                     )
                     messages[f"block {name}"] = msg
                     blocks.append(BlockReport(name, e - s, lam, res, float(bt.value), float(bt.stderr)))

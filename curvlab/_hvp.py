@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from curvlab._validation import check_like, check_scalar_output, tree_vdot
+from curvlab._validation import check_like, check_real_floating, check_scalar_output, tree_vdot
 
 PyTree = Any
 
@@ -71,6 +71,77 @@ def _hvp_kernel(f: Callable, mode: str, args: tuple) -> Callable:
     return rev_rev
 
 
+def _hessian_product(
+    f: Callable, x: PyTree, args: tuple, *, mode: str = "fwd_rev", linearize: bool = False
+) -> Callable[[PyTree], PyTree]:
+    """The one Hessian kernel: ``v -> \\nabla^2_x f(x, *args) v`` on pytrees (traceable).
+
+    With ``linearize`` the gradient is linearized once (``jax.linearize``) and each
+    product replays only its tangent part; otherwise every product runs ``mode``.
+    """
+    if linearize:
+        return jax.linearize(lambda y: jax.grad(f)(y, *args), x)[1]
+    kernel = _hvp_kernel(f, mode, args)
+    return lambda v: kernel(x, v)
+
+
+def _ggn_product(
+    model_fn: Callable, output_loss_fn: Callable, params: PyTree, batch: tuple, *, linearize: bool = False
+) -> Callable[[PyTree], PyTree]:
+    """The one Gauss-Newton kernel: ``v -> J^T H_L J v`` on pytrees (traceable).
+
+    :math:`J` is the Jacobian of ``model_fn(params, inputs)`` in ``params`` and
+    :math:`H_L` the Hessian of ``output_loss_fn(outputs, targets)`` in the outputs;
+    ``batch = (inputs, targets)``. One JVP, one HVP of the output loss, one VJP; with
+    ``linearize`` the model and the output-loss gradient are linearized once.
+    """
+    inputs, targets = batch
+
+    def model(p):
+        return model_fn(p, inputs)
+
+    loss_grad = jax.grad(lambda z: output_loss_fn(z, targets))
+    if linearize:
+        z, jvp_lin = jax.linearize(model, params)
+        _, vjp_fn = jax.vjp(model, params)
+        _, hl = jax.linearize(loss_grad, z)
+        return lambda v: vjp_fn(hl(jvp_lin(v)))[0]
+
+    def product(v):
+        z, jv = jax.jvp(model, (params,), (v,))
+        hjv = jax.jvp(loss_grad, (z,), (jv,))[1]
+        return jax.vjp(model, params)[1](hjv)[0]
+
+    return product
+
+
+def _fisher_product(
+    per_example_loss_fn: Callable, params: PyTree, batch: Any, *, linearize: bool = False
+) -> Callable[[PyTree], PyTree]:
+    """The one empirical-Fisher kernel: ``v -> (1/N) G^T G v`` on pytrees (traceable).
+
+    Row :math:`i` of :math:`G` is :math:`\\nabla \\ell_i` for the ``(N,)`` losses
+    ``per_example_loss_fn(params, batch)``: one JVP and one VJP of the loss vector.
+    """
+
+    def losses_fn(p):
+        return per_example_loss_fn(p, batch)
+
+    def scale(tree, n):
+        return jax.tree_util.tree_map(lambda a: a / n, tree)
+
+    if linearize:
+        losses, jvp_lin = jax.linearize(losses_fn, params)
+        _, vjp_fn = jax.vjp(losses_fn, params)
+        return lambda v: scale(vjp_fn(jvp_lin(v))[0], losses.shape[0])
+
+    def product(v):
+        losses, gv = jax.jvp(losses_fn, (params,), (v,))
+        return scale(jax.vjp(losses_fn, params)[1](gv)[0], losses.shape[0])
+
+    return product
+
+
 def hvp(f: Callable, x: PyTree, v: PyTree, *args, mode: str = "fwd_rev") -> PyTree:
     """Hessian-vector product :math:`H_f(x)\\,v`.
 
@@ -99,35 +170,39 @@ def hvp(f: Callable, x: PyTree, v: PyTree, *args, mode: str = "fwd_rev") -> PyTr
     [0.0, 2.0]
     """
     _check_mode(mode)
+    check_real_floating("x", x)
+    check_real_floating("v", v)
     check_like(x, v, "x", "v")
     check_scalar_output(f, x, *args)
     return _hvp_jit(f, mode, x, v, args)
 
 
 def _hvp_impl(f, mode, x, v, args):
-    return _hvp_kernel(f, mode, args)(x, v)
+    return _hessian_product(f, x, args, mode=mode)(v)
 
 
 _hvp_jit = jax.jit(_hvp_impl, static_argnums=(0, 1))
 
 
 def hvp_fn(
-    f: Callable, x: PyTree, *args, mode: str = "fwd_rev", linearize: bool = False
+    f: Callable, x: PyTree, *args, mode: str = "fwd_rev", linearize: bool = True
 ) -> Callable[[PyTree], PyTree]:
     """A jitted function ``v -> H_f(x) v`` for many products at one point.
 
-    With ``linearize=True`` the gradient is linearized once with
+    With ``linearize=True`` (the default) the gradient is linearized once with
     ``jax.linearize``; each later product replays only the tangent part, which
-    skips the forward (primal) computation of ``f`` and its gradient.
+    skips the forward (primal) computation of ``f`` and its gradient (``mode`` is
+    then unused). ``linearize=False`` recomputes every product with ``mode``.
 
     Examples
     --------
     >>> import jax.numpy as jnp
-    >>> H = hvp_fn(lambda x: jnp.sum(x**3), jnp.array([1.0, 2.0]), linearize=True)
+    >>> H = hvp_fn(lambda x: jnp.sum(x**3), jnp.array([1.0, 2.0]))
     >>> H(jnp.array([1.0, 1.0])).tolist()
     [6.0, 12.0]
     """
     _check_mode(mode)
+    check_real_floating("x", x)
     check_scalar_output(f, x, *args)
     if linearize:
         # Linearize under jit (one compiled forward + backward pass, not an
@@ -138,12 +213,14 @@ def hvp_fn(
         lin = _linearize_grad_jit(f, x, args)
 
         def product(v):
+            check_real_floating("v", v)
             check_like(x, v, "x", "v")
             return _apply_linear_jit(lin, v)
 
         return product
 
     def product(v):
+        check_real_floating("v", v)
         check_like(x, v, "x", "v")
         return _hvp_jit(f, mode, x, v, args)
 
@@ -151,7 +228,7 @@ def hvp_fn(
 
 
 def _linearize_grad_impl(f, x, args):
-    return jax.linearize(lambda y: jax.grad(f)(y, *args), x)[1]
+    return _hessian_product(f, x, args, linearize=True)
 
 
 _linearize_grad_jit = jax.jit(_linearize_grad_impl, static_argnums=(0,))
@@ -168,6 +245,8 @@ def fd_default_eps(x: PyTree, v: PyTree, scheme: str = "central") -> float:
     """
     if scheme not in FD_SCHEMES:
         raise ValueError(f"scheme must be one of {FD_SCHEMES}, got {scheme!r}")
+    check_real_floating("x", x)
+    check_real_floating("v", v)
     leaves = jax.tree_util.tree_leaves(x)
     dtype = jnp.result_type(*leaves) if leaves else jnp.float32
     mach = float(jnp.finfo(dtype).eps)
@@ -202,6 +281,8 @@ def fd_hvp(
     """
     if scheme not in FD_SCHEMES:
         raise ValueError(f"scheme must be one of {FD_SCHEMES}, got {scheme!r}")
+    check_real_floating("x", x)
+    check_real_floating("v", v)
     check_like(x, v, "x", "v")
     check_scalar_output(f, x, *args)
     if isinstance(eps, jax.core.Tracer):  # traced step, e.g. jax.vmap over a grid of eps
@@ -252,6 +333,8 @@ def directional_curvature(f: Callable, x: PyTree, v: PyTree, *args, mode: str = 
     Positive: ``f`` bends upward along ``v``; negative: downward; zero: flat.
     Raises ``ValueError`` for ``v = 0``.
     """
+    check_real_floating("x", x)
+    check_real_floating("v", v)
     check_like(x, v, "x", "v")
     vv = tree_vdot(v, v)
     if not isinstance(vv, jax.core.Tracer) and float(vv) == 0.0:
@@ -259,24 +342,35 @@ def directional_curvature(f: Callable, x: PyTree, v: PyTree, *args, mode: str = 
     return tree_vdot(v, hvp(f, x, v, *args, mode=mode)) / vv
 
 
-def gnvp(model_fn: Callable, loss_fn: Callable, x: PyTree, v: PyTree) -> PyTree:
+def gnvp(model_fn: Callable, output_loss_fn: Callable, params: PyTree, batch: tuple, v: PyTree) -> PyTree:
     """Generalized Gauss-Newton product :math:`J^\\top H_L J v`.
 
-    ``model_fn(x) -> z`` maps parameters to outputs (any pytree), ``loss_fn(z)``
-    is scalar; :math:`J = \\partial z / \\partial x` and
-    :math:`H_L = \\nabla^2_z L`. The GGN is positive semidefinite whenever the
-    loss is convex in the outputs, unlike the Hessian.
+    ``model_fn(params, inputs) -> outputs`` (any pytree), ``output_loss_fn(outputs,
+    targets) -> scalar``, ``batch = (inputs, targets)``;
+    :math:`J = \\partial\\,\\mathrm{outputs} / \\partial\\,\\mathrm{params}` and
+    :math:`H_L = \\nabla^2_{\\mathrm{outputs}} \\ell`. Positive semidefinite whenever
+    the output loss is convex in the outputs, unlike the Hessian. The same kernel as
+    :func:`curvlab.ggn_operator`.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> X = jnp.array([[1.0, 2.0], [3.0, 4.0]]); y = jnp.zeros(2)
+    >>> sq = lambda z, t: 0.5 * jnp.sum((z - t) ** 2)
+    >>> gnvp(lambda w, x: x @ w, sq, jnp.zeros(2), (X, y), jnp.array([1.0, 0.0])).tolist()
+    [10.0, 14.0]
     """
-    check_like(x, v, "x", "v")
-    check_scalar_output(loss_fn, jax.eval_shape(model_fn, x))
-    return _gnvp_jit(model_fn, loss_fn, x, v)
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise ValueError("batch must be a pair (inputs, targets)")
+    check_real_floating("params", params)
+    check_real_floating("v", v)
+    check_like(params, v, "params", "v")
+    check_scalar_output(output_loss_fn, jax.eval_shape(model_fn, params, batch[0]), batch[1])
+    return _gnvp_jit(model_fn, output_loss_fn, params, tuple(batch), v)
 
 
-def _gnvp_impl(model_fn, loss_fn, x, v):
-    z, jv = jax.jvp(model_fn, (x,), (v,))
-    hjv = jax.jvp(jax.grad(loss_fn), (z,), (jv,))[1]
-    _, vjp = jax.vjp(model_fn, x)
-    return vjp(hjv)[0]
+def _gnvp_impl(model_fn, output_loss_fn, params, batch, v):
+    return _ggn_product(model_fn, output_loss_fn, params, batch)(v)
 
 
 _gnvp_jit = jax.jit(_gnvp_impl, static_argnums=(0, 1))

@@ -1,18 +1,22 @@
 """Curvature linear operators on flat vectors.
 
-A :class:`LinearOperator` represents a symmetric matrix :math:`A \\in
-\\mathbb{R}^{n \\times n}` through its action ``v -> A v`` on 1-D arrays of
-length ``n``. Operators are JAX pytrees: their arrays are leaves and their
-functions are static, so an operator can be an argument of a jitted function,
-and a new operator of the same kind and shapes reuses the compiled code.
+A :class:`LinearOperator` represents a matrix :math:`A \\in \\mathbb{R}^{n \\times n}`
+through its action ``v -> A v`` on 1-D arrays of length ``n``. Every operator is a
+frozen dataclass registered as a JAX pytree (:func:`pytree_operator`): array fields
+are leaves, functions, sizes and dtypes are static, so an operator can be an
+argument of a jitted function and a new operator of the same kind and shapes reuses
+the compiled code. Its :attr:`~LinearOperator.tags` say what solvers may assume:
+``"symmetric"`` (:math:`A = A^\\top`) and ``"psd"`` (:math:`v^\\top A v \\ge 0`).
 
 Curvature operators (:func:`hessian_operator`, :func:`ggn_operator`,
-:func:`fisher_operator`) act on the flattened parameters (``ravel_pytree``
-order) and provide ``ravel(tree)`` / ``unravel(flat)`` to move between the two.
+:func:`fisher_operator`) act on the flattened parameters (``ravel_pytree`` order)
+and provide ``ravel(tree)`` / ``unravel(flat)`` to move between the two. Their
+products are the kernels of :mod:`curvlab._hvp`, written once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,16 +26,34 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from curvlab._hvp import HVP_MODES, _hvp_kernel
-from curvlab._validation import check_like, check_scalar_output
+from curvlab._hvp import HVP_MODES, _fisher_product, _ggn_product, _hessian_product
+from curvlab._validation import (
+    check_like,
+    check_matvec_output,
+    check_positive_int,
+    check_real_floating,
+    check_scalar_output,
+    is_concrete,
+)
 
 PyTree = Any
 
 #: Largest ``n`` for which :meth:`LinearOperator.to_dense` builds a matrix by default.
 DENSE_SIZE_LIMIT = 8192
 
+#: Tag: :math:`A = A^\\top`.
+SYMMETRIC = "symmetric"
+#: Tag: :math:`v^\\top A v \\ge 0` for every ``v`` (and symmetric).
+PSD = "psd"
+_SYM = frozenset({SYMMETRIC})
+_SYM_PSD = frozenset({SYMMETRIC, PSD})
+
 __all__ = [
     "DENSE_SIZE_LIMIT",
+    "SYMMETRIC",
+    "PSD",
+    "pytree_operator",
+    "static_field",
     "LinearOperator",
     "DenseOperator",
     "DiagonalOperator",
@@ -41,7 +63,9 @@ __all__ = [
     "KroneckerOperator",
     "SumOperator",
     "ScaledOperator",
+    "CongruenceOperator",
     "FunctionOperator",
+    "ParameterOperator",
     "HessianOperator",
     "GGNOperator",
     "FisherOperator",
@@ -52,59 +76,130 @@ __all__ = [
 ]
 
 
-def _register(cls):
-    """Register an operator class as a pytree from its ``_children``/``_static`` names."""
+# ---------------------------------------------------------------------------
+# Registration: frozen dataclasses as pytrees
+# ---------------------------------------------------------------------------
+
+
+def static_field(**kwargs) -> Any:
+    """A dataclass field that is part of the pytree structure (hashable), not a leaf."""
+    return dataclasses.field(metadata={"static": True}, **kwargs)
+
+
+def pytree_operator(cls: type) -> type:
+    """Make ``cls`` a frozen dataclass and register it as a pytree.
+
+    Fields declared with :func:`static_field` are static (pytree metadata: functions,
+    sizes, dtypes, tags); every other field is a child (arrays, parameter pytrees, other
+    operators). The class's own ``__init__`` validates user input; rebuilding from
+    leaves (inside ``jit``, ``vmap``, ``tree_map``) bypasses it, as leaves may then be
+    tracers or placeholders. ``dataclasses.replace`` works where ``__init__`` takes the
+    fields by name (the generated one, when the class writes none).
+    """
+    cls = dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
+    fields = dataclasses.fields(cls)
+    data = tuple(f.name for f in fields if not f.metadata.get("static", False))
+    meta = tuple(f.name for f in fields if f.metadata.get("static", False))
+    keys = tuple(jax.tree_util.GetAttrKey(k) for k in data)
+
+    def flatten_with_keys(op):
+        return [(k, getattr(op, n)) for k, n in zip(keys, data)], tuple(getattr(op, n) for n in meta)
 
     def flatten(op):
-        return tuple(getattr(op, k) for k in cls._children), tuple(getattr(op, k) for k in cls._static)
+        return [getattr(op, n) for n in data], tuple(getattr(op, n) for n in meta)
 
     def unflatten(aux, children):
-        op = object.__new__(cls)
-        for k, val in zip(cls._children, children):
-            object.__setattr__(op, k, val)
-        for k, val in zip(cls._static, aux):
-            object.__setattr__(op, k, val)
+        op = cls.__new__(cls)
+        for n, val in zip(data, children):
+            object.__setattr__(op, n, val)
+        for n, val in zip(meta, aux):
+            object.__setattr__(op, n, val)
         return op
 
-    jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
     return cls
 
 
-class LinearOperator:
-    """Abstract symmetric linear operator on flat vectors.
+def _set(obj, **values) -> None:
+    """Assign fields of a frozen operator in its ``__init__``."""
+    for name, val in values.items():
+        object.__setattr__(obj, name, val)
 
-    Subclasses implement :meth:`matvec` and the properties ``size`` (``n``)
-    and ``dtype``. Everything else (``@``, ``+``, ``*``, :meth:`damped`,
-    :meth:`to_dense`, :meth:`to_scipy`) is provided.
+
+def _real_array(name: str, a) -> jax.Array:
+    """``a`` as a real floating array: integers and booleans are cast, complex input refused."""
+    a = jnp.asarray(a)
+    check_real_floating(name, a.astype(jnp.result_type(float)) if _is_int_or_bool(a) else a)
+    if _is_int_or_bool(a):
+        a = a.astype(jnp.result_type(float))
+    return a
+
+
+def _is_int_or_bool(a) -> bool:
+    return jnp.issubdtype(a.dtype, jnp.integer) or jnp.issubdtype(a.dtype, jnp.bool_)
+
+
+def _nonnegative(a) -> bool:
+    """True when ``a`` is concrete and every entry is ``>= 0`` (a tracer: unknown, so False)."""
+    return is_concrete(a) and bool(jnp.all(a >= 0))
+
+
+def _real_dtype(name: str, dtype) -> jnp.dtype:
+    dtype = jnp.dtype(dtype if dtype is not None else jnp.result_type(float))
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name} must be a real floating dtype, got {dtype}")
+    return dtype
+
+
+# ---------------------------------------------------------------------------
+# Base
+# ---------------------------------------------------------------------------
+
+
+class LinearOperator:
+    """Abstract linear operator :math:`v \\mapsto A v` on flat vectors of length ``n``.
+
+    A subclass is a :func:`pytree_operator` dataclass that implements :meth:`matvec`
+    and the properties ``size`` (``n``) and ``dtype``, and overrides :attr:`tags`
+    when it knows more than "symmetric". Everything else (``shape``, :meth:`matmat`,
+    ``@``, ``+``, scalar ``*``, :meth:`damped`, :meth:`to_dense`, :meth:`to_scipy`)
+    is provided. Operators whose products share work (a linearization) override
+    :meth:`prepare`, and :meth:`matmat` and every solver use it.
     """
 
-    _children: tuple[str, ...] = ()
-    _static: tuple[str, ...] = ()
-
-    # -- to implement -------------------------------------------------
+    # -- to implement: matvec(v), size, dtype --------------------------
     def matvec(self, v: jax.Array) -> jax.Array:
+        """:math:`A v` for a vector ``v`` of shape ``(n,)``."""
         raise NotImplementedError
 
     @property
-    def size(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def dtype(self):
-        raise NotImplementedError
+    def tags(self) -> frozenset[str]:
+        """What solvers may assume: a subset of ``{"symmetric", "psd"}``."""
+        return _SYM
 
     # -- provided -----------------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:
+        """``(n, n)``."""
         return (self.size, self.size)
 
     def prepare(self) -> Callable[[jax.Array], jax.Array]:
         """Return ``v -> A v`` after doing once any work shared by all products.
 
         Iterative solvers call this once inside their jitted loop; curvature
-        operators built with ``linearize=True`` linearize the gradient here.
+        operators linearize the gradient (or the model) here.
         """
         return self.matvec
+
+    def matmat(self, V: jax.Array) -> jax.Array:
+        """:math:`A V` for ``V`` of shape ``(n, k)``: the prepared product mapped over columns."""
+        V = jnp.asarray(V)
+        if V.ndim != 2 or V.shape[0] != self.size:
+            raise ValueError(
+                f"matmat of an operator of shape {self.shape} needs an array of shape ({self.size}, k), "
+                f"got {tuple(V.shape)}"
+            )
+        return jax.vmap(self.prepare(), in_axes=1, out_axes=1)(V)
 
     def diagonal(self) -> jax.Array:
         """Exact diagonal, where it is cheap; otherwise raises ``NotImplementedError``.
@@ -115,27 +210,20 @@ class LinearOperator:
             f"{type(self).__name__} has no cheap exact diagonal; estimate it with curvlab.diagonal(op, ...)"
         )
 
-    def _check_vector(self, v):
+    def __matmul__(self, v):
+        v = jnp.asarray(v)
         if v.ndim not in (1, 2) or v.shape[0] != self.size:
             raise ValueError(
                 f"operator of shape {self.shape} cannot multiply an array of shape {tuple(v.shape)}; "
                 f"expected ({self.size},) or ({self.size}, k)"
             )
-
-    def __matmul__(self, v):
-        v = jnp.asarray(v)
-        self._check_vector(v)
-        if v.ndim == 1:
-            return self.matvec(v)
-        return jax.vmap(self.prepare(), in_axes=1, out_axes=1)(v)
+        return self.matvec(v) if v.ndim == 1 else self.matmat(v)
 
     def __call__(self, v):
         return self @ v
 
     def __add__(self, other):
         if isinstance(other, LinearOperator):
-            if other.size != self.size:
-                raise ValueError(f"cannot add operators of shapes {self.shape} and {other.shape}")
             return SumOperator((self, other))
         return NotImplemented
 
@@ -146,7 +234,7 @@ class LinearOperator:
             return NotImplemented
         if np.ndim(c) != 0:
             raise ValueError("operators can only be scaled by a scalar")
-        return ScaledOperator(jnp.asarray(c, dtype=self.dtype), self)
+        return ScaledOperator(c, self)
 
     __rmul__ = __mul__
 
@@ -156,14 +244,15 @@ class LinearOperator:
     def __sub__(self, other):
         return self + (-other)
 
-    def damped(self, lam) -> LinearOperator:
-        """Tikhonov damping: :math:`A + \\lambda I`."""
-        return self + ScaledOperator(
-            jnp.asarray(lam, dtype=self.dtype), IdentityOperator(self.size, self.dtype)
-        )
+    def damped(self, damping) -> LinearOperator:
+        """Tikhonov damping :math:`A + \\delta I` (``damping`` :math:`= \\delta`; a leaf, not static).
+
+        PSD when :math:`A` is PSD and a concrete :math:`\\delta \\ge 0`.
+        """
+        return self + ScaledOperator(damping, IdentityOperator(self.size, self.dtype))
 
     def to_dense(self, max_size: int = DENSE_SIZE_LIMIT) -> jax.Array:
-        """Dense ``(n, n)`` matrix, built column by column from matvecs.
+        """Dense ``(n, n)`` matrix :math:`A I`, built from one :meth:`matmat` of the identity.
 
         A debugging and test reference: refuses ``n > max_size``.
         """
@@ -176,7 +265,7 @@ class LinearOperator:
         return _to_dense(self)
 
     def to_scipy(self):
-        """A ``scipy.sparse.linalg.LinearOperator`` calling the jitted matvec."""
+        """A ``scipy.sparse.linalg.LinearOperator`` calling the jitted matvec (``rmatvec`` too: symmetric)."""
         from scipy.sparse.linalg import LinearOperator as ScipyOperator
 
         mv = jax.jit(lambda op, v: op.matvec(v))
@@ -193,15 +282,12 @@ class LinearOperator:
 
 @jax.jit
 def _to_dense(op):
-    eye = jnp.eye(op.size, dtype=op.dtype)
-    return jax.vmap(op.prepare(), in_axes=1, out_axes=1)(eye)
+    return op.matmat(jnp.eye(op.size, dtype=op.dtype))
 
 
-def _as_float_array(name, a):
-    a = jnp.asarray(a)
-    if not jnp.issubdtype(a.dtype, jnp.floating):
-        a = a.astype(jnp.result_type(float))
-    return a
+def _tags_of_all(ops) -> frozenset[str]:
+    """Tags every operator in ``ops`` carries (symmetric and PSD are closed under sums)."""
+    return frozenset.intersection(*[frozenset(op.tags) for op in ops])
 
 
 # ---------------------------------------------------------------------------
@@ -209,17 +295,17 @@ def _as_float_array(name, a):
 # ---------------------------------------------------------------------------
 
 
-@_register
+@pytree_operator
 class DenseOperator(LinearOperator):
-    """A dense symmetric matrix :math:`A` (not checked for symmetry)."""
+    """A dense matrix :math:`A`, taken to be symmetric (not checked); tagged symmetric."""
 
-    _children = ("matrix",)
+    matrix: jax.Array
 
     def __init__(self, matrix):
-        matrix = _as_float_array("matrix", matrix)
+        matrix = _real_array("matrix", matrix)
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"DenseOperator needs a square matrix, got shape {tuple(matrix.shape)}")
-        self.matrix = matrix
+        _set(self, matrix=matrix)
 
     size = property(lambda self: self.matrix.shape[0])
     dtype = property(lambda self: self.matrix.dtype)
@@ -234,20 +320,22 @@ class DenseOperator(LinearOperator):
         return self.matrix
 
 
-@_register
+@pytree_operator
 class DiagonalOperator(LinearOperator):
-    """:math:`\\operatorname{diag}(d)`."""
+    """:math:`\\operatorname{diag}(d)`; PSD when its (concrete) entries are :math:`\\ge 0`."""
 
-    _children = ("diag",)
+    diag: jax.Array
+    nonnegative: bool = static_field()
 
     def __init__(self, diag):
-        diag = _as_float_array("diag", diag)
+        diag = _real_array("diag", diag)
         if diag.ndim != 1:
             raise ValueError(f"DiagonalOperator needs a 1-D diagonal, got shape {tuple(diag.shape)}")
-        self.diag = diag
+        _set(self, diag=diag, nonnegative=_nonnegative(diag))
 
     size = property(lambda self: self.diag.shape[0])
     dtype = property(lambda self: self.diag.dtype)
+    tags = property(lambda self: _SYM_PSD if self.nonnegative else _SYM)
 
     def matvec(self, v):
         return self.diag * v
@@ -256,45 +344,48 @@ class DiagonalOperator(LinearOperator):
         return self.diag
 
 
-@_register
+@pytree_operator
 class IdentityOperator(LinearOperator):
-    """The identity :math:`I_n`."""
+    """The identity :math:`I_n` (``n >= 1``); PSD."""
 
-    _static = ("n", "_dtype")
+    n: int = static_field()
+    dtype: Any = static_field()
 
     def __init__(self, n: int, dtype=None):
-        self.n = int(n)
-        self._dtype = jnp.dtype(dtype or jnp.result_type(float))
+        _set(self, n=check_positive_int("n", n), dtype=_real_dtype("dtype", dtype))
 
     size = property(lambda self: self.n)
-    dtype = property(lambda self: self._dtype)
+    tags = property(lambda self: _SYM_PSD)
 
     def matvec(self, v):
         return v
 
     def diagonal(self):
-        return jnp.ones(self.n, self._dtype)
+        return jnp.ones(self.n, self.dtype)
 
 
-@_register
+@pytree_operator
 class LowRankOperator(LinearOperator):
-    """:math:`U \\operatorname{diag}(s) U^\\top` with ``U`` of shape ``(n, r)``."""
+    """:math:`U \\operatorname{diag}(s) U^\\top` with ``U`` of shape ``(n, r)``; PSD when :math:`s \\ge 0`."""
 
-    _children = ("U", "s")
+    U: jax.Array
+    s: jax.Array
+    nonnegative: bool = static_field()
 
     def __init__(self, U, s):
-        U = _as_float_array("U", U)
-        s = jnp.asarray(s, dtype=U.dtype)
+        U = _real_array("U", U)
+        s = _real_array("s", s).astype(U.dtype)
         if U.ndim != 2:
             raise ValueError(f"LowRankOperator needs U of shape (n, r), got {tuple(U.shape)}")
         if s.shape != (U.shape[1],):
             raise ValueError(
                 f"s must have shape ({U.shape[1]},) to match U {tuple(U.shape)}, got {tuple(s.shape)}"
             )
-        self.U, self.s = U, s
+        _set(self, U=U, s=s, nonnegative=_nonnegative(s))
 
     size = property(lambda self: self.U.shape[0])
     dtype = property(lambda self: self.U.dtype)
+    tags = property(lambda self: _SYM_PSD if self.nonnegative else _SYM)
 
     def matvec(self, v):
         return self.U @ (self.s * (self.U.T @ v))
@@ -303,20 +394,21 @@ class LowRankOperator(LinearOperator):
         return jnp.sum(self.U**2 * self.s[None, :], axis=1)
 
 
-@_register
+@pytree_operator
 class BlockDiagonalOperator(LinearOperator):
-    """Block-diagonal :math:`\\operatorname{blkdiag}(A_1, \\dots, A_m)`."""
+    """Block-diagonal :math:`\\operatorname{blkdiag}(A_1, \\dots, A_m)`; tags shared by all blocks."""
 
-    _children = ("blocks",)
+    blocks: tuple
 
     def __init__(self, blocks: Sequence[LinearOperator]):
         blocks = tuple(as_operator(b) for b in blocks)
         if not blocks:
             raise ValueError("BlockDiagonalOperator needs at least one block")
-        self.blocks = blocks
+        _set(self, blocks=blocks)
 
     size = property(lambda self: sum(b.size for b in self.blocks))
     dtype = property(lambda self: jnp.result_type(*[b.dtype for b in self.blocks]))
+    tags = property(lambda self: _tags_of_all(self.blocks))
 
     def _split(self, v):
         return jnp.split(v, np.cumsum([b.size for b in self.blocks])[:-1])
@@ -332,21 +424,23 @@ class BlockDiagonalOperator(LinearOperator):
         return jnp.concatenate([b.diagonal() for b in self.blocks])
 
 
-@_register
+@pytree_operator
 class KroneckerOperator(LinearOperator):
-    """:math:`A \\otimes B` without forming it.
+    """:math:`A \\otimes B` without forming it; PSD when both factors are.
 
     With ``x`` reshaped row-major to ``X`` of shape ``(m, p)``,
     :math:`(A \\otimes B)\\,\\mathrm{vec}(X) = \\mathrm{vec}(A X B^\\top)`.
     """
 
-    _children = ("A", "B")
+    A: LinearOperator
+    B: LinearOperator
 
     def __init__(self, A, B):
-        self.A, self.B = as_operator(A), as_operator(B)
+        _set(self, A=as_operator(A), B=as_operator(B))
 
     size = property(lambda self: self.A.size * self.B.size)
     dtype = property(lambda self: jnp.result_type(self.A.dtype, self.B.dtype))
+    tags = property(lambda self: _tags_of_all((self.A, self.B)))
 
     def _apply(self, fa, fb, v):
         X = v.reshape(self.A.size, self.B.size)
@@ -364,60 +458,62 @@ class KroneckerOperator(LinearOperator):
         return jnp.outer(self.A.diagonal(), self.B.diagonal()).reshape(-1)
 
 
-@_register
+@pytree_operator
 class SumOperator(LinearOperator):
-    """:math:`A_1 + \\dots + A_m`."""
+    """:math:`A_1 + \\dots + A_m`; symmetric / PSD when every term is."""
 
-    _children = ("terms",)
+    terms: tuple
 
     def __init__(self, terms: Sequence[LinearOperator]):
         flat = []
         for t in terms:
-            flat.extend(t.terms if isinstance(t, SumOperator) else (t,))
+            flat.extend(t.terms if isinstance(t, SumOperator) else (as_operator(t),))
         if not flat:
             raise ValueError("SumOperator needs at least one term")
         if any(t.size != flat[0].size for t in flat):
             raise ValueError(f"cannot add operators of shapes {[t.shape for t in flat]}")
-        self.terms = tuple(flat)
+        _set(self, terms=tuple(flat))
 
     size = property(lambda self: self.terms[0].size)
     dtype = property(lambda self: jnp.result_type(*[t.dtype for t in self.terms]))
+    tags = property(lambda self: _tags_of_all(self.terms))
 
     def matvec(self, v):
-        out = self.terms[0].matvec(v)
-        for t in self.terms[1:]:
-            out = out + t.matvec(v)
-        return out
+        return self._sum([t.matvec for t in self.terms], v)
 
     def prepare(self):
         fns = [t.prepare() for t in self.terms]
+        return lambda v: self._sum(fns, v)
 
-        def mv(v):
-            out = fns[0](v)
-            for fn in fns[1:]:
-                out = out + fn(v)
-            return out
-
-        return mv
-
-    def diagonal(self):
-        out = self.terms[0].diagonal()
-        for t in self.terms[1:]:
-            out = out + t.diagonal()
+    @staticmethod
+    def _sum(fns, v):
+        out = fns[0](v)
+        for fn in fns[1:]:
+            out = out + fn(v)
         return out
 
+    def diagonal(self):
+        return sum((t.diagonal() for t in self.terms[1:]), self.terms[0].diagonal())
 
-@_register
+
+@pytree_operator
 class ScaledOperator(LinearOperator):
-    """:math:`c\\,A` for a scalar ``c``."""
+    """:math:`c\\,A` for a real scalar ``c`` (a leaf); PSD when :math:`A` is PSD and ``c >= 0`` (concrete)."""
 
-    _children = ("scale", "op")
+    scale: jax.Array
+    op: LinearOperator
+    nonnegative: bool = static_field()
 
     def __init__(self, scale, op: LinearOperator):
-        self.scale, self.op = jnp.asarray(scale), op
+        op = as_operator(op)
+        scale = _real_array("scale", scale)
+        if scale.ndim != 0:
+            raise ValueError(f"scale must be a scalar, got shape {tuple(scale.shape)}")
+        _set(self, scale=scale.astype(op.dtype), op=op, nonnegative=_nonnegative(scale))
 
     size = property(lambda self: self.op.size)
     dtype = property(lambda self: self.op.dtype)
+    tags = property(lambda self: self.op.tags if self.nonnegative else self.op.tags & _SYM)
 
     def matvec(self, v):
         return self.scale * self.op.matvec(v)
@@ -430,23 +526,69 @@ class ScaledOperator(LinearOperator):
         return self.scale * self.op.diagonal()
 
 
-@_register
-class FunctionOperator(LinearOperator):
-    """Wrap a symmetric matvec ``fn(v)`` on vectors of length ``n``.
+@pytree_operator
+class CongruenceOperator(LinearOperator):
+    """Congruence :math:`D A D` with :math:`D = \\operatorname{diag}(d)` (e.g. a Jacobi scaling).
 
-    ``fn`` is static: pass the same function object to reuse compiled code.
+    ``d`` is a leaf, so a new scaling reuses compiled solvers. A congruence keeps
+    symmetry and positive semidefiniteness, so the tags are those of :math:`A`; for
+    nonzero ``d`` it keeps the inertia (Sylvester), not the eigenvalues.
     """
 
-    _static = ("fn", "n", "_dtype")
+    op: LinearOperator
+    scale: jax.Array
 
-    def __init__(self, fn: Callable[[jax.Array], jax.Array], n: int, dtype=None):
+    def __init__(self, op: LinearOperator, scale):
+        op = as_operator(op)
+        scale = _real_array("scale", scale).astype(op.dtype)
+        if scale.shape != (op.size,):
+            raise ValueError(
+                f"scale must have shape ({op.size},) to match the operator, got {tuple(scale.shape)}"
+            )
+        _set(self, op=op, scale=scale)
+
+    size = property(lambda self: self.op.size)
+    dtype = property(lambda self: self.op.dtype)
+    tags = property(lambda self: self.op.tags)
+
+    def matvec(self, v):
+        return self.scale * self.op.matvec(self.scale * v)
+
+    def prepare(self):
+        mv, s = self.op.prepare(), self.scale
+        return lambda v: s * mv(s * v)
+
+    def diagonal(self):
+        return self.scale**2 * self.op.diagonal()
+
+
+@pytree_operator
+class FunctionOperator(LinearOperator):
+    """Wrap a matvec ``fn(v)`` on vectors of length ``n`` (symmetric unless ``tags`` says otherwise).
+
+    ``fn`` is static: pass the same function object to reuse compiled code. Its
+    output shape is checked once, abstractly (``jax.eval_shape``), at construction.
+    ``tags`` declares what the caller knows, e.g. ``{"symmetric", "psd"}``.
+    """
+
+    fn: Callable = static_field()
+    n: int = static_field()
+    dtype: Any = static_field()
+    declared_tags: frozenset = static_field()
+
+    def __init__(self, fn: Callable[[jax.Array], jax.Array], n: int, dtype=None, *, tags=(SYMMETRIC,)):
         if not callable(fn):
             raise TypeError("fn must be callable v -> A v")
-        self.fn, self.n = fn, int(n)
-        self._dtype = jnp.dtype(dtype or jnp.result_type(float))
+        n = check_positive_int("n", n)
+        dtype = _real_dtype("dtype", dtype)
+        tags = frozenset(tags)
+        if not tags <= _SYM_PSD:
+            raise ValueError(f"tags must be a subset of {sorted(_SYM_PSD)}, got {sorted(tags)}")
+        check_matvec_output("FunctionOperator", fn, n, dtype)
+        _set(self, fn=fn, n=n, dtype=dtype, declared_tags=tags | (_SYM if PSD in tags else frozenset()))
 
     size = property(lambda self: self.n)
-    dtype = property(lambda self: self._dtype)
+    tags = property(lambda self: self.declared_tags)
 
     def matvec(self, v):
         return self.fn(v)
@@ -466,8 +608,11 @@ def as_operator(a) -> LinearOperator:
 # ---------------------------------------------------------------------------
 
 
-class _ParameterOperator(LinearOperator):
-    """Operator over the flattened leaves of a parameter pytree ``x``."""
+class ParameterOperator(LinearOperator):
+    """Operator over the flattened leaves of a parameter pytree ``x`` (a field of the subclass).
+
+    A subclass writes only :meth:`tree_product`: ``linearize -> (v_tree -> A v_tree)``.
+    """
 
     @property
     def size(self):
@@ -489,56 +634,77 @@ class _ParameterOperator(LinearOperator):
             raise ValueError(f"unravel expects shape ({self.size},), got {tuple(flat.shape)}")
         return ravel_pytree(self.x)[1](flat)
 
-    def _tree_matvec(self, v_tree):
+    def tree_product(self, linearize: bool) -> Callable[[PyTree], PyTree]:
+        """``v_tree -> A v_tree``; with ``linearize`` the shared work is done once, now."""
         raise NotImplementedError
 
-    def matvec(self, v):
+    def _flat(self, product):
         unravel = ravel_pytree(self.x)[1]
-        return ravel_pytree(self._tree_matvec(unravel(v)))[0]
+        return lambda v: ravel_pytree(product(unravel(v)))[0]
 
-
-@_register
-class HessianOperator(_ParameterOperator):
-    """:math:`\\nabla^2 f(x)` for ``f(x, *args)``; see :func:`hessian_operator`."""
-
-    _children = ("x", "args")
-    _static = ("f", "mode", "linearize")
-
-    def _tree_matvec(self, v_tree):
-        return _hvp_kernel(self.f, self.mode, self.args)(self.x, v_tree)
+    def matvec(self, v):
+        return self._flat(self.tree_product(False))(v)
 
     def prepare(self):
-        if not self.linearize:
-            return self.matvec
-        flat_x, unravel = ravel_pytree(self.x)
-        _, lin = jax.linearize(lambda y: ravel_pytree(jax.grad(self.f)(unravel(y), *self.args))[0], flat_x)
-        return lin
-
-    def gradient(self) -> jax.Array:
-        """Flat gradient :math:`\\nabla f(x)` at the operator's point."""
-        return ravel_pytree(jax.grad(self.f)(self.x, *self.args))[0]
-
-    def value(self) -> jax.Array:
-        return self.f(self.x, *self.args)
+        return self._flat(self.tree_product(True))
 
 
-def hessian_operator(
-    f: Callable, x: PyTree, *args, mode: str = "fwd_rev", linearize: bool = True
-) -> HessianOperator:
-    """Hessian :math:`\\nabla^2_x f(x, *args)` as an operator on flat vectors.
+def _check_batch_pair(batch) -> tuple:
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise ValueError("batch must be a pair (inputs, targets)")
+    return tuple(batch)
+
+
+@pytree_operator
+class HessianOperator(ParameterOperator):
+    """Hessian :math:`\\nabla^2_x f(x, *args)` on flat vectors; symmetric.
 
     Parameters
     ----------
     f : callable
         Scalar function ``f(x, *args)``.
     x : pytree
-        The point (e.g. model parameters).
+        The point (e.g. model parameters), real floating leaves.
     *args
         Passed through to ``f`` (e.g. a batch); leaves of the operator pytree.
     mode : {"fwd_rev", "rev_fwd", "rev_rev"}
+        How :meth:`matvec` composes forward and reverse mode.
     linearize : bool
-        If true, solvers linearize the gradient once (:meth:`prepare`) and every
-        product replays only the tangent computation.
+        If true, :meth:`prepare` (used by every solver and :meth:`matmat`) linearizes
+        the gradient once and each product replays only the tangent computation.
+    """
+
+    x: PyTree
+    args: tuple
+    f: Callable = static_field()
+    mode: str = static_field()
+    linearize: bool = static_field()
+
+    def __init__(self, f: Callable, x: PyTree, *args, mode: str = "fwd_rev", linearize: bool = True):
+        if mode not in HVP_MODES:
+            raise ValueError(f"mode must be one of {HVP_MODES}, got {mode!r}")
+        check_real_floating("x", x)
+        check_scalar_output(f, x, *args)
+        _set(self, x=x, args=tuple(args), f=f, mode=mode, linearize=bool(linearize))
+
+    def tree_product(self, linearize):
+        return _hessian_product(
+            self.f, self.x, self.args, mode=self.mode, linearize=linearize and self.linearize
+        )
+
+    def gradient(self) -> jax.Array:
+        """Flat gradient :math:`\\nabla f(x)` at the operator's point."""
+        return ravel_pytree(jax.grad(self.f)(self.x, *self.args))[0]
+
+    def value(self) -> jax.Array:
+        """:math:`f(x)` at the operator's point."""
+        return self.f(self.x, *self.args)
+
+
+def hessian_operator(
+    f: Callable, x: PyTree, *args, mode: str = "fwd_rev", linearize: bool = True
+) -> HessianOperator:
+    """Hessian :math:`\\nabla^2_x f(x, *args)` as an operator on flat vectors (:class:`HessianOperator`).
 
     Examples
     --------
@@ -547,96 +713,89 @@ def hessian_operator(
     >>> (H @ jnp.array([1.0, 0.0, 0.0])).tolist()
     [2.0, 0.0, 0.0]
     """
-    if mode not in HVP_MODES:
-        raise ValueError(f"mode must be one of {HVP_MODES}, got {mode!r}")
-    check_scalar_output(f, x, *args)
-    op = object.__new__(HessianOperator)
-    op.x, op.args, op.f, op.mode, op.linearize = x, tuple(args), f, mode, bool(linearize)
-    return op
+    return HessianOperator(f, x, *args, mode=mode, linearize=linearize)
 
 
-@_register
-class GGNOperator(_ParameterOperator):
-    """Generalized Gauss-Newton :math:`J^\\top H_L J`; see :func:`ggn_operator`."""
+@pytree_operator
+class GGNOperator(ParameterOperator):
+    """Generalized Gauss-Newton :math:`J^\\top H_L J`; see :func:`ggn_operator`. Tagged PSD."""
 
-    _children = ("x", "batch")
-    _static = ("model_fn", "loss_fn")
+    x: PyTree
+    batch: tuple
+    model_fn: Callable = static_field()
+    output_loss_fn: Callable = static_field()
 
-    def _split(self):
-        inputs, targets = self.batch
-        return (lambda p: self.model_fn(p, inputs)), (lambda z: self.loss_fn(z, targets))
+    def __init__(self, model_fn: Callable, output_loss_fn: Callable, params: PyTree, batch: tuple):
+        batch = _check_batch_pair(batch)
+        check_real_floating("params", params)
+        out = jax.eval_shape(model_fn, params, batch[0])
+        check_scalar_output(output_loss_fn, out, batch[1])
+        _set(self, x=params, batch=batch, model_fn=model_fn, output_loss_fn=output_loss_fn)
 
-    def _tree_matvec(self, v_tree):
-        model, loss = self._split()
-        z, jv = jax.jvp(model, (self.x,), (v_tree,))
-        hjv = jax.jvp(jax.grad(loss), (z,), (jv,))[1]
-        return jax.vjp(model, self.x)[1](hjv)[0]
+    tags = property(lambda self: _SYM_PSD)
 
-    def prepare(self):
-        model, loss = self._split()
-        flat_x, unravel = ravel_pytree(self.x)
-        flat_model = lambda y: model(unravel(y))  # noqa: E731
-        z, jvp_lin = jax.linearize(flat_model, flat_x)
-        _, vjp_fn = jax.vjp(flat_model, flat_x)
-        _, hl = jax.linearize(jax.grad(loss), z)
-        return lambda v: vjp_fn(hl(jvp_lin(v)))[0]
+    def tree_product(self, linearize):
+        return _ggn_product(self.model_fn, self.output_loss_fn, self.x, self.batch, linearize=linearize)
 
 
-def ggn_operator(model_fn: Callable, loss_fn: Callable, x: PyTree, batch: tuple) -> GGNOperator:
-    """Generalized Gauss-Newton operator :math:`J^\\top H_L J`.
+def ggn_operator(model_fn: Callable, output_loss_fn: Callable, params: PyTree, batch: tuple) -> GGNOperator:
+    """Generalized Gauss-Newton operator :math:`G = J^\\top H_L J`.
 
-    ``model_fn(params, inputs) -> outputs`` and ``loss_fn(outputs, targets) ->
-    scalar`` with ``batch = (inputs, targets)``. :math:`J` is the Jacobian of
-    the outputs with respect to the parameters and :math:`H_L` the Hessian of
-    the loss with respect to the outputs. Positive semidefinite for losses
-    convex in the outputs (squared error, softmax cross-entropy).
+    ``model_fn(params, inputs) -> outputs`` and ``output_loss_fn(outputs, targets) ->
+    scalar`` with ``batch = (inputs, targets)``; :math:`J = \\partial\\,\\mathrm{outputs} /
+    \\partial\\,\\mathrm{params}` and :math:`H_L = \\nabla^2_{\\mathrm{outputs}}
+    \\ell`. Tagged PSD (it is, for output losses convex in the outputs: squared error,
+    softmax cross-entropy).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> X = jnp.array([[1.0, 2.0], [3.0, 4.0]]); y = jnp.zeros(2)
+    >>> G = ggn_operator(lambda w, x: x @ w, lambda z, t: 0.5 * jnp.sum((z - t) ** 2), jnp.zeros(2), (X, y))
+    >>> bool(jnp.allclose(G.to_dense(), X.T @ X)), sorted(G.tags)
+    (True, ['psd', 'symmetric'])
     """
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise ValueError("batch must be a pair (inputs, targets)")
-    out = jax.eval_shape(model_fn, x, batch[0])
-    check_scalar_output(loss_fn, out, batch[1])
-    op = object.__new__(GGNOperator)
-    op.x, op.batch, op.model_fn, op.loss_fn = x, tuple(batch), model_fn, loss_fn
-    return op
+    return GGNOperator(model_fn, output_loss_fn, params, batch)
 
 
-@_register
-class FisherOperator(_ParameterOperator):
-    """Empirical Fisher :math:`\\frac1N \\sum_i g_i g_i^\\top`; see :func:`fisher_operator`."""
+@pytree_operator
+class FisherOperator(ParameterOperator):
+    """Empirical Fisher :math:`\\frac1N \\sum_i g_i g_i^\\top`; see :func:`fisher_operator`. Tagged PSD."""
 
-    _children = ("x", "args")
-    _static = ("per_example_loss_fn",)
+    x: PyTree
+    batch: PyTree
+    per_example_loss_fn: Callable = static_field()
 
-    def _losses(self, p):
-        return self.per_example_loss_fn(p, *self.args)
+    def __init__(self, per_example_loss_fn: Callable, params: PyTree, batch: PyTree):
+        check_real_floating("params", params)
+        out = jax.eval_shape(per_example_loss_fn, params, batch)
+        if getattr(out, "ndim", None) != 1:
+            raise ValueError(
+                "per_example_loss_fn(params, batch) must return a 1-D vector of per-example losses, "
+                f"got shape {getattr(out, 'shape', type(out).__name__)}"
+            )
+        _set(self, x=params, batch=batch, per_example_loss_fn=per_example_loss_fn)
 
-    def _tree_matvec(self, v_tree):
-        losses, gv = jax.jvp(self._losses, (self.x,), (v_tree,))
-        return jax.tree_util.tree_map(lambda a: a / losses.shape[0], jax.vjp(self._losses, self.x)[1](gv)[0])
+    tags = property(lambda self: _SYM_PSD)
 
-    def prepare(self):
-        flat_x, unravel = ravel_pytree(self.x)
-        losses_flat = lambda y: self._losses(unravel(y))  # noqa: E731
-        losses, jvp_lin = jax.linearize(losses_flat, flat_x)
-        _, vjp_fn = jax.vjp(losses_flat, flat_x)
-        n = losses.shape[0]
-        return lambda v: vjp_fn(jvp_lin(v))[0] / n
+    def tree_product(self, linearize):
+        return _fisher_product(self.per_example_loss_fn, self.x, self.batch, linearize=linearize)
 
 
-def fisher_operator(per_example_loss_fn: Callable, x: PyTree, *args) -> FisherOperator:
+def fisher_operator(per_example_loss_fn: Callable, params: PyTree, batch: PyTree) -> FisherOperator:
     """Empirical Fisher :math:`F = \\frac1N G^\\top G` without forming ``G``.
 
-    ``per_example_loss_fn(params, *args)`` returns the vector of the ``N``
+    ``per_example_loss_fn(params, batch)`` returns the vector of the ``N``
     per-example losses; row :math:`i` of :math:`G` is :math:`\\nabla \\ell_i`.
     :math:`F v = \\frac1N G^\\top (G v)` is one JVP and one VJP of the loss
-    vector. Always positive semidefinite.
+    vector. Always positive semidefinite (tagged PSD).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> X = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+    >>> F = fisher_operator(lambda w, b: b @ w, jnp.zeros(2), X)
+    >>> F.to_dense().tolist()
+    [[0.5, 0.0], [0.0, 2.0]]
     """
-    out = jax.eval_shape(per_example_loss_fn, x, *args)
-    if getattr(out, "ndim", None) != 1:
-        raise ValueError(
-            "per_example_loss_fn must return a 1-D vector of per-example losses, "
-            f"got shape {getattr(out, 'shape', type(out).__name__)}"
-        )
-    op = object.__new__(FisherOperator)
-    op.x, op.args, op.per_example_loss_fn = x, tuple(args), per_example_loss_fn
-    return op
+    return FisherOperator(per_example_loss_fn, params, batch)

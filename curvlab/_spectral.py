@@ -27,7 +27,7 @@ to the deflated remainder :math:`(I - QQ^\\top) A (I - QQ^\\top)`.
 (Bekas, Kokiopoulou & Saad, Appl. Numer. Math. 57, 2007).
 
 Every estimator is one jit-compiled function; probes are batched with
-``vmap`` or ``lax.map(..., batch_size=batch_size)`` to bound memory (SLQ on large
+``vmap`` or ``lax.map`` in chunks of ``chunk_size`` to bound memory (SLQ on large
 operators runs its probes one at a time by default).
 """
 
@@ -41,15 +41,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from curvlab._lanczos import (
-    LanczosStatus,
-    _check_operator,
-    _default_breakdown_tol,
-    _lanczos_loop,
-    _tridiag_eigh,
-)
+from curvlab import _tridiagonal
+from curvlab._lanczos import _lanczos_loop, check_breakdown_tol, check_operator
 from curvlab._operators import LinearOperator
-from curvlab._validation import check_positive_int, is_concrete
+from curvlab._status import Status, check_throw, converged_of, raise_if_failed
+from curvlab._validation import as_key, check_positive_int, is_concrete
 
 __all__ = ["Estimate", "SpectralDensity", "spectral_density", "moments", "trace", "diagonal"]
 
@@ -105,9 +101,16 @@ class SpectralDensity(NamedTuple):
     num_steps : Array, shape (num_probes,)
         Lanczos steps taken per probe.
     status : Array, shape (num_probes,)
-        :class:`~curvlab._lanczos.LanczosStatus` value per probe.
+        :class:`~curvlab.Status` value per probe (``COMPLETED``, ``INVARIANT_SUBSPACE`` or
+        ``NONFINITE``), an array of ``int32``.
     num_matvecs : int
         Total matvecs.
+    beta_min : Array, shape (num_probes,)
+        Smallest :math:`\\beta_j` of each probe's run before its last step (inf for one step).
+    anorm : Array, shape (num_probes,)
+        :math:`\\max_j \\|A q_j\\|` of each probe's run.
+    breakdown_tol : Array
+        The invariant-subspace threshold the runs used.
     """
 
     grid: jax.Array
@@ -120,19 +123,70 @@ class SpectralDensity(NamedTuple):
     num_steps: jax.Array
     status: jax.Array
     num_matvecs: int | jax.Array
+    beta_min: jax.Array
+    anorm: jax.Array
+    breakdown_tol: jax.Array
 
     @property
     def message(self) -> str:
         """Readable summary of the per-probe Lanczos runs."""
         if not is_concrete(self.status):
-            return "<traced status>"
+            return "<traced status: read result.status after the jitted function returns>"
         st = np.asarray(self.status)
-        if np.any(st == LanczosStatus.NONFINITE):
-            return f"{int(np.sum(st == LanczosStatus.NONFINITE))} probe(s) hit a non-finite value"
-        nb = int(np.sum(st == LanczosStatus.BREAKDOWN))
+        if np.any(st == Status.NONFINITE):
+            n_bad = int(np.sum(st == Status.NONFINITE))
+            return f"{n_bad} probe(s) stopped: {Status.NONFINITE.message}"
+        nb = int(np.sum(st == Status.INVARIANT_SUBSPACE))
         if nb:
             return f"{nb} of {st.size} probe(s) found an invariant subspace early (exact quadrature)"
         return f"all {st.size} probes completed {int(np.max(np.asarray(self.num_steps)))} Lanczos steps"
+
+    @property
+    def converged(self):
+        """Whether every probe's Lanczos run succeeded (none stopped on a non-finite value)."""
+        ok = converged_of(self.status)
+        return bool(np.all(ok)) if is_concrete(self.status) else ok.all()
+
+    def shifted(self, damping) -> SpectralDensity:
+        """The estimate for :math:`A + \\text{damping}\\,I` from the same probes, without a matvec.
+
+        Each probe's Lanczos run on :math:`A + dI` has the same basis and weights and nodes
+        :math:`\\theta + d` (see :meth:`curvlab.LanczosResult.shifted`); the smoothing width
+        (1% of the node spread by default) and each per-probe density as a function of
+        :math:`t - d` are unchanged, so the result is this one on ``grid + d``. It equals a
+        fresh ``spectral_density(op.damped(d), ...)`` with the same key and the default grid,
+        or with ``grid=sd.grid + d``, to rounding.
+
+        Refused (``ValueError``) unless every probe completed its steps and the shifted runs
+        cannot break down earlier, :math:`\\min_j \\beta_j > \\text{tol}\\,(\\|A\\| + |d|)` per
+        probe, and unless the nodes spread (the default width of equal nodes depends on the shift).
+        """
+        if not (np.ndim(damping) == 0 and is_concrete(damping) and is_concrete(self.status)):
+            raise TypeError(
+                "SpectralDensity.shifted needs a concrete result and a concrete real scalar damping"
+            )
+        d = float(damping)
+        if not np.isfinite(d):
+            raise ValueError(f"shifted: damping must be finite, got {damping!r}")
+        st = np.asarray(self.status)
+        if not np.all(st == Status.COMPLETED):
+            raise ValueError(
+                "shifted: some probes did not complete their Lanczos steps (an invariant subspace or a "
+                "non-finite value), so their shifted runs may stop elsewhere; run spectral_density on "
+                "op.damped(damping) instead"
+            )
+        bmin, anorm = np.asarray(self.beta_min), np.asarray(self.anorm)
+        if np.any(bmin <= float(self.breakdown_tol) * (anorm + abs(d))):
+            raise ValueError(
+                f"shifted: with damping = {d} a probe's run could find an invariant subspace earlier; run "
+                "spectral_density on op.damped(damping) instead"
+            )
+        nodes = np.asarray(self.nodes)
+        valid = ~np.isnan(nodes)
+        if not np.any(valid) or np.nanmax(nodes) == np.nanmin(nodes):
+            raise ValueError("shifted: all nodes are equal, so the default width would depend on the shift")
+        dd = jnp.asarray(d, self.grid.dtype)
+        return self._replace(grid=self.grid + dd, nodes=self.nodes + dd, anorm=jnp.asarray(anorm + abs(d)))
 
 
 def _draw_probes(key, shape, probe: str, dtype):
@@ -141,16 +195,16 @@ def _draw_probes(key, shape, probe: str, dtype):
     return jax.random.normal(key, shape, dtype=dtype)
 
 
-def _map_rows(fn, Z, batch_size):
+def _map_rows(fn, Z, chunk_size):
     """``fn`` applied to each row of ``Z``: ``vmap`` or ``lax.map`` in batches."""
-    if batch_size is None:
+    if chunk_size is None:
         return jax.vmap(fn)(Z)
-    return jax.lax.map(fn, Z, batch_size=batch_size)
+    return jax.lax.map(fn, Z, batch_size=chunk_size)
 
 
-def _check_batch_size(batch_size):
-    if batch_size is not None:
-        return check_positive_int("batch_size", batch_size)
+def _check_chunk_size(chunk_size):
+    if chunk_size is not None:
+        return check_positive_int("chunk_size", chunk_size)
     return None
 
 
@@ -164,13 +218,13 @@ def _trapz(y, x):
 # ---------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("num_probes", "num_steps", "probe", "num_grid", "batch_size"))
-def _slq(op, key, grid, sigma, breakdown_tol, *, num_probes, num_steps, probe, num_grid, batch_size):
+@functools.partial(jax.jit, static_argnames=("num_probes", "num_steps", "probe", "num_grid", "chunk_size"))
+def _slq(op, key, grid, sigma, breakdown_tol, *, num_probes, num_steps, probe, num_grid, chunk_size):
     mv = op.prepare()
     n, dtype = op.size, op.dtype
     Z = _draw_probes(key, (num_probes, n), probe, dtype)
     Z = Z / jnp.linalg.norm(Z, axis=1, keepdims=True)
-    if batch_size == 1:
+    if chunk_size == 1:
         # one probe at a time: an unbatched loop, Gram-Schmidt over the rows in use, one pass
         # (a second only on cancellation), and a single basis in memory
         run = lambda z: _lanczos_loop(mv, z, num_steps, True, breakdown_tol, False)
@@ -179,8 +233,8 @@ def _slq(op, key, grid, sigma, breakdown_tol, *, num_probes, num_steps, probe, n
         # batched probes (matrix-matrix products); under vmap both Gram-Schmidt passes run over
         # the whole basis buffer
         run = lambda z: _lanczos_loop(mv, z, num_steps, True, breakdown_tol, False, blocked=False)
-        res = _map_rows(run, Z, batch_size)
-    theta, S = jax.vmap(_tridiag_eigh)(res.alpha, res.beta, res.num_steps)
+        res = _map_rows(run, Z, chunk_size)
+    theta, S = jax.vmap(_tridiagonal.eigh)(res.alpha, res.beta, res.num_steps)
     weights = S[:, 0, :] ** 2
     nodes = theta
     valid = ~jnp.isnan(nodes)
@@ -215,8 +269,16 @@ def _slq(op, key, grid, sigma, breakdown_tol, *, num_probes, num_steps, probe, n
         sigma,
         res.num_steps,
         res.status,
-        jnp.sum(res.num_steps),
+        jnp.sum(res.num_matvecs),
+        jax.vmap(_beta_min)(res.beta, res.num_steps),
+        res.anorm,
+        jnp.asarray(breakdown_tol, dtype),
     )
+
+
+def _beta_min(beta, steps):
+    """Smallest ``beta[j]`` for ``j < steps - 1`` (the couplings a run went past); inf if none."""
+    return jnp.min(jnp.where(jnp.arange(beta.shape[0]) < steps - 1, beta, jnp.inf))
 
 
 def spectral_density(
@@ -229,7 +291,8 @@ def spectral_density(
     sigma: float | None = None,
     num_grid: int = 512,
     probe: str = "rademacher",
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    throw: bool = False,
     breakdown_tol: float | None = None,
 ) -> SpectralDensity:
     """Spectral density of a symmetric operator by stochastic Lanczos quadrature.
@@ -261,12 +324,14 @@ def spectral_density(
         Size of the default grid.
     probe : {"rademacher", "gaussian"}
         Probe distribution (normalized to unit length either way).
-    batch_size : int, optional
-        Run probes ``batch_size`` at a time (``lax.map``) instead of all at once. Default:
+    chunk_size : int, optional
+        Run probes ``chunk_size`` at a time (``lax.map``) instead of all at once. Default:
         one at a time for ``n > 4096`` (less memory traffic in the reorthogonalization, one
         basis in memory), else all at once unless their bases would exceed 512 MiB.
+    throw : bool
+        Raise :class:`~curvlab.SolverError` when a probe's run stopped on a non-finite value.
     breakdown_tol : float, optional
-        See :func:`curvlab._lanczos.lanczos`.
+        See :func:`curvlab.lanczos`.
 
     Examples
     --------
@@ -277,14 +342,14 @@ def spectral_density(
     >>> round(float(jnp.sum((sd.density[1:] + sd.density[:-1]) * jnp.diff(sd.grid)) / 2), 6)
     1.0
     """
-    op = _check_operator(op)
+    throw = check_throw("spectral_density", throw)
+    op = check_operator(op, "spectral_density")
+    key = as_key("key", key, required=True)
     num_probes = check_positive_int("num_probes", num_probes)
     num_steps = min(check_positive_int("num_steps", num_steps), op.size)
     num_grid = check_positive_int("num_grid", num_grid, minimum=2)
     if probe not in _PROBES:
         raise ValueError(f"probe must be one of {_PROBES}, got {probe!r}")
-    if key is None:
-        raise TypeError("key is required: pass a PRNG key, e.g. jax.random.key(0)")
     if sigma is not None:
         if not (np.ndim(sigma) == 0 and np.isfinite(sigma) and float(sigma) > 0):
             raise ValueError(f"sigma must be a positive finite scalar, got {sigma!r}")
@@ -295,15 +360,14 @@ def spectral_density(
             raise ValueError(f"grid must be a 1-D array of at least 2 points, got shape {tuple(grid.shape)}")
         if is_concrete(grid) and not bool(jnp.all(jnp.diff(grid) > 0)):
             raise ValueError("grid must be strictly increasing")
-    batch_size = _check_batch_size(batch_size)
-    if batch_size is None:
+    chunk_size = _check_chunk_size(chunk_size)
+    if chunk_size is None:
         nbytes = num_probes * (num_steps + 1) * op.size * jnp.dtype(op.dtype).itemsize
         if op.size > _SEQUENTIAL_SIZE:
-            batch_size = 1
+            chunk_size = 1
         elif nbytes > _VMAP_BYTES:
-            batch_size = max(1, int(_VMAP_BYTES // (nbytes / num_probes)))
-    if breakdown_tol is None:
-        breakdown_tol = _default_breakdown_tol(op.dtype)
+            chunk_size = max(1, int(_VMAP_BYTES // (nbytes / num_probes)))
+    breakdown_tol = check_breakdown_tol(breakdown_tol, op.dtype)
     sd = _slq(
         op,
         key,
@@ -314,10 +378,11 @@ def spectral_density(
         num_steps=num_steps,
         probe=probe,
         num_grid=num_grid,
-        batch_size=batch_size,
+        chunk_size=chunk_size,
     )
     if is_concrete(sd.num_matvecs):
         sd = sd._replace(num_matvecs=int(sd.num_matvecs))
+    raise_if_failed("spectral_density", sd.status, throw)
     return sd
 
 
@@ -354,23 +419,23 @@ def _mean_stderr(vals, axis=0):
     return jnp.mean(vals, axis=axis), jnp.std(vals, axis=axis, ddof=1) / np.sqrt(m)
 
 
-@functools.partial(jax.jit, static_argnames=("num_probes", "method", "batch_size"))
-def _trace(op, key, *, num_probes, method, batch_size):
+@functools.partial(jax.jit, static_argnames=("num_probes", "method", "chunk_size"))
+def _trace(op, key, *, num_probes, method, chunk_size):
     mv = op.prepare()
     n, dtype = op.size, op.dtype
     if method == "hutchinson":
         Z = _draw_probes(key, (num_probes, n), "rademacher", dtype)
-        AZ = _map_rows(mv, Z, batch_size)
+        AZ = _map_rows(mv, Z, chunk_size)
         return _mean_stderr(jnp.sum(Z * AZ, axis=1))
     s = num_probes // 3
     r = num_probes - 2 * s
     k1, k2 = jax.random.split(key)
     S = _draw_probes(k1, (s, n), "rademacher", dtype)
-    Q = jnp.linalg.qr(_map_rows(mv, S, batch_size).T)[0].T  # (min(s, n), n), orthonormal rows
-    exact = jnp.sum(Q * _map_rows(mv, Q, batch_size))
+    Q = jnp.linalg.qr(_map_rows(mv, S, chunk_size).T)[0].T  # (min(s, n), n), orthonormal rows
+    exact = jnp.sum(Q * _map_rows(mv, Q, chunk_size))
     G = _draw_probes(k2, (r, n), "rademacher", dtype)
     G = G - (G @ Q.T) @ Q
-    value, stderr = _mean_stderr(jnp.sum(G * _map_rows(mv, G, batch_size), axis=1))
+    value, stderr = _mean_stderr(jnp.sum(G * _map_rows(mv, G, chunk_size), axis=1))
     return exact + value, stderr
 
 
@@ -380,7 +445,7 @@ def trace(
     num_probes: int,
     key: jax.Array,
     method: str = "hutch++",
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
 ) -> Estimate:
     """Stochastic trace estimate :math:`\\operatorname{tr}(A)` from ``num_probes`` matvecs.
 
@@ -402,8 +467,8 @@ def trace(
         Matvec budget (``>= 2`` for Hutchinson, ``>= 4`` for Hutch++).
     key : PRNG key
     method : {"hutch++", "hutchinson"}
-    batch_size : int, optional
-        Apply the operator ``batch_size`` probes at a time (``lax.map``) to bound memory.
+    chunk_size : int, optional
+        Apply the operator ``chunk_size`` probes at a time (``lax.map``) to bound memory.
 
     Examples
     --------
@@ -413,27 +478,26 @@ def trace(
     >>> round(float(est.value), 6), round(float(est.stderr), 6)
     (10.0, 0.0)
     """
-    op = _check_operator(op)
+    op = check_operator(op, "trace")
+    key = as_key("key", key, required=True)
     if method not in ("hutch++", "hutchinson"):
         raise ValueError(f"method must be 'hutch++' or 'hutchinson', got {method!r}")
     minimum = 4 if method == "hutch++" else 2
     num_probes = check_positive_int("num_probes", num_probes, minimum=minimum)
-    batch_size = _check_batch_size(batch_size)
-    if key is None:
-        raise TypeError("key is required: pass a PRNG key, e.g. jax.random.key(0)")
-    value, stderr = _trace(op, key, num_probes=num_probes, method=method, batch_size=batch_size)
+    chunk_size = _check_chunk_size(chunk_size)
+    value, stderr = _trace(op, key, num_probes=num_probes, method=method, chunk_size=chunk_size)
     return Estimate(value, stderr, num_probes)
 
 
-@functools.partial(jax.jit, static_argnames=("num_probes", "batch_size"))
-def _diagonal(op, key, *, num_probes, batch_size):
+@functools.partial(jax.jit, static_argnames=("num_probes", "chunk_size"))
+def _diagonal(op, key, *, num_probes, chunk_size):
     mv = op.prepare()
     Z = _draw_probes(key, (num_probes, op.size), "rademacher", op.dtype)
-    return _mean_stderr(Z * _map_rows(mv, Z, batch_size))
+    return _mean_stderr(Z * _map_rows(mv, Z, chunk_size))
 
 
 def diagonal(
-    op: LinearOperator, *, num_probes: int, key: jax.Array, batch_size: int | None = None
+    op: LinearOperator, *, num_probes: int, key: jax.Array, chunk_size: int | None = None
 ) -> Estimate:
     """Stochastic estimate of :math:`\\operatorname{diag}(A)` (Bekas et al. 2007).
 
@@ -447,8 +511,8 @@ def diagonal(
     num_probes : int
         Number of probes (``>= 2``).
     key : PRNG key
-    batch_size : int, optional
-        Apply the operator ``batch_size`` probes at a time (``lax.map``).
+    chunk_size : int, optional
+        Apply the operator ``chunk_size`` probes at a time (``lax.map``).
 
     Examples
     --------
@@ -458,10 +522,9 @@ def diagonal(
     >>> [round(float(d), 6) for d in est.value]
     [1.0, 2.0]
     """
-    op = _check_operator(op)
+    op = check_operator(op, "diagonal")
+    key = as_key("key", key, required=True)
     num_probes = check_positive_int("num_probes", num_probes, minimum=2)
-    batch_size = _check_batch_size(batch_size)
-    if key is None:
-        raise TypeError("key is required: pass a PRNG key, e.g. jax.random.key(0)")
-    value, stderr = _diagonal(op, key, num_probes=num_probes, batch_size=batch_size)
+    chunk_size = _check_chunk_size(chunk_size)
+    value, stderr = _diagonal(op, key, num_probes=num_probes, chunk_size=chunk_size)
     return Estimate(value, stderr, num_probes)

@@ -15,7 +15,12 @@ Grammar
   ``x**2``, with the precedence of ``**``: ``-x^2 = -(x^2)``, ``2^3^2 = 2^9``);
 * parentheses; calls of the functions in :data:`ALLOWED_FUNCTIONS`
   (``min``/``max``/``atan2`` take two arguments, the others one);
-* at most :data:`MAX_LENGTH` characters and :data:`MAX_DEPTH` levels of nesting.
+* at most :data:`MAX_LENGTH` characters and :data:`MAX_DEPTH` levels of nesting;
+* a cost budget on powers with a variable exponent (``x^y``, ``x^x``): at most
+  :data:`MAX_VARIABLE_POWERS` of them and towers at most :data:`MAX_POWER_TOWER`
+  high. Their derivatives are what make compilation slow: a 195-character tower
+  product ``(x^x^...^x)*(y^y^...^y)`` with 47 levels each took 23 s to compile its
+  Hessian, 8 levels 0.5 s.
 
 Evaluation follows IEEE arithmetic: ``log(-1)`` is NaN and ``1/0`` is
 infinite rather than an error. The function keeps the dtype of its input
@@ -51,6 +56,8 @@ __all__ = [
     "ALLOWED_NAMES",
     "MAX_LENGTH",
     "MAX_DEPTH",
+    "MAX_VARIABLE_POWERS",
+    "MAX_POWER_TOWER",
     "MAX_LITERAL",
 ]
 
@@ -58,6 +65,10 @@ __all__ = [
 MAX_LENGTH = 500
 #: Deepest accepted nesting of the expression tree.
 MAX_DEPTH = 50
+#: Most powers with a non-constant exponent in one formula (compile-cost budget).
+MAX_VARIABLE_POWERS = 24
+#: Highest tower of powers with non-constant exponents, as in ``x^x^x`` (compile-cost budget).
+MAX_POWER_TOWER = 8
 #: Largest accepted magnitude of a numeric literal.
 MAX_LITERAL = 1e12
 
@@ -181,6 +192,43 @@ def _depth(tree: ast.AST) -> int:
                 continue
             stack.append((child, d + 1))
     return deepest
+
+
+def _is_constant(node: ast.AST) -> bool:
+    """True if the subtree mentions neither ``x`` nor ``y`` (own walk: ``ast.walk`` imports at call time)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.Name) and n.id in _VARIABLES:
+            return False
+        stack.extend(ast.iter_child_nodes(n))
+    return True
+
+
+def _check_cost(tree: ast.AST) -> None:
+    """Refuse formulas whose Hessian would take long to compile (variable-exponent powers).
+
+    Iterative post-order walk: ``tower[node]`` is the height of the tallest tower of
+    variable-exponent powers in the subtree.
+    """
+    count, tower, order, stack = 0, {}, [], [tree]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(ast.iter_child_nodes(node))
+    for node in reversed(order):
+        below = max((tower.get(id(c), 0) for c in ast.iter_child_nodes(node)), default=0)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and not _is_constant(node.right):
+            count += 1
+            below += 1
+        tower[id(node)] = below
+    height = tower.get(id(tree), 0)
+    if count > MAX_VARIABLE_POWERS or height > MAX_POWER_TOWER:
+        raise FormulaError(
+            f"formula too costly to differentiate: {count} powers with a variable exponent (at most "
+            f"{MAX_VARIABLE_POWERS}) in towers up to {height} high (at most {MAX_POWER_TOWER}); "
+            "compiling the Hessian of such towers takes tens of seconds. Use fewer x^y-style powers"
+        )
 
 
 def _where(node: ast.AST) -> str:
@@ -308,6 +356,7 @@ def parse_formula(text: str) -> Callable[[jax.Array], jax.Array]:
         raise FormulaError(f"formula too deeply nested (at most {MAX_DEPTH} levels)") from None
     if _depth(tree.body) > MAX_DEPTH:
         raise FormulaError(f"formula too deeply nested (at most {MAX_DEPTH} levels)")
+    _check_cost(tree.body)
     body = _build(tree.body)
 
     def f(xy):

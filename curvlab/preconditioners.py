@@ -26,7 +26,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from curvlab._operators import DenseOperator, DiagonalOperator, FunctionOperator, LinearOperator
-from curvlab._validation import check_positive_int, is_concrete
+from curvlab._validation import as_key, check_positive_int, check_real_floating, is_concrete
 
 __all__ = [
     "as_preconditioner",
@@ -35,6 +35,22 @@ __all__ = [
     "martens",
     "empirical_fisher_diagonal",
 ]
+
+
+def _check_real_operator(name, op):
+    """Refuse a complex operator before any product: its dtype, checked abstractly."""
+    check_real_floating(name, jax.ShapeDtypeStruct(op.shape, op.dtype))
+
+
+def _as_real_operator(name, op) -> LinearOperator:
+    """``as_operator(op)``, refusing complex input (a matrix is checked before it could be cast)."""
+    from curvlab._operators import as_operator
+
+    if not isinstance(op, LinearOperator) and hasattr(op, "dtype"):
+        check_real_floating(name, op)
+    op = as_operator(op)
+    _check_real_operator(name, op)
+    return op
 
 
 def _check_nonneg(name, value):
@@ -60,6 +76,11 @@ def as_preconditioner(p: Any, *, n: int | None = None, dtype=None) -> LinearOper
     dtype : optional
         dtype of a wrapped callable.
 
+    Raises
+    ------
+    TypeError
+        A complex or integer array (``z = P r`` must stay real), or an unsupported type.
+
     Examples
     --------
     >>> import jax.numpy as jnp
@@ -71,6 +92,7 @@ def as_preconditioner(p: Any, *, n: int | None = None, dtype=None) -> LinearOper
         return p
     if hasattr(p, "shape") or isinstance(p, (list, tuple)):
         a = jnp.asarray(p)
+        check_real_floating("preconditioner", a)
         if a.ndim == 1:
             op = DiagonalOperator(a)
         elif a.ndim == 2:
@@ -133,9 +155,7 @@ def jacobi(op: LinearOperator, *, damping: float = 0.0, floor: float | None = No
     >>> P.diag.tolist()
     [0.25, 0.5]
     """
-    from curvlab._operators import as_operator
-
-    op = as_operator(op)
+    op = _as_real_operator("op", op)
     _check_nonneg("damping", damping)
     try:
         d = op.diagonal()
@@ -169,17 +189,25 @@ def hutchinson_jacobi(
     op : LinearOperator
     num_probes : int
         Number of probe vectors :math:`m \\ge 2` (matvecs).
-    key : jax.random key
+    key : jax.Array
+        Typed PRNG key (``jax.random.key(0)``), keyword-only and required; a raw
+        ``jax.random.PRNGKey`` is wrapped.
     damping : float
         :math:`\\lambda \\ge 0`.
     floor : float, optional
         Absolute floor :math:`f`.
     rel_floor : float
         Relative floor used when ``floor`` is None.
-    """
-    from curvlab._operators import as_operator
 
-    op = as_operator(op)
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> P = hutchinson_jacobi(jnp.diag(jnp.array([2.0, 4.0])), num_probes=2, key=jax.random.key(0))
+    >>> P.diag.tolist()  # Rademacher probes: z * (D z) = diag(D) exactly
+    [0.5, 0.25]
+    """
+    op = _as_real_operator("op", op)
+    key = as_key("key", key)
     num_probes = check_positive_int("num_probes", num_probes, minimum=2)
     _check_nonneg("damping", damping)
     _check_nonneg("rel_floor", rel_floor)
@@ -214,8 +242,7 @@ def martens(diag_fisher: jax.typing.ArrayLike, damping: float, alpha: float = 0.
     d = jnp.asarray(diag_fisher)
     if d.ndim != 1:
         raise ValueError(f"diag_fisher must be a 1-D array, got shape {d.shape}")
-    if not jnp.issubdtype(d.dtype, jnp.floating):
-        d = d.astype(jnp.result_type(float))
+    check_real_floating("diag_fisher", d)
     _check_nonneg("damping", damping)
     if is_concrete(alpha) and not (0.0 <= float(alpha) <= 1.0):
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -228,13 +255,14 @@ def martens(diag_fisher: jax.typing.ArrayLike, damping: float, alpha: float = 0.
 
 
 def empirical_fisher_diagonal(
-    per_example_loss_fn: Callable, params: Any, *args, chunk_size: int = 64
+    per_example_loss_fn: Callable, params: Any, batch: Any, *, chunk_size: int = 64
 ) -> jax.Array:
     """Diagonal of the empirical Fisher, :math:`\\frac1N \\sum_{i=1}^N (\\nabla \\ell_i)^2`, flat.
 
-    ``per_example_loss_fn(params, *args)`` returns the ``(N,)`` per-example losses (the
-    convention of :func:`curvlab._operators.fisher_operator`); every leaf of ``args`` has the
-    examples along its leading axis, and example ``i``'s loss depends on row ``i`` only. The
+    ``per_example_loss_fn(params, batch)`` returns the ``(N,)`` per-example losses (the
+    convention of :func:`curvlab._operators.fisher_operator`); every leaf of ``batch`` (e.g.
+    ``(inputs, targets)``) has the examples along its leading axis, and example ``i``'s loss
+    depends on row ``i`` only. The
     per-example gradients are computed ``chunk_size`` at a time as gradients on batches of one
     (memory ``chunk_size * n``). Returns a flat ``(n,)`` array in ``ravel_pytree`` order.
     Not jitted itself (so that a fresh ``lambda`` per call does not grow a compilation cache):
@@ -244,25 +272,25 @@ def empirical_fisher_diagonal(
     --------
     >>> import jax.numpy as jnp
     >>> X = jnp.array([[1.0, 0.0], [0.0, 2.0]])
-    >>> losses = lambda w, X: 0.5 * (X @ w) ** 2  # gradient of example i: (x_i . w) x_i
+    >>> losses = lambda w, X: 0.5 * (X @ w) ** 2  # batch = X; gradient of example i: (x_i . w) x_i
     >>> empirical_fisher_diagonal(losses, jnp.array([1.0, 1.0]), X).tolist()
     [0.5, 8.0]
     """
     chunk_size = check_positive_int("chunk_size", chunk_size)
-    out = jax.eval_shape(per_example_loss_fn, params, *args)
+    out = jax.eval_shape(per_example_loss_fn, params, batch)
     if getattr(out, "ndim", None) != 1:
         raise ValueError(
             "per_example_loss_fn must return a 1-D vector of per-example losses, "
             f"got shape {getattr(out, 'shape', type(out).__name__)}"
         )
-    return _fisher_diag_impl(per_example_loss_fn, params, tuple(args), chunk_size)
+    return _fisher_diag_impl(per_example_loss_fn, params, batch, chunk_size)
 
 
-def _fisher_diag_impl(fn, params, args, chunk_size):
+def _fisher_diag_impl(fn, params, batch, chunk_size):
     # Each example's gradient is that of ``fn`` on a batch of one (per-example losses do not
     # couple examples): about one backward pass over the batch, memory ``chunk_size * n``.
     flat, unravel = ravel_pytree(params)
-    N = jax.tree_util.tree_leaves(args)[0].shape[0]
+    N = jax.tree_util.tree_leaves(batch)[0].shape[0]
     c = min(chunk_size, N)
     num_chunks = -(-N // c)
     pad = num_chunks * c - N
@@ -271,12 +299,12 @@ def _fisher_diag_impl(fn, params, args, chunk_size):
         a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]) if pad else a
         return a.reshape(num_chunks, c, *a.shape[1:])
 
-    chunks = jax.tree_util.tree_map(chunked, args)
+    chunks = jax.tree_util.tree_map(chunked, batch)
     weights = (jnp.arange(num_chunks * c) < N).astype(flat.dtype).reshape(num_chunks, c)
 
     def grad_one(example):
         one = jax.tree_util.tree_map(lambda a: a[None], example)
-        return jax.grad(lambda y: fn(unravel(y), *one)[0])(flat)
+        return jax.grad(lambda y: fn(unravel(y), one)[0])(flat)
 
     def step(acc, xs):
         chunk, w = xs

@@ -3,9 +3,13 @@
 Every constructor returns a :class:`Problem` holding the scalar function ``f``,
 a starting point ``x0``, a name and a LaTeX label for the widgets, and
 whatever reference the problem has in closed form (a dense Hessian function,
-the spectrum, the minimizer). Neural problems also carry ``model_fn``,
-``loss_fn`` and ``batch`` so that the Gauss-Newton operator applies, and
-``per_example_loss_fn`` for the empirical Fisher.
+the spectrum, the minimizer). Neural problems also carry the full loss
+``loss(params, batch)``, ``model_fn(params, inputs)``, ``output_loss_fn(outputs,
+targets)`` and ``batch`` so that the Gauss-Newton operator applies, and
+``per_example_loss_fn(params, batch) -> (N,)`` for the empirical Fisher.
+
+Spectra and matrices for Krylov tests: :func:`strakos` (the Strakoš spectrum) and
+:func:`matrix_with_spectrum` (a dense symmetric matrix with a prescribed spectrum).
 
 Examples
 --------
@@ -25,10 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from curvlab._validation import as_key
+
 PyTree = Any
 
 __all__ = [
     "Problem",
+    "strakos",
+    "matrix_with_spectrum",
     "quadratic",
     "rosenbrock",
     "seed_example",
@@ -63,12 +71,14 @@ class Problem:
         Known Hessian spectrum (ascending), where it does not depend on ``x``.
     minimizer : pytree, optional
         A known minimizer.
-    model_fn, loss_fn : callable, optional
-        ``model_fn(params, inputs) -> outputs``, ``loss_fn(outputs, targets) -> scalar``.
+    model_fn, output_loss_fn : callable, optional
+        ``model_fn(params, inputs) -> outputs``, ``output_loss_fn(outputs, targets) -> scalar``
+        (the arguments of :func:`curvlab.ggn_operator`).
     per_example_loss_fn : callable, optional
-        ``(params, inputs, targets) -> (N,)`` per-example losses (empirical Fisher).
+        ``per_example_loss_fn(params, batch) -> (N,)`` per-example losses (empirical Fisher).
     loss : callable, optional
-        ``loss(params, batch)`` with ``batch = (inputs, targets)``; ``f(x) = loss(x, batch)``.
+        The full loss ``loss(params, batch) -> scalar`` with ``batch = (inputs, targets)``
+        (a ``loss_fn`` in curvlab's signatures); ``f(x) = loss(x, batch)``.
     batch : tuple, optional
         ``(inputs, targets)`` the full-batch ``f`` uses.
     bounds : tuple, optional
@@ -85,7 +95,7 @@ class Problem:
     eigenvalues: jax.Array | None = None
     minimizer: PyTree | None = None
     model_fn: Callable | None = None
-    loss_fn: Callable | None = None
+    output_loss_fn: Callable | None = None
     per_example_loss_fn: Callable | None = None
     loss: Callable | None = None
     batch: tuple | None = None
@@ -104,6 +114,73 @@ def _dtype(dtype):
 # ---------------------------------------------------------------------------
 # Classic functions
 # ---------------------------------------------------------------------------
+
+
+def strakos(n: int, condition_number: float, rho: float = 0.9) -> np.ndarray:
+    """Strakoš spectrum on :math:`[1, \\kappa]` (ascending, float64).
+
+    :math:`\\lambda_i = 1 + \\frac{i-1}{n-1}(\\kappa-1)\\rho^{n-i}`, :math:`i = 1, \\dots, n`,
+    with :math:`\\kappa` the ``condition_number`` and :math:`0 < \\rho \\le 1`.
+
+    The top eigenvalues are well separated and the bottom ones cluster near 1:
+    the classic test where Lanczos without reorthogonalization produces ghost
+    copies of the converged top eigenvalues (Strakoš 1991). Use it as
+    ``quadratic(eigenvalues=strakos(n, condition_number))``.
+
+    Examples
+    --------
+    >>> [round(float(v), 3) for v in strakos(3, 10.0, 0.5)]
+    [1.0, 3.25, 10.0]
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an integer, got {type(n).__name__}")
+    if n < 2:
+        raise ValueError(f"n must be >= 2 (the spectrum runs from 1 to condition_number), got {n}")
+    condition_number, rho = float(condition_number), float(rho)
+    if not (np.isfinite(condition_number) and condition_number >= 1):
+        raise ValueError(f"condition_number must be a finite number >= 1, got {condition_number}")
+    if not 0 < rho <= 1:
+        raise ValueError(f"rho must be in (0, 1], got {rho}")
+    i = np.arange(1, int(n) + 1)
+    return 1.0 + (i - 1) / (n - 1) * (condition_number - 1.0) * rho ** (n - i)
+
+
+def _symmetric_with_spectrum(lam: np.ndarray, key) -> np.ndarray:
+    """``Q diag(lam) Q^T`` in float64 with ``Q`` Haar-random from ``key`` (QR with sign fix)."""
+    n = lam.size
+    g = np.asarray(
+        jax.random.normal(key, (n, n), dtype=jnp.float64 if jax.config.x64_enabled else jnp.float32)
+    )
+    q, r = np.linalg.qr(g.astype(np.float64))
+    q = q * np.sign(np.diag(r))
+    A = (q * lam) @ q.T
+    return (A + A.T) / 2
+
+
+def matrix_with_spectrum(eigenvalues, *, key: jax.Array | None = None, dtype=None) -> jax.Array:
+    """Dense symmetric :math:`A = Q \\operatorname{diag}(\\lambda) Q^\\top` with exactly the given spectrum.
+
+    :math:`Q` is a Haar-random orthogonal matrix drawn from ``key`` (a typed key;
+    default ``jax.random.key(0)``); the product is formed in float64 and symmetrized,
+    then cast to ``dtype``, so :math:`A` is exactly symmetric and its eigenvalues are
+    ``eigenvalues`` up to rounding (repeated values stay repeated).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = matrix_with_spectrum([3.0, 1.0, 1.0])
+    >>> np.round(np.linalg.eigvalsh(np.asarray(A)), 5).tolist()
+    [1.0, 1.0, 3.0]
+    """
+    lam = np.asarray(eigenvalues)
+    if np.iscomplexobj(lam):
+        raise TypeError("eigenvalues must be real: a real symmetric matrix has a real spectrum")
+    lam = lam.astype(np.float64)
+    if lam.ndim != 1 or lam.size == 0 or not np.all(np.isfinite(lam)):
+        raise ValueError(
+            f"eigenvalues must be a non-empty 1-D array of finite numbers, got shape {lam.shape}"
+        )
+    return jnp.asarray(_symmetric_with_spectrum(lam, as_key("key", key, required=False)), _dtype(dtype))
 
 
 def quadratic(
@@ -136,15 +213,8 @@ def quadratic(
         if lam.size == 0 or not np.all(np.isfinite(lam)):
             raise ValueError("eigenvalues must be a non-empty array of finite numbers")
     n = lam.size
-    key = jax.random.PRNGKey(0) if key is None else key
-    kq, kb = jax.random.split(key)
-    g = np.asarray(
-        jax.random.normal(kq, (n, n), dtype=jnp.float64 if jax.config.x64_enabled else jnp.float32)
-    )
-    q, r = np.linalg.qr(g.astype(np.float64))
-    q = q * np.sign(np.diag(r))
-    A = (q * lam) @ q.T
-    A = (A + A.T) / 2
+    kq, kb = jax.random.split(as_key("key", key, required=False))
+    A = _symmetric_with_spectrum(lam, kq)
     b = np.asarray(jax.random.normal(kb, (n,)), dtype=np.float64)
     b = b / np.linalg.norm(b)
     A_j, b_j = jnp.asarray(A, dtype), jnp.asarray(b, dtype)
@@ -293,7 +363,7 @@ def _softmax_xent(logits, labels):
 
 
 def _classification_problem(name, latex, params, apply, X, y, l2):
-    def loss_fn(logits, labels):
+    def output_loss_fn(logits, labels):
         return jnp.mean(_softmax_xent(logits, labels))
 
     def reg(p):
@@ -301,9 +371,10 @@ def _classification_problem(name, latex, params, apply, X, y, l2):
 
     def loss(p, batch):
         inputs, labels = batch
-        return loss_fn(apply(p, inputs), labels) + reg(p)
+        return output_loss_fn(apply(p, inputs), labels) + reg(p)
 
-    def per_example_loss_fn(p, inputs, labels):
+    def per_example_loss_fn(p, batch):
+        inputs, labels = batch
         return _softmax_xent(apply(p, inputs), labels) + reg(p)
 
     batch = (X, y)
@@ -313,7 +384,7 @@ def _classification_problem(name, latex, params, apply, X, y, l2):
         x0=params,
         latex=latex,
         model_fn=apply,
-        loss_fn=loss_fn,
+        output_loss_fn=output_loss_fn,
         per_example_loss_fn=per_example_loss_fn,
         loss=loss,
         batch=batch,
@@ -326,11 +397,11 @@ def logistic_regression(num_examples: int = 512, *, l2: float = 1e-3, key=None, 
     The penalty is :math:`\\tfrac{\\ell_2}{2}\\lVert w\\rVert^2` over all parameters.
 
     Convex: the Hessian is positive semidefinite (definite for ``l2 > 0``).
-    ``loss_fn`` is the cross-entropy alone, so the GGN excludes the penalty.
+    ``output_loss_fn`` is the cross-entropy alone, so the GGN excludes the penalty.
     """
     dtype = _dtype(dtype)
     X, y = load_digits(num_examples, dtype=dtype)
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = as_key("key", key, required=False)
     params = {"W": 0.01 * jax.random.normal(key, (64, 10), dtype), "b": jnp.zeros(10, dtype)}
 
     def apply(p, inputs):
@@ -372,7 +443,7 @@ def mlp(
     """
     dtype = _dtype(dtype)
     X, y = load_digits(num_examples, dtype=dtype)
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = as_key("key", key, required=False)
     sizes = (64, *tuple(int(h) for h in hidden), 10)
     params = _init_layers(key, sizes, dtype)
     label = "\\text{MLP } " + "\\to".join(str(s) for s in sizes) + "\\text{ on digits}"
@@ -396,20 +467,21 @@ def autoencoder(
     if widths[0] != 64 or widths[-1] != 64:
         raise ValueError("autoencoder widths must start and end with 64 (the digits' pixels)")
     X, _ = load_digits(num_examples, dtype=dtype)
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = as_key("key", key, required=False)
     params = _init_layers(key, tuple(widths), dtype)
 
     def per_example(logits, targets):
         return jnp.sum(jnp.logaddexp(0.0, logits) - targets * logits, axis=-1)
 
-    def loss_fn(logits, targets):
+    def output_loss_fn(logits, targets):
         return jnp.mean(per_example(logits, targets))
 
     def loss(p, batch):
         inputs, targets = batch
-        return loss_fn(_mlp_apply(p, inputs), targets)
+        return output_loss_fn(_mlp_apply(p, inputs), targets)
 
-    def per_example_loss_fn(p, inputs, targets):
+    def per_example_loss_fn(p, batch):
+        inputs, targets = batch
         return per_example(_mlp_apply(p, inputs), targets)
 
     batch = (X, X)
@@ -419,7 +491,7 @@ def autoencoder(
         x0=params,
         latex="\\text{autoencoder } " + "\\text{-}".join(str(w) for w in widths),
         model_fn=_mlp_apply,
-        loss_fn=loss_fn,
+        output_loss_fn=output_loss_fn,
         per_example_loss_fn=per_example_loss_fn,
         loss=loss,
         batch=batch,

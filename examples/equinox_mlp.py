@@ -29,12 +29,12 @@ def loss_fn(model, batch):
 
 def make_model(dtype=None, din=2, width=5, depth=1, dout=1, seed=0):
     dtype = dtype or jnp.result_type(float)
-    return eqx.nn.MLP(din, dout, width, depth, activation=jnp.tanh, key=jax.random.PRNGKey(seed), dtype=dtype)
+    return eqx.nn.MLP(din, dout, width, depth, activation=jnp.tanh, key=jax.random.key(seed), dtype=dtype)
 
 
 def make_data(dtype=None, num_examples=40, din=2, seed=1):
     dtype = dtype or jnp.result_type(float)
-    x = jax.random.normal(jax.random.PRNGKey(seed), (num_examples, din), dtype)
+    x = jax.random.normal(jax.random.key(seed), (num_examples, din), dtype)
     y = jnp.cos(x[:, :1]) * x[:, 1:]
     return x, y
 

@@ -39,7 +39,7 @@ def module_loss(model, batch):
 
 
 def make_data(dtype, num_examples=48, din=3, classes=3, seed=0):
-    kx, kw = jax.random.split(jax.random.PRNGKey(seed))
+    kx, kw = jax.random.split(jax.random.key(seed))
     x = jax.random.normal(kx, (num_examples, din), dtype)
     labels = jnp.argmax(x @ jax.random.normal(kw, (din, classes), dtype), axis=1)
     return x, labels

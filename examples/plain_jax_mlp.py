@@ -44,7 +44,7 @@ def loss_fn(params, batch):
 def make_problem(dtype=None, num_examples=64, sizes=(3, 6, 2), seed=0):
     """``loss_fn``, ``params`` and array ``data`` in batches of 16 (a smaller last batch if needed)."""
     dtype = dtype or jnp.result_type(float)
-    kx, kw, kp = jax.random.split(jax.random.PRNGKey(seed), 3)
+    kx, kw, kp = jax.random.split(jax.random.key(seed), 3)
     x = jax.random.normal(kx, (num_examples, sizes[0]), dtype)
     teacher = jax.random.normal(kw, (sizes[0], sizes[-1]), dtype)
     y = jnp.sin(x @ teacher)

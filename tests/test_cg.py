@@ -16,7 +16,7 @@ import pytest
 
 from curvlab._cg import (
     CGResult,
-    CGStatus,
+    SteihaugResult,
     _cg_impl,
     cg,
     condition_bound,
@@ -25,7 +25,8 @@ from curvlab._cg import (
     martens_schedule,
     steihaug_cg,
 )
-from curvlab._operators import DenseOperator, DiagonalOperator, FunctionOperator
+from curvlab._operators import DenseOperator, DiagonalOperator, FunctionOperator, LinearOperator
+from curvlab._status import SolverError, Status
 from tests.reference import matrix_with_spectrum
 
 
@@ -52,7 +53,7 @@ def quad(A, b, x):
 def test_solution_matches_numpy_solve_float64(seed, kappa, spectrum):
     A, b, xs = spd_problem(80, kappa, seed, spectrum)
     res = cg(DenseOperator(A), b, rtol=1e-10)
-    assert res.status_enum is CGStatus.CONVERGED
+    assert res.status is Status.CONVERGED
     assert isinstance(res, CGResult)
     assert np.linalg.norm(res.x - xs) / np.linalg.norm(xs) <= 10 * kappa * 1e-10
     k = int(res.num_iterations)
@@ -67,7 +68,7 @@ def test_solution_float32():
     res = cg(jnp.asarray(A, jnp.float32), jnp.asarray(b, jnp.float32), rtol=1e-5)
     assert res.x.dtype == jnp.float32
     assert res.residual_norms.dtype == jnp.float32
-    assert res.status_enum is CGStatus.CONVERGED
+    assert res.status is Status.CONVERGED
     assert np.linalg.norm(np.asarray(res.x, np.float64) - xs) / np.linalg.norm(xs) < 1e-3
 
 
@@ -102,7 +103,7 @@ def test_residual_history_matches_true_residuals():
     # running j steps reproduces the first j iterates of the full run (same deterministic arithmetic)
     for j in (2, 11):
         part = cg(A, b, x0=x0, rtol=0.0, maxiter=j)
-        assert part.status_enum is CGStatus.MAX_ITERATIONS and int(part.num_iterations) == j
+        assert part.status is Status.MAX_ITERATIONS and int(part.num_iterations) == j
         true = np.linalg.norm(b - A @ np.asarray(part.x))
         assert float(full.residual_norms[j]) == pytest.approx(true, rel=1e-8)
         np.testing.assert_allclose(part.residual_norms[: j + 1], full.residual_norms[: j + 1], rtol=1e-12)
@@ -147,7 +148,7 @@ def test_iteration_counts_within_kappa_bound(kappa, spectrum):
     rtol = 1e-6
     A, b, xs = spd_problem(200, kappa, 8, spectrum)
     res = cg(A, b, rtol=rtol, x_true=xs, maxiter=2000)
-    assert res.status_enum is CGStatus.CONVERGED
+    assert res.status is Status.CONVERGED
     # the theorem: ||e_k||_A / ||e_0||_A <= 2 ((sqrt(k)-1)/(sqrt(k)+1))^k
     e = np.asarray(res.anorm_errors)
     k = int(res.num_iterations)
@@ -164,9 +165,12 @@ def test_condition_bound():
     expected = 2 * ((np.sqrt(50.0) - 1) / (np.sqrt(50.0) + 1)) ** k
     np.testing.assert_allclose(condition_bound(50.0, k), expected, rtol=1e-12)
     np.testing.assert_allclose(condition_bound(np.array([1.0, 4.0]), 1), [0.0, 2.0 / 3.0], rtol=1e-12)
-    with pytest.raises(ValueError, match="kappa"):
+    np.testing.assert_allclose(condition_bound(condition_number=4.0, num_iterations=2), 2.0 / 9.0, rtol=1e-12)
+    with pytest.raises(ValueError, match="condition_number must be >= 1"):
         condition_bound(0.5, 3)
-    with pytest.raises(ValueError, match="k must"):
+    with pytest.raises(ValueError, match="condition_number must be >= 1"):
+        condition_bound(np.nan, 3)
+    with pytest.raises(ValueError, match="num_iterations must be >= 0"):
         condition_bound(2.0, -1)
 
 
@@ -186,7 +190,7 @@ def test_jacobi_pcg_beats_cg_on_badly_scaled_problem():
     op = DenseOperator(A)
     plain = cg(op, b, rtol=1e-8, maxiter=1000)
     pcg = cg(op, b, rtol=1e-8, maxiter=1000, preconditioner=jacobi(op))
-    assert pcg.status_enum is CGStatus.CONVERGED
+    assert pcg.status is Status.CONVERGED
     assert int(pcg.num_iterations) <= 60
     assert int(plain.num_iterations) > 5 * int(pcg.num_iterations)
     np.testing.assert_allclose(A @ np.asarray(pcg.x), b, atol=1e-7 * np.linalg.norm(b))
@@ -257,7 +261,7 @@ def test_negative_curvature_on_indefinite_matrix():
     A = matrix_with_spectrum(lam, seed=14)
     b = np.random.default_rng(0).standard_normal(40)
     res = cg(A, b, rtol=1e-10)
-    assert res.status_enum is CGStatus.NEGATIVE_CURVATURE
+    assert res.status is Status.NEGATIVE_CURVATURE
     assert "not positive definite" in res.message
     p = np.asarray(res.negative_curvature_direction)
     assert np.linalg.norm(p) > 0
@@ -267,15 +271,16 @@ def test_negative_curvature_on_indefinite_matrix():
     k = int(res.num_iterations)
     # the returned x is the last accepted iterate: its q matches the history
     assert float(res.quadratic_values[k]) == pytest.approx(quad(A, b, res.x), rel=1e-8)
-    with pytest.raises(RuntimeError, match="not positive definite"):
+    with pytest.raises(SolverError, match="not positive definite") as err:
         cg(A, b, rtol=1e-10, throw=True)
+    assert err.value.status is Status.NEGATIVE_CURVATURE
 
 
 def test_negative_definite_stops_at_once():
     b = np.arange(1.0, 6.0)
     x0 = np.ones(5)
     res = cg(-2.0 * np.eye(5), b, x0=x0)
-    assert res.status_enum is CGStatus.NEGATIVE_CURVATURE
+    assert res.status is Status.NEGATIVE_CURVATURE
     assert int(res.num_iterations) == 0
     np.testing.assert_array_equal(res.x, x0)
     r0 = b + 2.0 * x0
@@ -294,7 +299,7 @@ def test_nonfinite_operator():
     A, b, _ = spd_problem(20, 10.0, 15)
     Aj = jnp.asarray(A)
     res = cg(FunctionOperator(lambda v: jnp.full_like(v, jnp.nan), 20), b)
-    assert res.status_enum is CGStatus.NONFINITE
+    assert res.status is Status.NONFINITE
     assert "NaN" in res.message
     assert int(res.num_iterations) == 0
     np.testing.assert_array_equal(res.x, np.zeros(20))
@@ -307,7 +312,7 @@ def test_nonfinite_operator():
         return jnp.where((nv < thresh) & (nv > 0), jnp.nan, Aj @ v)  # the first product is A @ 0
 
     res = cg(FunctionOperator(flaky, 20), b, rtol=1e-14, maxiter=200)
-    assert res.status_enum is CGStatus.NONFINITE
+    assert res.status is Status.NONFINITE
     k = int(res.num_iterations)
     assert k > 0
     assert np.all(np.isfinite(np.asarray(res.x)))
@@ -319,22 +324,22 @@ def test_nonfinite_operator():
 def test_nonfinite_preconditioner_and_breakdown():
     A, b, _ = spd_problem(20, 10.0, 16)
     res = cg(A, b, preconditioner=lambda r: r * jnp.inf)
-    assert res.status_enum is CGStatus.NONFINITE and int(res.num_iterations) == 0
+    assert res.status is Status.NONFINITE and int(res.num_iterations) == 0
     res = cg(A, b, preconditioner=-np.ones(20))  # negative definite preconditioner
-    assert res.status_enum is CGStatus.BREAKDOWN
+    assert res.status is Status.INDEFINITE_PRECONDITIONER
     assert "preconditioner" in res.message
 
 
 def test_max_iterations_status_and_throw():
     A, b, _ = spd_problem(50, 1e4, 17)
     res = cg(A, b, maxiter=3)
-    assert res.status_enum is CGStatus.MAX_ITERATIONS
+    assert res.status is Status.MAX_ITERATIONS
     assert res.residual_norms.shape == (4,)
     assert "maxiter" in res.message and "3 iterations" in res.message
     assert not res.converged
-    with pytest.raises(RuntimeError, match="did not converge"):
+    with pytest.raises(SolverError, match="cg: MAX_ITERATIONS"):
         cg(A, b, maxiter=3, throw=True)
-    assert int(res.status) == CGStatus.MAX_ITERATIONS  # IntEnum compares with the int32 array value
+    assert res.status == Status.MAX_ITERATIONS and isinstance(res.status, Status)
 
 
 # ---------------------------------------------------------------------------
@@ -347,7 +352,7 @@ def test_martens_stop_rule_stops_earlier():
     eps = 5e-4
     resid = cg(A, b, rtol=1e-10, maxiter=1000)
     mart = cg(A, b, rtol=1e-10, maxiter=1000, stop_rule="martens", martens_eps=eps)
-    assert mart.status_enum is CGStatus.RELATIVE_PROGRESS
+    assert mart.status is Status.RELATIVE_PROGRESS
     assert mart.converged
     km, kr = int(mart.num_iterations), int(resid.num_iterations)
     assert km < kr
@@ -398,7 +403,7 @@ def test_steihaug_boundary_when_radius_small():
     A, b, xs = spd_problem(50, 100.0, 20)
     radius = 0.1 * np.linalg.norm(xs)
     res = steihaug_cg(A, b, radius, rtol=1e-10)
-    assert res.status_enum is CGStatus.BOUNDARY
+    assert res.status is Status.TRUST_REGION_BOUNDARY
     p = np.asarray(res.x)
     assert np.linalg.norm(p) == pytest.approx(radius, rel=1e-10)
     assert float(res.step_norm) == pytest.approx(radius, rel=1e-10)
@@ -412,7 +417,7 @@ def test_steihaug_boundary_when_radius_small():
 def test_steihaug_interior_equals_solve():
     A, b, xs = spd_problem(50, 100.0, 21)
     res = steihaug_cg(A, b, 10 * np.linalg.norm(xs), rtol=1e-10)
-    assert res.status_enum is CGStatus.CONVERGED
+    assert res.status is Status.CONVERGED
     np.testing.assert_allclose(res.x, xs, rtol=0, atol=1e-7 * np.linalg.norm(xs))
     assert float(res.predicted_reduction) == pytest.approx(-quad(A, b, xs), rel=1e-10)
     k = int(res.num_iterations)
@@ -426,14 +431,14 @@ def test_steihaug_negative_curvature_goes_to_boundary():
     b = np.random.default_rng(1).standard_normal(30)
     radius = 1e3  # large: only negative curvature can stop it
     res = steihaug_cg(A, b, radius)
-    assert res.status_enum is CGStatus.NEGATIVE_CURVATURE
+    assert res.status is Status.NEGATIVE_CURVATURE
     p = np.asarray(res.x)
     assert np.linalg.norm(p) == pytest.approx(radius, rel=1e-10)
     assert float(res.predicted_reduction) == pytest.approx(-quad(A, b, p), rel=1e-8)
     assert float(res.predicted_reduction) > 0
     # first direction already negative: goes along b
     res = steihaug_cg(-np.eye(4), np.array([1.0, 2.0, 2.0, 0.0]), 6.0)
-    assert res.status_enum is CGStatus.NEGATIVE_CURVATURE
+    assert res.status is Status.NEGATIVE_CURVATURE
     np.testing.assert_allclose(res.x, [2.0, 4.0, 4.0, 0.0], rtol=1e-12)
 
 
@@ -444,11 +449,11 @@ def test_steihaug_preconditioned_norm():
     normM = lambda p: np.sqrt(p @ Minv @ p)  # noqa: E731
     radius = 0.2 * normM(xs)
     res = steihaug_cg(A, b, radius, preconditioner=d, rtol=1e-10)
-    assert res.status_enum is CGStatus.BOUNDARY
+    assert res.status is Status.TRUST_REGION_BOUNDARY
     assert normM(np.asarray(res.x)) == pytest.approx(radius, rel=1e-8)
     assert float(res.step_norm) == pytest.approx(radius, rel=1e-8)
     res = steihaug_cg(A, b, 10 * normM(xs), preconditioner=d, rtol=1e-10)
-    assert res.status_enum is CGStatus.CONVERGED
+    assert res.status is Status.CONVERGED
     np.testing.assert_allclose(res.x, xs, atol=1e-7 * np.linalg.norm(xs))
 
 
@@ -456,7 +461,7 @@ def test_steihaug_float32_and_validation():
     A, b, xs = spd_problem(30, 50.0, 24)
     radius = 0.3 * np.linalg.norm(xs)
     res = steihaug_cg(jnp.asarray(A, jnp.float32), jnp.asarray(b, jnp.float32), radius)
-    assert res.status_enum is CGStatus.BOUNDARY
+    assert res.status is Status.TRUST_REGION_BOUNDARY
     assert float(jnp.linalg.norm(res.x)) == pytest.approx(radius, rel=1e-5)
     for bad in (0.0, -1.0, np.nan):
         with pytest.raises(ValueError, match="radius"):
@@ -472,7 +477,7 @@ def test_steihaug_float32_and_validation():
 
 def test_n_equals_one():
     res = cg(np.array([[4.0]]), np.array([2.0]))
-    assert res.status_enum is CGStatus.CONVERGED
+    assert res.status is Status.CONVERGED
     assert float(res.x[0]) == pytest.approx(0.5)
     assert int(res.num_iterations) == 1
     assert default_maxiter(1) == 10
@@ -481,16 +486,16 @@ def test_n_equals_one():
 def test_zero_rhs_and_exact_start():
     A, b, xs = spd_problem(30, 10.0, 25)
     res = cg(A, np.zeros(30))
-    assert res.status_enum is CGStatus.CONVERGED and int(res.num_iterations) == 0
+    assert res.status is Status.CONVERGED and int(res.num_iterations) == 0
     np.testing.assert_array_equal(res.x, np.zeros(30))
     res = cg(A, np.zeros(30), x0=np.ones(30))
     np.testing.assert_array_equal(res.x, np.zeros(30))
     assert int(res.num_iterations) == 0
     res = cg(A, b, x0=xs, rtol=1e-8)
-    assert res.status_enum is CGStatus.CONVERGED and int(res.num_iterations) == 0
+    assert res.status is Status.CONVERGED and int(res.num_iterations) == 0
     np.testing.assert_array_equal(res.x, xs)
     res = cg(A, b, maxiter=0)
-    assert res.status_enum is CGStatus.MAX_ITERATIONS and res.residual_norms.shape == (1,)
+    assert res.status is Status.MAX_ITERATIONS and res.residual_norms.shape == (1,)
 
 
 def test_input_validation():
@@ -515,8 +520,14 @@ def test_input_validation():
         cg(A, b, stop_rule="bogus")
     with pytest.raises(ValueError, match="preconditioner"):
         cg(A, b, preconditioner=np.ones(3))
-    with pytest.raises(ValueError, match="the operator must map"):
+    with pytest.raises(
+        ValueError, match=r"the operator's matvec must map a vector of shape \(10,\) to shape"
+    ):
         cg(FunctionOperator(lambda v: v[:5], 10), b)
+    with pytest.raises(ValueError, match=r"the operator's matvec must map a vector of shape \(10,\)"):
+        cg(A, b, preconditioner=lambda r: r[:5])
+    with pytest.raises(ValueError, match="the operator's matvec must map"):
+        steihaug_cg(FunctionOperator(lambda v: jnp.concatenate([v, v]), 10), b, 1.0)
 
 
 def test_no_recompilation_on_second_call():
@@ -555,18 +566,179 @@ def test_cold_start_spends_no_matvec_on_the_initial_residual(warm):
     res = cg(FunctionOperator(mv, 10), b, x0=jnp.ones(10) if warm else None, rtol=1e-12, maxiter=4)
     jax.effects_barrier()
     assert len(calls) == int(res.num_iterations) + int(warm)
+    assert int(res.num_matvecs) == len(calls)
     np.testing.assert_allclose(res.x, b / 3.0, rtol=1e-10)
 
 
-def test_cg_inside_jit_and_status_enum():
+def test_cg_inside_jit_returns_the_status_code():
     A, b, xs = spd_problem(20, 10.0, 27)
 
     @jax.jit
     def solve(A, b):
         res = cg(DenseOperator(A), b, rtol=1e-10)
-        return res.x, res.status
+        assert not isinstance(res.status, Status)  # traced: the int32 code
+        return res
 
-    x, status = solve(jnp.asarray(A), jnp.asarray(b))
-    np.testing.assert_allclose(x, xs, rtol=1e-7)
-    assert CGStatus(int(status)) is CGStatus.CONVERGED
-    assert all(isinstance(s.message, str) and s.message for s in CGStatus)
+    res = solve(jnp.asarray(A), jnp.asarray(b))
+    np.testing.assert_allclose(res.x, xs, rtol=1e-7)
+    assert Status(int(res.status)) is Status.CONVERGED
+    assert bool(res.converged)
+    assert res.message.startswith("converged")
+
+
+# ---------------------------------------------------------------------------
+# the shared status table, throw, matvec counts, tags, bad input
+# ---------------------------------------------------------------------------
+
+
+@jax.tree_util.register_pytree_node_class
+class _TaggedDense(LinearOperator):
+    """A dense operator carrying ``tags`` (as curvlab's operators do), built here so the test does not
+    depend on which operators carry which tags."""
+
+    def __init__(self, A, tags):
+        self.A, self._tags = jnp.asarray(A), frozenset(tags)
+
+    tags = property(lambda self: self._tags)
+    size = property(lambda self: self.A.shape[0])
+    shape = property(lambda self: self.A.shape)
+    dtype = property(lambda self: self.A.dtype)
+
+    def matvec(self, v):
+        return self.A @ v
+
+    def prepare(self):
+        return self.matvec
+
+    def tree_flatten(self):
+        return (self.A,), self._tags
+
+    @classmethod
+    def tree_unflatten(cls, tags, children):
+        return cls(children[0], tags)
+
+
+def test_results_carry_the_shared_status_table():
+    A, b, _ = spd_problem(20, 10.0, 30)
+    res = cg(A, b, rtol=1e-10)
+    assert type(res.status) is Status and res.status.name == "CONVERGED" and res.converged is True
+    assert res.message == f"{Status.CONVERGED.message} (after {int(res.num_iterations)} iterations)"
+    st = steihaug_cg(A, b, 1e-3)
+    assert isinstance(st, SteihaugResult) and type(st.status) is Status
+    assert st.status is Status.TRUST_REGION_BOUNDARY and st.converged is True
+    assert st.message.startswith(Status.TRUST_REGION_BOUNDARY.message)
+    assert not hasattr(res, "status_enum") and not hasattr(st, "status_enum")
+
+
+def test_num_matvecs_counts_every_product():
+    A, b, xs = spd_problem(30, 50.0, 31)
+    res = cg(A, b, rtol=1e-10)
+    assert int(res.num_matvecs) == int(res.num_iterations)
+    res = cg(A, b, x0=np.ones(30), rtol=1e-10)
+    assert int(res.num_matvecs) == int(res.num_iterations) + 1
+    res = cg(A, b, rtol=1e-10, x_true=xs)  # one more per iterate, the first included
+    assert int(res.num_matvecs) == 2 * int(res.num_iterations) + 1
+    # the pass that finds negative curvature costs a product but is not an accepted step
+    res = cg(-np.eye(4), np.ones(4))
+    assert int(res.num_iterations) == 0 and int(res.num_matvecs) == 1
+    st = steihaug_cg(A, b, 10 * np.linalg.norm(xs), rtol=1e-10)
+    assert st.status is Status.CONVERGED and int(st.num_matvecs) == int(st.num_iterations)
+
+
+def test_throw_through_the_shared_helper():
+    A, b, _ = spd_problem(30, 1e4, 32)
+    assert cg(A, b, rtol=1e-8, throw=True).status is Status.CONVERGED  # success: no raise
+    with pytest.raises(SolverError) as err:
+        cg(A, b, maxiter=2, throw=True)
+    assert err.value.solver == "cg" and err.value.status is Status.MAX_ITERATIONS
+    with pytest.raises(TypeError, match="throw must be True or False"):
+        cg(A, b, throw="yes")
+    # steihaug: a boundary step along negative curvature solves the subproblem, a budget cut does not
+    lam = np.concatenate([[-3.0], np.linspace(1.0, 5.0, 19)])
+    B = matrix_with_spectrum(lam, seed=33)
+    g = np.random.default_rng(2).standard_normal(20)
+    assert steihaug_cg(B, g, 1e3, throw=True).status is Status.NEGATIVE_CURVATURE
+    with pytest.raises(SolverError, match="steihaug_cg: MAX_ITERATIONS"):
+        steihaug_cg(A, b, 1e6, maxiter=2, throw=True)
+    with pytest.raises(TypeError, match="throw"):
+        steihaug_cg(A, b, 1.0, throw=1)
+
+
+def test_throw_under_the_users_jit_is_a_clear_error():
+    A, b, _ = spd_problem(10, 10.0, 34)
+    with pytest.raises(ValueError, match=r"cg\(throw=True\) cannot be traced"):
+        jax.jit(lambda b: cg(A, b, throw=True).x)(jnp.asarray(b))
+    with pytest.raises(ValueError, match=r"steihaug_cg\(throw=True\) cannot be traced"):
+        jax.jit(lambda b: steihaug_cg(A, b, 1.0, throw=True).x)(jnp.asarray(b))
+    # with throw=False the traced result is fine, and converged is a traced boolean
+    ok = jax.jit(lambda b: cg(A, b, rtol=1e-10).converged)(jnp.asarray(b))
+    assert bool(ok)
+
+
+def test_negative_curvature_message_names_the_psd_tag():
+    lam = np.concatenate([[-1.0], np.linspace(1.0, 10.0, 19)])
+    A = matrix_with_spectrum(lam, seed=35)
+    b = np.random.default_rng(3).standard_normal(20)
+    res = cg(_TaggedDense(A, {"symmetric"}), b, rtol=1e-10)
+    assert res.status is Status.NEGATIVE_CURVATURE
+    assert res.message.startswith(Status.NEGATIVE_CURVATURE.message)
+    assert "not tagged positive semidefinite" in res.message
+    assert "not tagged positive semidefinite" in cg(A, b, rtol=1e-10).message  # an untagged array
+    # a PSD-tagged singular operator with b outside its range: a null-space direction, said so
+    S = _TaggedDense(np.diag([1.0, 2.0, 0.0]), {"symmetric", "psd"})
+    res = cg(S, np.array([1.0, 1.0, 1.0]), rtol=1e-12)
+    assert res.status is Status.NEGATIVE_CURVATURE
+    assert "tagged positive semidefinite" in res.message and "not tagged" not in res.message
+    assert "null space" in res.message
+    diag = DiagonalOperator(jnp.array([1.0, 2.0, 0.0]))  # curvlab's own tag: a nonnegative diagonal is PSD
+    assert "psd" in diag.tags
+    res = cg(diag, np.array([1.0, 1.0, 1.0]), rtol=1e-12)
+    assert res.status is Status.NEGATIVE_CURVATURE and "is tagged positive semidefinite" in res.message
+    # the tag only words the message: other statuses read as the table says
+    ok = cg(_TaggedDense(np.eye(3), {"symmetric"}), np.ones(3))
+    assert ok.message == f"{Status.CONVERGED.message} (after 1 iterations)"
+
+
+def test_repeated_eigenvalues_converge_in_as_many_steps_as_distinct_values():
+    lam = np.repeat([1.0, 5.0, 10.0], 20)
+    A = matrix_with_spectrum(lam, seed=36)
+    b = np.random.default_rng(4).standard_normal(60)
+    res = cg(A, b, rtol=1e-10)
+    assert res.status is Status.CONVERGED and int(res.num_iterations) == 3
+    np.testing.assert_allclose(res.x, np.linalg.solve(A, b), rtol=1e-9)
+
+
+def test_singular_psd_operator_with_consistent_rhs_gives_the_minimum_norm_solution():
+    lam = np.concatenate([[0.0, 0.0], np.linspace(1.0, 20.0, 28)])
+    A = matrix_with_spectrum(lam, seed=37)
+    b = A @ np.random.default_rng(5).standard_normal(30)  # in the range of A
+    res = cg(A, b, rtol=1e-10)
+    assert res.status is Status.CONVERGED
+    np.testing.assert_allclose(res.x, np.linalg.pinv(A) @ b, atol=1e-8 * np.linalg.norm(res.x))
+
+
+@pytest.mark.parametrize("where", ["b", "x0", "x_true"])
+def test_complex_and_integer_vectors_are_refused(where):
+    A, b, _ = spd_problem(6, 10.0, 38)
+    kw = {"b": b}
+    kw[where] = b + 1j * b
+    with pytest.raises(TypeError, match=rf"{where} is complex"):
+        cg(A, **kw)
+    kw[where] = np.arange(6)
+    with pytest.raises(TypeError, match=rf"{where} has dtype int.*floating-point"):
+        cg(A, **kw)
+
+
+def test_complex_operator_and_preconditioner_are_refused():
+    A, b, _ = spd_problem(6, 10.0, 39)
+    H = A + 1j * np.triu(np.ones((6, 6)), 1) - 1j * np.tril(np.ones((6, 6)), -1)  # Hermitian
+    with pytest.raises(TypeError, match="op is complex"):
+        cg(jnp.asarray(H), b)  # a matrix
+    with pytest.raises(TypeError, match="op is complex"):
+        cg(_TaggedDense(H, {"symmetric"}), b)  # an operator whose dtype is complex
+    with pytest.raises(TypeError, match="op is complex"):
+        steihaug_cg(H, b, 1.0)
+    with pytest.raises(TypeError, match="preconditioner is complex"):
+        cg(A, b, preconditioner=np.ones(6) + 1j)
+    with pytest.raises(TypeError, match="complex"):  # a callable whose output is complex, found abstractly
+        cg(A, b, preconditioner=lambda r: r * (1 + 1j))

@@ -117,6 +117,38 @@ def test_notebooks_without_directory(capsys, tmp_path):
     assert "notebooks" in capsys.readouterr().err
 
 
+def test_lab_command_allows_root_and_passes_options_through():
+    cmd = cli.lab_command("nb", port=9999, extra=["--no-browser"], as_root=True)
+    assert cmd[-2:] == ["--allow-root", "--no-browser"] and "--ServerApp.port=9999" in cmd
+    assert "--allow-root" not in cli.lab_command("nb", as_root=False)
+    assert cli.lab_command("nb", extra=["--allow-root"], as_root=True).count("--allow-root") == 1
+    args = parse("notebooks", "--port", "9000", "--", "--no-browser", "--ServerApp.token=abc")
+    assert args.jupyter_args[-2:] == ["--no-browser", "--ServerApp.token=abc"]
+
+
+@pytest.mark.slow
+def test_notebooks_starts_jupyterlab_as_this_user(tmp_path):
+    """``curvlab notebooks`` as the test's own user (root in containers and CI) serves JupyterLab."""
+    port = _free_port()
+    log = tmp_path / "log.txt"
+    cmd = [sys.executable, "-m", "curvlab.app.cli", "notebooks", "--port", str(port), "--", "--no-browser"]
+    cmd += ["--ServerApp.token=curvlab-test", f"--ServerApp.runtime_dir={tmp_path / 'rt'}"]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
+        )
+        try:
+            deadline = time.monotonic() + 120
+            url = f"http://127.0.0.1:{port}/api/status?token=curvlab-test"
+            while _status(url) != 200:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "JupyterLab did not answer: " + log.read_text()
+                time.sleep(0.25)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
 def test_notebooks_dir_found_in_checkout():
     assert cli.find_notebooks_dir() == REPO / "notebooks"
 

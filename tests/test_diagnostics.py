@@ -28,7 +28,7 @@ NNX = runpy.run_path(os.path.join(EXAMPLES, "flax_nnx_mlp.py"))
 EQX = runpy.run_path(os.path.join(EXAMPLES, "equinox_mlp.py"))
 
 # tight solver tolerance: eigenvalue errors are O(residual^2 / gap)
-OPTS = dict(k=2, num_probes=8, num_steps=40, tol=1e-10, progress=False)
+OPTS = dict(k=2, num_probes=8, num_steps=40, rtol=1e-10, progress=False)
 
 
 def plain_problem(num_examples=70):
@@ -260,8 +260,8 @@ def test_float32_report():
     p = PLAIN["make_problem"](jnp.float32, num_examples=70)
     to64 = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), t)
     lam = np.linalg.eigvalsh(dense_hessian(p["loss_fn"], to64(p["params"]), to64(p["data"])))
-    r = diagnose(**p, k=1, num_probes=4, num_steps=10, tol=1e-5, per_block=False, progress=False)
-    # float32: eigenvalues to a few units of 1e-5 relative (tol=1e-5; data rounded to float32)
+    r = diagnose(**p, k=1, num_probes=4, num_steps=10, rtol=1e-5, per_block=False, progress=False)
+    # float32: eigenvalues to a few units of 1e-5 relative (rtol=1e-5; data rounded to float32)
     np.testing.assert_allclose(r.top_eigenvalues[0], lam[-1], rtol=1e-4)
     np.testing.assert_allclose(r.bottom_eigenvalues[0], lam[0], rtol=1e-4)
 
@@ -277,7 +277,7 @@ def test_flax_nnx_state_and_module():
     prob = NNX["make_problem"](jnp.float64)
     H = dense_hessian(prob["loss_fn"], prob["params"], prob["data"])
     lam = np.linalg.eigvalsh(H)
-    r = diagnose(**prob, k=1, num_probes=4, num_steps=10, tol=1e-10, per_block=False, progress=False)
+    r = diagnose(**prob, k=1, num_probes=4, num_steps=10, rtol=1e-10, per_block=False, progress=False)
     np.testing.assert_allclose(r.top_eigenvalues[0], lam[-1], rtol=1e-8)
     np.testing.assert_allclose(r.bottom_eigenvalues[0], lam[0], rtol=1e-8)
     # the module itself: split internally, same operator
@@ -295,7 +295,7 @@ def test_equinox_module_and_partition():
     arrays, static = eqx.partition(model, eqx.is_inexact_array)
     part_loss = lambda a, b: EQX["loss_fn"](eqx.combine(a, static), b)
     H = dense_hessian(part_loss, arrays, prob["data"])
-    r = diagnose(**prob, k=1, num_probes=4, num_steps=10, tol=1e-10, per_block=False, progress=False)
+    r = diagnose(**prob, k=1, num_probes=4, num_steps=10, rtol=1e-10, per_block=False, progress=False)
     lam = np.linalg.eigvalsh(H)
     np.testing.assert_allclose(r.top_eigenvalues[0], lam[-1], rtol=1e-8)
     np.testing.assert_allclose(r.bottom_eigenvalues[0], lam[0], rtol=1e-8)

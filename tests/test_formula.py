@@ -285,3 +285,24 @@ def test_fuzz_token_soup_accepted_is_differentiable(tokens):
         return
     g = jax.grad(f)(POINT)
     assert g.shape == (2,)
+
+
+def test_power_towers_are_refused_before_compiling():
+    """The 195-character tower product that stalled a kernel for 36-75 s is refused by the parser."""
+    from curvlab.formula import MAX_POWER_TOWER, MAX_VARIABLE_POWERS
+
+    tower = lambda v, d: "^".join([v] * d)
+    text = f"({tower('x', 47)})*({tower('y', 47)})"
+    assert len(text) < 200
+    with pytest.raises(FormulaError, match="too costly to differentiate: 92 powers"):
+        parse_formula(text)
+    with pytest.raises(FormulaError, match=f"towers up to {MAX_POWER_TOWER + 1} high"):
+        parse_formula(tower("x", MAX_POWER_TOWER + 2))  # d symbols make d - 1 powers
+    with pytest.raises(FormulaError, match="powers with a variable exponent"):
+        parse_formula("+".join(["x^y"] * (MAX_VARIABLE_POWERS + 1)))
+    # at the budget: accepted and correct
+    f = parse_formula(f"({tower('x', MAX_POWER_TOWER + 1)})*({tower('y', 3)})")
+    assert np.isfinite(float(f(jnp.array([1.2, 0.7]))))
+    np.testing.assert_allclose(float(parse_formula("x^y")(jnp.array([2.0, 3.0]))), 8.0)
+    # constant exponents cost nothing: long polynomials stay accepted
+    parse_formula("+".join(f"{i}*x^{i % 5}*y^(2^{i % 3})" for i in range(30)))

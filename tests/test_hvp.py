@@ -29,7 +29,8 @@ from curvlab._hvp import (
     hvp,
     hvp_fn,
 )
-from tests.reference import dense_hessian, matrix_with_spectrum
+from curvlab._operators import ggn_operator
+from tests.reference import dense_ggn, dense_hessian, matrix_with_spectrum
 
 RTOL64 = 1e-10
 TOL32 = 1e-4
@@ -275,38 +276,46 @@ def test_directional_curvature_zero_direction():
         directional_curvature(lambda x: jnp.sum(x**2), jnp.ones(3), jnp.zeros(3))
 
 
-def _dense_ggn(model_fn, loss_fn, x, inputs, targets):
-    flat_x, unravel = ravel_pytree(x)
-    z = model_fn(x, inputs)
-    J = np.asarray(jax.jacobian(lambda y: model_fn(unravel(y), inputs).ravel())(flat_x))
-    HL = np.asarray(jax.hessian(lambda zz: loss_fn(zz.reshape(z.shape), targets))(z.ravel()))
-    return J.T @ HL @ J
-
-
 @pytest.mark.parametrize("name", ["mlp", "autoencoder", "logistic"])
 def test_gnvp_matches_dense(name):
     p = get_problem(name)
     x = point_near(p)
-    inputs, targets = p.batch
-    G = _dense_ggn(p.model_fn, p.loss_fn, x, inputs, targets)
+    G = dense_ggn(p.model_fn, p.output_loss_fn, x, p.batch)
     v = random_like(x, 2)
-    out = gnvp(lambda q: p.model_fn(q, inputs), lambda z: p.loss_fn(z, targets), x, v)
+    out = gnvp(p.model_fn, p.output_loss_fn, x, p.batch, v)
     assert_product_close(out, G, v)
     assert np.linalg.eigvalsh(G).min() >= -1e-10 * np.linalg.norm(G, 2)
+
+
+def test_gnvp_is_the_ggn_operator_kernel():
+    p = get_problem("mlp")
+    x, v = point_near(p), random_like(p.x0, 3)
+    op = ggn_operator(p.model_fn, p.output_loss_fn, x, p.batch)
+    np.testing.assert_allclose(
+        flat(gnvp(p.model_fn, p.output_loss_fn, x, p.batch, v)), op @ flat(v), rtol=1e-12, atol=1e-15
+    )
 
 
 def test_gnvp_equals_hvp_for_linear_model():
     """Softmax regression without penalty: the model is linear, so GGN = Hessian."""
     p = problems.logistic_regression(num_examples=32, l2=0.0)
-    inputs, targets = p.batch
     x, v = point_near(p), random_like(p.x0, 1)
-    out = gnvp(lambda q: p.model_fn(q, inputs), lambda z: p.loss_fn(z, targets), x, v)
+    out = gnvp(p.model_fn, p.output_loss_fn, x, p.batch, v)
     np.testing.assert_allclose(flat(out), flat(hvp(p.f, x, v)), rtol=1e-10, atol=1e-14)
 
 
-def test_gnvp_rejects_nonscalar_loss():
+def test_gnvp_bad_arguments():
+    sq = lambda z, t: jnp.sum((z - t) ** 2)  # noqa: E731
+    lin = lambda w, x: x @ w  # noqa: E731
+    X, y = jnp.ones((2, 3)), jnp.zeros(2)
     with pytest.raises(ValueError, match="scalar"):
-        gnvp(lambda x: 2 * x, lambda z: z**2, jnp.ones(3), jnp.ones(3))
+        gnvp(lin, lambda z, t: z**2, jnp.ones(3), (X, y), jnp.ones(3))
+    with pytest.raises(ValueError, match=r"batch must be a pair \(inputs, targets\)"):
+        gnvp(lin, sq, jnp.ones(3), X, jnp.ones(3))
+    with pytest.raises(TypeError, match="floating-point leaves"):
+        gnvp(lin, sq, jnp.arange(3), (X, y), jnp.ones(3))
+    with pytest.raises(TypeError, match="v is complex"):
+        gnvp(lin, sq, jnp.ones(3), (X, y), jnp.ones(3, jnp.complex128))
 
 
 # ---------------------------------------------------------------------------
@@ -460,6 +469,43 @@ def test_shape_mismatch():
         hvp(nested_f, x, v)
 
 
+@pytest.mark.parametrize(
+    "bad, match",
+    [(jnp.arange(3), "floating-point leaves"), (jnp.ones(3, jnp.complex64), "is complex")],
+    ids=["integer", "complex"],
+)
+def test_integer_and_complex_input_rejected(bad, match):
+    """Integer or complex x / v: one clear TypeError from every entry point, before tracing."""
+    f = lambda x: jnp.sum(x**2)  # noqa: E731
+    good = jnp.ones(3)
+    for call in (
+        lambda: hvp(f, bad, good),
+        lambda: hvp(f, good, bad),
+        lambda: hvp_fn(f, bad),
+        lambda: hvp_fn(f, good)(bad),
+        lambda: hvp_fn(f, good, linearize=False)(bad),
+        lambda: fd_hvp(f, bad, good),
+        lambda: fd_hvp(f, good, bad),
+        lambda: fd_default_eps(bad, good),
+        lambda: fd_default_eps(good, bad),
+        lambda: directional_curvature(f, good, bad),
+    ):
+        with pytest.raises(TypeError, match=match):
+            call()
+
+
+def test_hvp_fn_linearizes_by_default():
+    f, count = _counting_f()
+    x, v = jnp.arange(4.0), jnp.ones(4)
+    H = dense_hessian(f, x)
+    prod = hvp_fn(f, x)
+    first = count["n"]
+    out1, out2 = prod(v), prod(2.0 * v)
+    assert count["n"] == first  # f was traced once, by the linearization, never again
+    np.testing.assert_allclose(out1, H @ np.ones(4), rtol=1e-10)
+    np.testing.assert_allclose(out2, H @ (2.0 * np.ones(4)), rtol=1e-10)
+
+
 def test_dtype_mismatch_is_type_error():
     with pytest.raises(TypeError, match=r"dtype mismatch at leaf <root>: x has float64, v has float32"):
         hvp(smooth_f, jnp.ones(5), jnp.ones(5, jnp.float32))
@@ -513,10 +559,11 @@ def test_no_retrace_hvp_fn_fd_gnvp():
     fd_hvp(f, x + 1.0, v, eps=2e-3)  # eps is traced, not static
     fd_hvp(f, x, v)
     assert count["n"] == first
-    model = lambda y: jnp.tanh(y)
-    gnvp(model, f, x, v)
+    model = lambda y, inputs: jnp.tanh(y) * inputs
+    loss = lambda z, targets: f(z - targets)
+    gnvp(model, loss, x, (v, v), v)
     first = count["n"]
-    gnvp(model, f, x - 1.0, 2 * v)
+    gnvp(model, loss, x - 1.0, (v, 2 * v), 2 * v)
     assert count["n"] == first
 
 

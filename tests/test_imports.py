@@ -13,9 +13,7 @@ import curvlab
 HEAVY = ("ipywidgets", "plotly", "IPython", "voila", "anywidget", "sklearn", "scipy")
 UI_PACKAGES = ("curvlab.viz", "curvlab.widgets", "curvlab.app")
 CORE = sorted(
-    m.name
-    for m in pkgutil.walk_packages(curvlab.__path__, "curvlab.")
-    if not m.name.startswith(UI_PACKAGES)
+    m.name for m in pkgutil.walk_packages(curvlab.__path__, "curvlab.") if not m.name.startswith(UI_PACKAGES)
 )
 
 

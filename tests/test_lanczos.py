@@ -1,4 +1,4 @@
-"""Tests for curvlab._lanczos: the Lanczos process and the thick-restart eigensolver.
+"""Tests for curvlab._lanczos: the Lanczos process, its prefixes and shifts.
 
 References are numpy.linalg.eigh on matrices of prescribed spectrum (tests/reference.py).
 float32 tolerances are documented next to each check: orthogonality and the Lanczos relation
@@ -10,20 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from curvlab._lanczos import (
-    EigshStatus,
-    LanczosStatus,
-    _eigsh_jit,
-    _lanczos_jit,
-    _lanczos_loop,
-    _row_blocks,
-    eigsh,
-    lanczos,
-    ritz_pairs,
-    tridiagonal,
-)
-from curvlab._operators import DenseOperator, FunctionOperator, hessian_operator
-from tests.reference import dense_hessian, matrix_with_spectrum
+from curvlab._lanczos import _lanczos_jit, _lanczos_loop, _row_blocks, lanczos
+from curvlab._operators import DenseOperator, DiagonalOperator, FunctionOperator
+from curvlab._status import SolverError, Status
+from tests.reference import matrix_with_spectrum
 
 N = 120
 
@@ -66,7 +56,7 @@ def test_lanczos_relation_and_orthonormality_float64(name, seed):
     res = lanczos(op, k, key=jax.random.key(seed))
     m = res.num_steps
     Q = np.asarray(res.basis[:m])
-    T = np.asarray(tridiagonal(res))
+    T = np.asarray(res.tridiagonal())
     scale = np.max(np.abs(lam))
     assert np.abs(Q @ Q.T - np.eye(m)).max() < 1e-12
     # A Q^T = Q^T T + beta_m q_{m+1} e_m^T (rows of Q are the Lanczos vectors)
@@ -75,9 +65,9 @@ def test_lanczos_relation_and_orthonormality_float64(name, seed):
     assert np.abs(R).max() < 1e-12 * scale
     assert np.allclose(T, Q @ A @ Q.T, atol=1e-12 * scale)
     if name == "repeated":  # Krylov space of dimension = number of distinct eigenvalues
-        assert res.status == LanczosStatus.BREAKDOWN and m == 5
+        assert res.status == Status.INVARIANT_SUBSPACE and m == 5
     else:
-        assert res.status == LanczosStatus.COMPLETED and m == k
+        assert res.status == Status.COMPLETED and m == k
     assert np.all(np.isfinite(np.asarray(res.basis)))
 
 
@@ -103,7 +93,7 @@ def test_lanczos_passes_over_rows_in_use_equal_full_passes(name):
         static_argnums=1,
     )
     blocked, full = run(v0, True), run(v0, False)
-    assert int(blocked.status) == LanczosStatus.COMPLETED
+    assert int(blocked.status) == Status.COMPLETED
     np.testing.assert_allclose(
         np.asarray(blocked.alpha), np.asarray(full.alpha), atol=1e-9 * np.abs(lam).max()
     )
@@ -122,7 +112,7 @@ def test_lanczos_float32_documented_tolerance(seed):
     res = lanczos(op, 30, key=jax.random.key(seed))
     assert res.alpha.dtype == jnp.float32 and res.basis.dtype == jnp.float32
     Q = np.asarray(res.basis[:30], dtype=np.float64)
-    T = np.asarray(tridiagonal(res), dtype=np.float64)
+    T = np.asarray(res.tridiagonal(), dtype=np.float64)
     # float32: ~100 eps at n = 120
     assert np.abs(Q @ Q.T - np.eye(30)).max() < 2e-5
     R = A.astype(np.float64) @ Q.T - Q.T @ T
@@ -150,7 +140,7 @@ def test_ritz_history_matches_leading_blocks():
     op, _ = _op(lam, 2)
     k = 12
     res = lanczos(op, k, key=jax.random.key(0))
-    T = np.asarray(tridiagonal(res))
+    T = np.asarray(res.tridiagonal())
     for j in range(k):
         ref = np.linalg.eigvalsh(T[: j + 1, : j + 1])
         row = np.asarray(res.ritz_history[j])
@@ -165,11 +155,11 @@ def test_ritz_pairs_residuals():
     lam = spectrum("separated", 80)
     op, A = _op(lam, 5)
     res = lanczos(op, 25, key=jax.random.key(1))
-    theta, Y = ritz_pairs(res)
+    theta, Y = res.ritz_pairs()
     theta, Y = np.asarray(theta), np.asarray(Y)
     assert Y.shape == (80, 25)
     np.testing.assert_allclose(Y.T @ Y, np.eye(25), atol=1e-12)
-    S = np.linalg.eigh(np.asarray(tridiagonal(res)))[1]
+    S = np.linalg.eigh(np.asarray(res.tridiagonal()))[1]
     est = np.abs(float(res.beta[24]) * S[-1])
     true = np.linalg.norm(A @ Y - Y * theta, axis=0)
     np.testing.assert_allclose(true, est, atol=1e-11 * lam.max())
@@ -182,7 +172,7 @@ def test_more_steps_than_n_stops_at_invariant_subspace(name):
     op, _ = _op(lam, 1)
     res = lanczos(op, n + 15, key=jax.random.key(0))
     distinct = np.unique(lam)
-    assert res.status == LanczosStatus.BREAKDOWN, res.message
+    assert res.status == Status.INVARIANT_SUBSPACE, res.message
     assert res.num_steps == distinct.size
     assert "invariant subspace" in res.message
     m = res.num_steps
@@ -202,14 +192,14 @@ def test_without_reorthogonalization_loses_orthogonality_and_shows_ghosts():
     op, _ = _op(lam, 0)
     k = 100
     plain = lanczos(op, k, key=jax.random.key(0), reorthogonalize=False)
-    assert plain.status == LanczosStatus.COMPLETED  # no breakdown although k > n
+    assert plain.status == Status.COMPLETED  # no breakdown although k > n
     Q = np.asarray(plain.basis[:k])
     assert np.abs(Q @ Q.T - np.eye(k)).max() > 0.5
     theta = np.asarray(plain.ritz_history[k - 1])
     assert np.sum(np.abs(theta - 10.0) < 1e-6) >= 2  # ghost copies of a simple eigenvalue
 
     full = lanczos(op, k, key=jax.random.key(0))
-    assert full.status == LanczosStatus.BREAKDOWN and full.num_steps == n
+    assert full.status == Status.INVARIANT_SUBSPACE and full.num_steps == n
     theta = np.asarray(full.ritz_history[n - 1, :n])
     assert np.sum(np.abs(theta - 10.0) < 1e-6) == 1
     np.testing.assert_allclose(theta, np.sort(lam), atol=1e-12 * 10)
@@ -217,7 +207,7 @@ def test_without_reorthogonalization_loses_orthogonality_and_shows_ghosts():
 
 def test_n_equals_one():
     res = lanczos(DenseOperator(jnp.array([[3.0]])), 4)
-    assert res.status == LanczosStatus.BREAKDOWN and res.num_steps == 1
+    assert res.status == Status.INVARIANT_SUBSPACE and res.num_steps == 1
     assert float(res.ritz_history[0, 0]) == pytest.approx(3.0)
     assert np.all(np.isfinite(np.asarray(res.basis)))
 
@@ -251,9 +241,12 @@ def test_invalid_arguments_raise():
 def test_nonfinite_operator_is_reported():
     calls = FunctionOperator(lambda v: v * jnp.nan, 8, jnp.float64)
     res = lanczos(calls, 5)
-    assert res.status == LanczosStatus.NONFINITE
+    assert res.status == Status.NONFINITE
     assert res.num_steps == 0
-    assert "non-finite" in res.message
+    assert "NaN or infinity" in res.message and not res.converged
+    assert res.num_matvecs == 1  # the non-finite product is counted
+    with pytest.raises(SolverError, match="lanczos: NONFINITE"):
+        lanczos(calls, 5, throw=True)
 
 
 def test_no_recompilation_on_second_call():
@@ -274,242 +267,143 @@ def test_no_recompilation_on_second_call():
 
     fop = FunctionOperator(fn, 20, jnp.float64)
     lanczos(fop, 6, key=jax.random.key(0))
+    first = len(traces)
     lanczos(fop, 6, key=jax.random.key(1))
-    assert len(traces) == 1
+    # the second call traces fn only for the abstract output-shape check (jax.eval_shape), once
+    assert len(traces) - first == 1
 
 
 # ---------------------------------------------------------------------------
-# eigsh
+# derived results: prefix and shift
 # ---------------------------------------------------------------------------
 
 
-def _reference(lam, which, k):
-    lam = np.asarray(lam)
-    if which == "LA":
-        return np.sort(lam)[::-1][:k]
-    if which == "SA":
-        return np.sort(lam)[:k]
-    if which == "LM":
-        return lam[np.argsort(-np.abs(lam), kind="stable")][:k]
-    s = np.sort(lam)
-    return np.sort(np.r_[s[: k // 2], s[len(s) - (k - k // 2) :]])
-
-
-@pytest.mark.parametrize("which", ["LA", "SA", "LM", "BE"])
-@pytest.mark.parametrize("name", ["separated", "indefinite"])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_eigsh_matches_eigh_float64(which, name, seed):
-    lam = spectrum(name, 150)
-    op, A = _op(lam, seed)
-    k, tol = 4, 1e-9
-    res = eigsh(op, k, which=which, tol=tol, key=jax.random.key(seed))
-    assert res.status == EigshStatus.CONVERGED, res.message
-    assert np.all(np.asarray(res.converged))
-    ref = _reference(lam, which, k)
-    theta = np.asarray(res.eigenvalues)
-    np.testing.assert_allclose(theta, ref, rtol=0, atol=10 * tol * np.abs(ref).max())
-    # eigenvectors up to sign (these wanted eigenvalues are simple with gap >= 1e-2)
-    w, U = np.linalg.eigh(A)
-    Y = np.asarray(res.eigenvectors)
-    assert Y.shape == (150, k)
-    for i, t in enumerate(theta):
-        u = U[:, np.argmin(np.abs(w - t))]
-        assert abs(abs(u @ Y[:, i]) - 1) < 1e-8
-    # residual_norms are the true residuals
-    true = np.linalg.norm(A @ Y - Y * theta, axis=0)
-    np.testing.assert_allclose(np.asarray(res.residual_norms), true, rtol=1e-6, atol=1e-13)
-    assert np.all(true <= tol * np.abs(theta))
-    assert res.num_matvecs >= 20 + k
-
-
-@pytest.mark.parametrize("which", ["LA", "SA"])
-def test_eigsh_clustered_spectrum(which):
-    # wanted set = one whole cluster of 5 eigenvalues spaced 1e-3 apart
-    lam = np.r_[np.linspace(0.0, 1.0, 110), 5.0 + 1e-3 * np.arange(5), -5.0 - 1e-3 * np.arange(5)]
-    op, A = _op(lam, 4)
-    res = eigsh(op, 5, which=which, tol=1e-9, key=jax.random.key(2), ncv=25)
-    assert res.status == EigshStatus.CONVERGED, res.message
-    np.testing.assert_allclose(np.asarray(res.eigenvalues), _reference(lam, which, 5), atol=1e-8)
-    # the spanned subspace is the cluster's invariant subspace
-    w, U = np.linalg.eigh(A)
-    Uc = U[:, -5:] if which == "LA" else U[:, :5]
-    Y = np.asarray(res.eigenvectors)
-    assert np.linalg.norm(Uc - Y @ (Y.T @ Uc)) < 1e-6
-
-
-@pytest.mark.parametrize("which", ["LA", "LM"])
-def test_eigsh_ill_conditioned(which):
-    lam = spectrum("kappa1e8", 150)
-    op, _ = _op(lam, 7)
-    res = eigsh(op, 4, which=which, tol=1e-8)
-    assert res.status == EigshStatus.CONVERGED, res.message
-    np.testing.assert_allclose(np.asarray(res.eigenvalues), np.sort(lam)[::-1][:4], rtol=1e-8)
-
-
-def test_eigsh_stops_inside_a_pass_when_the_estimates_converge():
-    # top-2 of a spectrum with two far outliers converge in a few steps: with a large basis (ncv = 60)
-    # eigsh stops inside the first pass (no restart) instead of running all 60 steps, and is exact
-    lam = np.r_[np.linspace(0.0, 1.0, 148), 50.0, 100.0]
-    op, A = _op(lam, 6)
-    res = eigsh(op, 2, which="LA", tol=1e-8, ncv=60, key=jax.random.key(1))
-    assert res.status == EigshStatus.CONVERGED, res.message
-    assert res.num_restarts == 0
-    assert res.num_matvecs < 40
-    np.testing.assert_allclose(np.asarray(res.eigenvalues), [100.0, 50.0], rtol=1e-8)
-    Y = np.asarray(res.eigenvectors)
-    true = np.linalg.norm(A @ Y - Y * np.asarray(res.eigenvalues), axis=0)
-    np.testing.assert_allclose(np.asarray(res.residual_norms), true, rtol=1e-6, atol=1e-13)
-    assert np.all(true <= 1e-8 * np.array([100.0, 50.0]))
-
-
-def test_eigsh_repeated_eigenvalues_small_n_full_space():
-    # n <= ncv: Lanczos spans the whole space, fresh random directions after each invariant subspace
-    # recover every copy of a repeated eigenvalue.
-    lam = np.repeat([1.0, 2.0, 4.0], 4)
-    op, _ = _op(lam, 3)
-    res = eigsh(op, 5, which="LA", tol=1e-10)
-    assert res.status == EigshStatus.CONVERGED, res.message
-    np.testing.assert_allclose(np.asarray(res.eigenvalues), [4, 4, 4, 4, 2], atol=1e-10)
-    Y = np.asarray(res.eigenvectors)
-    np.testing.assert_allclose(Y.T @ Y, np.eye(5), atol=1e-10)
-
-
-@pytest.mark.parametrize("which", ["LA", "SA", "LM", "BE"])
-def test_eigsh_tiny_n(which):
-    lam = np.array([-3.0, 0.5, 1.0, 2.0])
-    op, _ = _op(lam, 0)
-    res = eigsh(op, 2, which=which, tol=1e-10)
-    assert res.status == EigshStatus.CONVERGED
-    np.testing.assert_allclose(np.asarray(res.eigenvalues), _reference(lam, which, 2), atol=1e-12)
-
-
-def test_eigsh_reports_non_convergence_honestly():
-    lam = spectrum("kappa1e8", 150)
-    op, A = _op(lam, 0)
-    # k = 4, ncv = 20 keeps 12 vectors: 20 steps, then 8 per restart; a budget of 28 steps = 1 restart
-    res = eigsh(op, 4, which="SA", tol=1e-10, max_steps=28)
-    assert res.status == EigshStatus.MAX_RESTARTS
-    assert "not converged" in res.message
-    assert not np.all(np.asarray(res.converged))
-    assert res.num_restarts == 1
-    assert res.num_matvecs == 20 + 8 + 4
-    Y, theta = np.asarray(res.eigenvectors), np.asarray(res.eigenvalues)
-    true = np.linalg.norm(A @ Y - Y * theta, axis=0)
-    np.testing.assert_allclose(np.asarray(res.residual_norms), true, rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(res.converged), true <= 1e-10 * np.abs(theta))
-    # history: two Lanczos passes recorded, the rest NaN
-    assert res.ritz_history.shape == (2, 4)
-    assert np.all(np.isfinite(np.asarray(res.ritz_history)))
-    assert np.all(np.isfinite(np.asarray(res.residual_history)))
-
-
-def test_eigsh_top1_small_gap_many_restarts_float64():
-    # k = 1 (default ncv = 12, 6 kept vectors): a relative gap of 1e-3 at the top needs many thick
-    # restarts, i.e. many steps with one Gram-Schmidt pass plus the conditional second one and many
-    # arrow-row steps; the result must still match the dense reference with a true residual.
-    lam = np.r_[np.linspace(-1.0, 1.0, 198), 1.001, 1.002]
-    op, A = _op(lam, 5)
-    res = eigsh(op, 1, which="LA", tol=1e-10, key=jax.random.key(3))
-    assert res.status == EigshStatus.CONVERGED, res.message
-    assert res.num_restarts >= 3
-    np.testing.assert_allclose(float(res.eigenvalues[0]), 1.002, rtol=1e-10)
-    y = np.asarray(res.eigenvectors[:, 0])
-    w, U = np.linalg.eigh(A)
-    assert abs(abs(U[:, -1] @ y) - 1) < 1e-8
-    assert np.linalg.norm(A @ y - float(res.eigenvalues[0]) * y) <= 1e-10 * 1.002
-
-
-def test_eigsh_float32_documented_tolerance():
-    lam = spectrum("separated", 150)
-    op, _ = _op(lam, 1, dtype=np.float32)
-    res = eigsh(op, 3, which="LA", tol=1e-5)
-    assert res.eigenvectors.dtype == jnp.float32
-    assert res.status == EigshStatus.CONVERGED, res.message
-    # float32: eigenvalues to 1e-5 relative
-    np.testing.assert_allclose(np.asarray(res.eigenvalues), np.sort(lam)[::-1][:3], rtol=1e-5)
-
-
-def test_eigsh_tol_below_float32_accuracy_is_reported_inaccurate():
-    # float32 Ritz estimates reach ~0 but the true residuals floor at ~1e-7 |A|: after a few verified
-    # restarts eigsh stops with INACCURATE instead of claiming convergence or spinning to max_restarts.
-    lam = spectrum("separated", 150)
-    op, A = _op(lam, 1, dtype=np.float32)
-    res = eigsh(op, 3, which="LA", tol=1e-9, max_restarts=30)
-    assert res.status == EigshStatus.INACCURATE, res.message
-    assert "attainable" in res.message
-    assert not np.any(np.asarray(res.converged))
-    assert res.num_restarts < 30
-    Y = np.asarray(res.eigenvectors, dtype=np.float64)
-    theta = np.asarray(res.eigenvalues, dtype=np.float64)
-    true = np.linalg.norm(A.astype(np.float64) @ Y - Y * theta, axis=0)
-    np.testing.assert_allclose(np.asarray(res.residual_norms), true, rtol=0.2, atol=1e-6)
-    assert np.all(true > 1e-9 * theta) and np.all(true < 1e-4 * theta)
-
-
-def test_eigsh_invalid_arguments():
-    op, _ = _op(spectrum("separated", 10))
-    with pytest.raises(ValueError, match="k larger than n"):
-        eigsh(op, 10)
-    with pytest.raises(ValueError, match="k must be >= 1"):
-        eigsh(op, 0)
-    with pytest.raises(TypeError, match="k must be an integer"):
-        eigsh(op, 2.0)
-    with pytest.raises(ValueError, match="which"):
-        eigsh(op, 2, which="XX")
-    with pytest.raises(ValueError, match="tol"):
-        eigsh(op, 2, tol=0.0)
-    with pytest.raises(ValueError, match="ncv"):
-        eigsh(op, 2, ncv=2)
-    with pytest.raises(ValueError, match="v0 must be nonzero"):
-        eigsh(op, 2, v0=jnp.zeros(10))
-    with pytest.raises(ValueError, match="k larger than n"):
-        eigsh(DenseOperator(jnp.ones((1, 1))), 1)
-
-
-def test_eigsh_no_recompilation():
-    lam = spectrum("separated", 60)
-    op1, _ = _op(lam, 0)
-    op2, _ = _op(lam + 1.0, 1)
-    eigsh(op1, 2, tol=1e-8)
-    before = _eigsh_jit._cache_size()
-    r = eigsh(op2, 2, tol=1e-8)
-    assert _eigsh_jit._cache_size() == before
-    assert float(r.eigenvalues[0]) == pytest.approx(lam.max() + 1.0, rel=1e-8)
-
-
-def test_eigsh_on_hessian_operator_of_a_pytree_function():
-    def f(params, x):
-        h = jnp.tanh(x @ params["w"] + params["b"][None, :])
-        return jnp.sum(h**2) + 0.1 * jnp.sum(params["w"] ** 4)
-
-    key = jax.random.key(0)
-    params = {"w": jax.random.normal(key, (6, 5)), "b": jnp.linspace(-1.0, 1.0, 5)}
-    x = jax.random.normal(jax.random.key(1), (8, 6))
-    H = dense_hessian(f, params, x)
-    w = np.linalg.eigh(H)[0]
-    op = hessian_operator(f, params, x)
-    for which, ref in (("LA", w[::-1][:3]), ("SA", w[:3])):
-        res = eigsh(op, 3, which=which, tol=1e-10)
-        assert res.status == EigshStatus.CONVERGED, res.message
-        np.testing.assert_allclose(np.asarray(res.eigenvalues), ref, atol=1e-8 * np.abs(w).max())
-    lres = lanczos(op, op.size + 3)
-    assert lres.status == LanczosStatus.BREAKDOWN
-    m = lres.num_steps
+def _assert_same_run(a, b, scale, rtol=1e-12):
+    assert a.num_steps == b.num_steps and a.status == b.status and a.num_matvecs == b.num_matvecs
+    atol = rtol * scale
+    np.testing.assert_allclose(np.asarray(a.alpha), np.asarray(b.alpha), rtol=0, atol=atol)
+    np.testing.assert_allclose(np.asarray(a.beta), np.asarray(b.beta), rtol=0, atol=atol)
+    np.testing.assert_allclose(np.asarray(a.basis), np.asarray(b.basis), rtol=0, atol=1e3 * rtol)
+    np.testing.assert_allclose(np.asarray(a.matvec_norms), np.asarray(b.matvec_norms), rtol=0, atol=atol)
+    np.testing.assert_allclose(float(a.anorm), float(b.anorm), rtol=0, atol=atol)
     np.testing.assert_allclose(
-        np.asarray(lres.ritz_history[m - 1, [0, m - 1]]), [w[0], w[-1]], atol=1e-9 * np.abs(w).max()
+        np.asarray(a.ritz_history), np.asarray(b.ritz_history), rtol=0, atol=1e2 * atol, equal_nan=True
     )
 
 
-def test_eigsh_atol_converges_on_singular_psd():
-    """Smallest eigenvalues of a rank-deficient PSD matrix (a Gauss-Newton-like operator): the
-    eigenvalue 0 cannot satisfy a relative test, an absolute one converges to the right value."""
-    lam = np.concatenate([np.zeros(40), np.linspace(1.0, 10.0, 60)])
-    A = matrix_with_spectrum(lam, seed=3)
-    strict = eigsh(DenseOperator(A), k=2, which="SA", tol=1e-8, ncv=12, max_restarts=20)
-    assert not bool(np.all(strict.converged))
-    res = eigsh(DenseOperator(A), k=2, which="SA", tol=1e-8, atol=1e-8 * 10.0, ncv=12)
-    assert bool(np.all(res.converged)), res.message
-    np.testing.assert_allclose(res.eigenvalues, [0.0, 0.0], atol=1e-7)
-    assert np.all(np.asarray(res.residual_norms) <= 1e-7)
-    with pytest.raises(ValueError, match="atol"):
-        eigsh(DenseOperator(A), k=2, atol=-1.0)
+@pytest.mark.parametrize("name", ["separated", "clustered", "indefinite"])
+@pytest.mark.parametrize("k", [1, 7, 30])
+def test_prefix_is_the_shorter_run(name, k):
+    lam = spectrum(name, 60)
+    op, _ = _op(lam, 2)
+    long = lanczos(op, 30, key=jax.random.key(4))
+    _assert_same_run(long.prefix(k), lanczos(op, k, key=jax.random.key(4)), np.abs(lam).max())
+
+
+def test_prefix_of_an_invariant_subspace_run_and_refusals():
+    op = DenseOperator(jnp.diag(jnp.array([1.0, 2.0, 2.0, 5.0])))  # repeated eigenvalue: 3 steps
+    run = lanczos(op, 8)
+    assert run.status == Status.INVARIANT_SUBSPACE and run.num_steps == 3
+    _assert_same_run(run.prefix(3), lanczos(op, 3), 5.0)
+    assert run.prefix(2).status == Status.COMPLETED
+    with pytest.raises(ValueError, match="k = 4 exceeds the 3 steps"):
+        run.prefix(4)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        run.prefix(0)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        run.prefix(2.0)
+
+
+@pytest.mark.parametrize("damping", [0.5, -3.0, 1e3])
+@pytest.mark.parametrize("name", ["separated", "indefinite", "repeated"])
+def test_shifted_equals_a_run_on_the_damped_operator(damping, name):
+    lam = spectrum(name, 50)
+    op, A = _op(lam, 1)
+    run = lanczos(op, 20, key=jax.random.key(3))
+    ref = lanczos(DenseOperator(jnp.asarray(A + damping * np.eye(50))), 20, key=jax.random.key(3))
+    scale = np.abs(lam).max() + abs(damping)
+    _assert_same_run(run.shifted(damping), ref, scale, rtol=1e-11)
+    _assert_same_run(
+        run.shifted(damping), lanczos(op.damped(damping), 20, key=jax.random.key(3)), scale, 1e-11
+    )
+    # dense check of the shifted relation: T(A + dI) = Q (A + dI) Q^T
+    sh = run.shifted(damping)
+    Q = np.asarray(sh.basis[: sh.num_steps])
+    np.testing.assert_allclose(
+        np.asarray(sh.tridiagonal()), Q @ (A + damping * np.eye(50)) @ Q.T, atol=1e-11 * scale
+    )
+
+
+def test_shifted_invariant_subspace_run_and_n_equals_one():
+    op = DenseOperator(jnp.diag(jnp.array([1.0, 2.0, 2.0, 5.0])))
+    run = lanczos(op, 8)
+    ref = lanczos(DenseOperator(jnp.diag(jnp.array([3.0, 4.0, 4.0, 7.0]))), 8)
+    _assert_same_run(run.shifted(2.0), ref, 7.0)
+    one = lanczos(DenseOperator(jnp.array([[3.0]])), 2)
+    _assert_same_run(one.shifted(-1.0), lanczos(DenseOperator(jnp.array([[2.0]])), 2), 3.0)
+
+
+def test_shifted_refusals():
+    lam = spectrum("separated", 30)
+    op, _ = _op(lam, 0)
+    with pytest.raises(ValueError, match="not reorthogonalized"):
+        lanczos(op, 10, reorthogonalize=False).shifted(1.0)
+    nan_op = FunctionOperator(lambda v: v * jnp.nan, 8, jnp.float64)
+    with pytest.raises(ValueError, match="non-finite"):
+        lanczos(nan_op, 3).shifted(1.0)
+    # a coarse breakdown threshold: a large shift raises max ||(A + dI) q|| enough that a fresh run
+    # would stop at an earlier step
+    coarse = lanczos(op, 3, breakdown_tol=0.05)
+    assert coarse.status == Status.COMPLETED
+    with pytest.raises(ValueError, match="another step"):
+        coarse.shifted(1e3)
+    with pytest.raises(ValueError, match="finite"):
+        lanczos(op, 3).shifted(np.inf)
+    with pytest.raises(TypeError, match="concrete"):
+        jax.jit(lambda d: lanczos(op, 3).shifted(d).alpha)(1.0)
+
+
+# ---------------------------------------------------------------------------
+# bad input, jit, throw
+# ---------------------------------------------------------------------------
+
+
+def test_bad_operators_and_start_vectors_raise_clear_errors():
+    A = jnp.eye(4)
+    with pytest.raises(TypeError, match="complex"):  # refused by the operator or by lanczos
+        lanczos(FunctionOperator(lambda v: v, 4, jnp.complex128), 3)
+    with pytest.raises(TypeError, match="complex"):
+        lanczos(jnp.eye(4, dtype=jnp.complex128), 3)
+    with pytest.raises(TypeError, match="lanczos: v0 is complex"):
+        lanczos(DenseOperator(A), 3, v0=jnp.ones(4, jnp.complex128))
+    with pytest.raises(TypeError, match="lanczos: v0 has dtype int"):
+        lanczos(DenseOperator(A), 3, v0=jnp.ones(4, jnp.int32))
+    with pytest.raises(ValueError, match="size 0"):
+        lanczos(jnp.zeros((0, 0)), 3)
+    with pytest.raises(ValueError, match="size 0"):
+        lanczos(DiagonalOperator(jnp.zeros(0)), 3)
+    with pytest.raises(
+        ValueError, match=r"must map a vector of shape \(4,\) to shape \(4,\), but it returned \(3,\)"
+    ):
+        lanczos(FunctionOperator(lambda v: v[:3], 4, jnp.float64), 3)
+    with pytest.raises(TypeError, match="throw must be True or False"):
+        lanczos(DenseOperator(A), 3, throw=1)
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        lanczos(DenseOperator(A), 3, key=7)
+
+
+def test_lanczos_under_the_users_jit_and_raw_keys():
+    lam = spectrum("separated", 20)
+    op, A = _op(lam, 0)
+    eager = lanczos(op, 8)
+    traced = jax.jit(lambda M: lanczos(DenseOperator(M), 8))(jnp.asarray(A))
+    np.testing.assert_allclose(np.asarray(traced.alpha), np.asarray(eager.alpha), rtol=1e-12)
+    assert int(traced.status) == Status.COMPLETED and int(traced.num_steps) == 8
+    assert traced.converged
+    # a raw uint32[2] key is wrapped: the same start vector as the typed key
+    raw = lanczos(op, 8, key=jax.random.PRNGKey(5))
+    typed = lanczos(op, 8, key=jax.random.key(5))
+    np.testing.assert_array_equal(np.asarray(raw.alpha), np.asarray(typed.alpha))
+    with pytest.raises(ValueError, match="cannot be traced"):
+        jax.jit(lambda M: lanczos(DenseOperator(M), 8, throw=True).alpha)(jnp.asarray(A))
+    assert lanczos(op, 8, throw=True).status == Status.COMPLETED

@@ -22,7 +22,7 @@ from curvlab.sharding import data_mesh
 assert jax.device_count() == 4, jax.devices()
 ns = runpy.run_path("examples/plain_jax_mlp.py")
 p = ns["make_problem"](jnp.float64, num_examples=70)   # batches of 16 (sharded 4 ways) + remainder of 6
-opts = dict(k=2, num_probes=4, num_steps=20, trace_probes=40, tol=1e-10, progress=False)
+opts = dict(k=2, num_probes=4, num_steps=20, trace_probes=40, rtol=1e-10, progress=False)
 single = diagnose(**p, **opts)
 mesh = data_mesh()
 multi = diagnose(**p, **opts, mesh=mesh)

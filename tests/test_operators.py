@@ -7,6 +7,8 @@ the float64 dense reference to ``1e-4 * ||A||_2`` (float32 roundoff is 6e-8; sum
 over examples and layers lose a few digits).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,9 +20,13 @@ from curvlab._hvp import HVP_MODES
 from curvlab._operators import (
     DENSE_SIZE_LIMIT,
     BlockDiagonalOperator,
+    CongruenceOperator,
     DenseOperator,
     DiagonalOperator,
+    FisherOperator,
     FunctionOperator,
+    GGNOperator,
+    HessianOperator,
     IdentityOperator,
     KroneckerOperator,
     LinearOperator,
@@ -32,7 +38,14 @@ from curvlab._operators import (
     ggn_operator,
     hessian_operator,
 )
-from tests.reference import dense_hessian, matrix_with_spectrum, random_orthogonal
+from tests.reference import (
+    compare_operator,
+    dense_fisher,
+    dense_ggn,
+    dense_hessian,
+    matrix_with_spectrum,
+    random_orthogonal,
+)
 
 # ---------------------------------------------------------------------------
 # structured operators and their explicit dense matrices
@@ -80,6 +93,19 @@ def cases():
         ("damped_kron", KroneckerOperator(A3, A4).damped(0.1), np.kron(A3, A4) + 0.1 * np.eye(12)),
         ("function", FunctionOperator(_fn_matvec, 4), A4),
         ("scaled_function", ScaledOperator(2.0, FunctionOperator(_fn_matvec, 4)), 2.0 * A4),
+        ("congruence", CongruenceOperator(A4, D4), np.diag(D4) @ A4 @ np.diag(D4)),
+        ("n1_dense", DenseOperator([[3.0]]), np.array([[3.0]])),
+        ("n1_identity", IdentityOperator(1), np.eye(1)),
+        (
+            "repeated",
+            DenseOperator(matrix_with_spectrum([2.0, 2.0, 2.0, 5.0])),
+            matrix_with_spectrum([2.0, 2.0, 2.0, 5.0]),
+        ),
+        (
+            "singular",
+            DenseOperator(matrix_with_spectrum([0.0, 0.0, 1.0, 3.0])),
+            matrix_with_spectrum([0.0, 0.0, 1.0, 3.0]),
+        ),
     ]
 
 
@@ -92,22 +118,17 @@ def get_case(name):
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_to_dense_matches_explicit(name):
+def test_operator_matches_explicit(name):
     op, M = get_case(name)
     assert isinstance(op, LinearOperator)
     assert op.shape == M.shape and op.size == M.shape[0]
-    np.testing.assert_allclose(np.asarray(op.to_dense()), M, rtol=1e-12, atol=1e-12)
+    compare_operator(op, M, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_matmul_vector_and_columns(name):
+def test_call_prepare_and_numpy_input(name):
     op, M = get_case(name)
-    rng = np.random.default_rng(0)
-    v = rng.standard_normal(M.shape[0])
-    V = rng.standard_normal((M.shape[0], 3))
-    np.testing.assert_allclose(np.asarray(op @ jnp.asarray(v)), M @ v, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(op.matvec(jnp.asarray(v))), M @ v, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(op @ jnp.asarray(V)), M @ V, rtol=1e-12, atol=1e-12)
+    v = np.random.default_rng(0).standard_normal(M.shape[0])
     np.testing.assert_allclose(np.asarray(op(jnp.asarray(v))), M @ v, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(op.prepare()(jnp.asarray(v))), M @ v, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(op @ v), M @ v, rtol=1e-12, atol=1e-12)  # numpy input
@@ -258,22 +279,6 @@ def point(p, seed=0):
     return unravel(flat + 0.3 * jnp.asarray(rng.standard_normal(flat.shape), flat.dtype))
 
 
-def dense_ggn(p, x):
-    inputs, targets = p.batch
-    flat_x, unravel = ravel_pytree(x)
-    z = p.model_fn(x, inputs)
-    J = np.asarray(jax.jacobian(lambda y: p.model_fn(unravel(y), inputs).ravel())(flat_x))
-    HL = np.asarray(jax.hessian(lambda zz: p.loss_fn(zz.reshape(z.shape), targets))(z.ravel()))
-    return J.T @ HL @ J
-
-
-def dense_fisher(p, x):
-    inputs, targets = p.batch
-    flat_x, unravel = ravel_pytree(x)
-    G = np.asarray(jax.jacobian(lambda y: p.per_example_loss_fn(unravel(y), inputs, targets))(flat_x))
-    return G.T @ G / G.shape[0]
-
-
 _REF = {}
 
 
@@ -282,7 +287,12 @@ def references():
     if not _REF:
         p = mlp_problem()
         x = point(p)
-        _REF.update(x=x, H=dense_hessian(p.f, x), G=dense_ggn(p, x), F=dense_fisher(p, x))
+        _REF.update(
+            x=x,
+            H=dense_hessian(p.f, x),
+            G=dense_ggn(p.model_fn, p.output_loss_fn, x, p.batch),
+            F=dense_fisher(p.per_example_loss_fn, x, p.batch),
+        )
     return _REF
 
 
@@ -295,10 +305,9 @@ def assert_close_to(M, ref, rtol=1e-10):
 def test_hessian_operator_dense(mode, linearize):
     p, ref = mlp_problem(), references()
     op = hessian_operator(p.f, ref["x"], mode=mode, linearize=linearize)
-    assert op.shape == ref["H"].shape and op.dtype == jnp.float64
-    assert_close_to(op.to_dense(), ref["H"])
+    assert op.dtype == jnp.float64 and op.tags == {"symmetric"}
+    compare_operator(op, ref["H"], rtol=1e-10)
     v = jnp.asarray(np.random.default_rng(2).standard_normal(op.size))
-    assert_close_to(op @ v, ref["H"] @ np.asarray(v))
     np.testing.assert_allclose(op.prepare()(v), op.matvec(v), rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(
         jax.jit(lambda o, w: o.prepare()(w))(op, v), op.matvec(v), rtol=1e-10, atol=1e-14
@@ -316,23 +325,21 @@ def test_hessian_operator_args_and_loss_form():
 
 def test_ggn_operator_dense_and_psd():
     p, ref = mlp_problem(), references()
-    op = ggn_operator(p.model_fn, p.loss_fn, ref["x"], p.batch)
-    assert_close_to(op.to_dense(), ref["G"])
+    op = ggn_operator(p.model_fn, p.output_loss_fn, ref["x"], p.batch)
+    assert op.tags == {"symmetric", "psd"}
+    compare_operator(op, ref["G"], rtol=1e-10)  # psd tag checked against eigvalsh
     v = jnp.asarray(np.random.default_rng(3).standard_normal(op.size))
-    assert_close_to(op @ v, ref["G"] @ np.asarray(v))
     np.testing.assert_allclose(op.prepare()(v), op.matvec(v), rtol=1e-10, atol=1e-14)
-    G = ref["G"]
-    assert np.linalg.eigvalsh(G).min() >= -1e-10 * np.linalg.norm(G, 2)
 
 
 def test_fisher_operator_dense_and_psd():
     p, ref = mlp_problem(), references()
-    op = fisher_operator(p.per_example_loss_fn, ref["x"], *p.batch)
-    assert_close_to(op.to_dense(), ref["F"])
+    op = fisher_operator(p.per_example_loss_fn, ref["x"], p.batch)
+    assert op.tags == {"symmetric", "psd"}
+    compare_operator(op, ref["F"], rtol=1e-10)
     v = jnp.asarray(np.random.default_rng(4).standard_normal(op.size))
     np.testing.assert_allclose(op.prepare()(v), op.matvec(v), rtol=1e-10, atol=1e-14)
     F = ref["F"]
-    assert np.linalg.eigvalsh(F).min() >= -1e-10 * np.linalg.norm(F, 2)
     # rank at most N: one rank-one term per example
     assert np.linalg.matrix_rank(F, tol=1e-10 * np.linalg.norm(F, 2)) <= 12
 
@@ -348,7 +355,7 @@ def test_ggn_equals_hessian_for_linear_model():
     p = problems.logistic_regression(num_examples=24, l2=0.0)
     x = point(p)
     H = hessian_operator(p.f, x).to_dense()
-    G = ggn_operator(p.model_fn, p.loss_fn, x, p.batch).to_dense()
+    G = ggn_operator(p.model_fn, p.output_loss_fn, x, p.batch).to_dense()
     assert_close_to(G, np.asarray(H))
 
 
@@ -358,8 +365,8 @@ def test_curvature_operators_float32():
     x32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), ref["x"])
     ops = {
         "H": hessian_operator(p32.f, x32),
-        "G": ggn_operator(p32.model_fn, p32.loss_fn, x32, p32.batch),
-        "F": fisher_operator(p32.per_example_loss_fn, x32, *p32.batch),
+        "G": ggn_operator(p32.model_fn, p32.output_loss_fn, x32, p32.batch),
+        "F": fisher_operator(p32.per_example_loss_fn, x32, p32.batch),
     }
     for k, op in ops.items():
         assert op.dtype == jnp.float32
@@ -383,8 +390,8 @@ def test_ravel_unravel_round_trip():
 
     np.testing.assert_allclose(op @ flat, op.ravel(hvp(p.f, ref["x"], tree)), rtol=1e-10, atol=1e-14)
     for other in (
-        ggn_operator(p.model_fn, p.loss_fn, ref["x"], p.batch),
-        fisher_operator(p.per_example_loss_fn, ref["x"], *p.batch),
+        ggn_operator(p.model_fn, p.output_loss_fn, ref["x"], p.batch),
+        fisher_operator(p.per_example_loss_fn, ref["x"], p.batch),
     ):
         np.testing.assert_array_equal(other.ravel(other.unravel(flat)), flat)
 
@@ -409,7 +416,7 @@ def test_curvature_operator_errors():
     with pytest.raises(ValueError, match="scalar"):
         hessian_operator(lambda x: x[0]["W"], ref["x"])
     with pytest.raises(ValueError, match=r"batch must be a pair"):
-        ggn_operator(p.model_fn, p.loss_fn, ref["x"], p.batch[0])
+        ggn_operator(p.model_fn, p.output_loss_fn, ref["x"], p.batch[0])
     with pytest.raises(ValueError, match="scalar"):
         ggn_operator(p.model_fn, lambda z, t: z, ref["x"], p.batch)
     with pytest.raises(ValueError, match="1-D vector of per-example losses"):
@@ -444,3 +451,183 @@ def test_hessian_operator_jit_traces_once_and_damped():
     np.testing.assert_allclose(out, w / np.linalg.norm(w), rtol=1e-9, atol=1e-12)
     damped = op1.damped(0.5)
     assert_close_to(damped.to_dense(), ref["H"] + 0.5 * np.eye(len(v)))
+
+
+# ---------------------------------------------------------------------------
+# tags: what solvers may assume
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "op, tags",
+    [
+        (DenseOperator(A4), {"symmetric"}),
+        (DiagonalOperator(np.abs(D4)), {"symmetric", "psd"}),
+        (DiagonalOperator(D4), {"symmetric"}),
+        (IdentityOperator(3), {"symmetric", "psd"}),
+        (LowRankOperator(U, np.abs(S)), {"symmetric", "psd"}),
+        (LowRankOperator(U, S), {"symmetric"}),
+        (IdentityOperator(4) + DiagonalOperator(np.abs(D4)), {"symmetric", "psd"}),
+        (IdentityOperator(4) + DenseOperator(A4), {"symmetric"}),
+        (2.0 * IdentityOperator(4), {"symmetric", "psd"}),
+        (-2.0 * IdentityOperator(4), {"symmetric"}),
+        (IdentityOperator(4) - IdentityOperator(4), {"symmetric"}),
+        (DenseOperator(A4).damped(1.0), {"symmetric"}),
+        (DiagonalOperator(np.abs(D4)).damped(0.5), {"symmetric", "psd"}),
+        (DiagonalOperator(np.abs(D4)).damped(-0.5), {"symmetric"}),
+        (KroneckerOperator(IdentityOperator(2), DiagonalOperator(np.abs(D4))), {"symmetric", "psd"}),
+        (BlockDiagonalOperator([IdentityOperator(2), DenseOperator(A3)]), {"symmetric"}),
+        (CongruenceOperator(IdentityOperator(4), D4), {"symmetric", "psd"}),
+        (CongruenceOperator(DenseOperator(A4), D4), {"symmetric"}),
+        (FunctionOperator(_fn_matvec, 4), {"symmetric"}),
+        (FunctionOperator(_fn_matvec, 4, tags={"psd"}), {"symmetric", "psd"}),
+    ],
+)
+def test_tags(op, tags):
+    assert op.tags == frozenset(tags)
+
+
+def test_psd_tag_survives_jit_and_is_dropped_for_traced_values():
+    op = DiagonalOperator(np.abs(D4)).damped(0.5)
+    leaves, treedef = jax.tree_util.tree_flatten(op)
+    assert jax.tree_util.tree_unflatten(treedef, leaves).tags == {"symmetric", "psd"}
+
+    @jax.jit
+    def tags_inside(op, d):
+        assert op.tags == {"symmetric", "psd"}  # static: known while tracing
+        assert DiagonalOperator(d).tags == {"symmetric"}  # a traced diagonal: sign unknown
+        return op @ d
+
+    np.testing.assert_allclose(tags_inside(op, jnp.ones(4)), np.abs(D4) + 0.5, rtol=1e-14)
+
+
+def test_damped_psd_operator_all_eigenvalues_above_damping():
+    op = DiagonalOperator(np.array([0.0, 1.0, 3.0])).damped(0.25)
+    assert "psd" in op.tags
+    np.testing.assert_allclose(np.linalg.eigvalsh(np.asarray(op.to_dense())), [0.25, 1.25, 3.25], rtol=1e-14)
+
+
+# ---------------------------------------------------------------------------
+# registered dataclasses with real __init__s
+# ---------------------------------------------------------------------------
+
+
+def test_curvature_operator_classes_are_constructible():
+    p, ref = mlp_problem(), references()
+    H = HessianOperator(p.loss, ref["x"], p.batch)
+    G = GGNOperator(p.model_fn, p.output_loss_fn, ref["x"], p.batch)
+    F = FisherOperator(p.per_example_loss_fn, ref["x"], p.batch)
+    assert_close_to(H.to_dense(), ref["H"])
+    assert_close_to(G.to_dense(), ref["G"])
+    assert_close_to(F.to_dense(), ref["F"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        H.x = None
+
+
+def test_curvature_operators_into_jit_reuse_compiled_code():
+    p, ref = mlp_problem(), references()
+    traces = {"n": 0}
+
+    @jax.jit
+    def apply(op, v):
+        traces["n"] += 1
+        return op @ v
+
+    v = jnp.ones(ref["G"].shape[0])
+    for x in (ref["x"], point(p, seed=7)):
+        out = apply(ggn_operator(p.model_fn, p.output_loss_fn, x, p.batch), v)
+        np.testing.assert_allclose(
+            out, dense_ggn(p.model_fn, p.output_loss_fn, x, p.batch) @ np.ones(len(v)), rtol=1e-9, atol=1e-12
+        )
+    assert traces["n"] == 1
+
+
+def test_matmat_uses_prepared_product():
+    p, ref = mlp_problem(), references()
+    op = ggn_operator(p.model_fn, p.output_loss_fn, ref["x"], p.batch)
+    V = jnp.asarray(np.random.default_rng(8).standard_normal((op.size, 4)))
+    assert_close_to(op.matmat(V), ref["G"] @ np.asarray(V))
+    with pytest.raises(ValueError, match=r"matmat .* needs an array of shape \(\d+, k\)"):
+        op.matmat(V[:, 0])
+
+
+# ---------------------------------------------------------------------------
+# bad input: rejected at construction with a message naming the argument
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda: IdentityOperator(-3), ValueError, "n must be >= 1, got -3"),
+        (lambda: IdentityOperator(0), ValueError, "n must be >= 1"),
+        (lambda: IdentityOperator(2.7), TypeError, "n must be an integer"),
+        (lambda: IdentityOperator(3, jnp.complex64), TypeError, "dtype must be a real floating dtype"),
+        (lambda: FunctionOperator(_fn_matvec, 2.7), TypeError, "n must be an integer"),
+        (lambda: FunctionOperator(_fn_matvec, -1), ValueError, "n must be >= 1"),
+        (
+            lambda: FunctionOperator(lambda v: v[:2], 4),
+            ValueError,
+            r"must map a vector of shape \(4,\) to shape \(4,\)",
+        ),
+        (lambda: FunctionOperator(_fn_matvec, 4, tags={"hermitian"}), ValueError, "tags must be a subset"),
+        (lambda: DenseOperator(np.eye(2) * 1j), TypeError, "matrix is complex"),
+        (lambda: DiagonalOperator(np.ones(3, np.complex64)), TypeError, "diag is complex"),
+        (lambda: LowRankOperator(U.astype(np.complex128), S), TypeError, "U is complex"),
+        (lambda: LowRankOperator(U, S * 1j), TypeError, "s is complex"),
+        (lambda: ScaledOperator(1j, DenseOperator(A4)), TypeError, "scale is complex"),
+        (lambda: 2j * DenseOperator(A4), TypeError, "scale is complex"),
+        (lambda: CongruenceOperator(A4, np.ones(3)), ValueError, r"scale must have shape \(4,\)"),
+        (
+            lambda: hessian_operator(lambda x: jnp.sum(x**2), jnp.arange(3)),
+            TypeError,
+            "floating-point leaves",
+        ),
+        (
+            lambda: hessian_operator(lambda x: jnp.sum(jnp.abs(x) ** 2), jnp.ones(3, jnp.complex64)),
+            TypeError,
+            "x is complex",
+        ),
+    ],
+)
+def test_bad_input_rejected(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_integer_dense_input_is_cast_to_float():
+    op = DiagonalOperator(np.array([1, 2, 3]))
+    assert jnp.issubdtype(op.dtype, jnp.floating) and op.tags == {"symmetric", "psd"}
+    np.testing.assert_array_equal(op.to_dense(), np.diag([1.0, 2.0, 3.0]))
+
+
+# ---------------------------------------------------------------------------
+# one kernel per product: the dataset average uses the same GGN / Fisher / Hessian products
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn", "fisher"])
+def test_dataset_operator_matches_dense_average_and_single_batch_operator(curvature):
+    from curvlab._diagnostics import dataset_operator
+    from tests.reference import dense_dataset_curvature
+
+    p, ref = mlp_problem(), references()
+    X, y = p.batch
+    fns = dict(
+        model_fn=p.model_fn, output_loss_fn=p.output_loss_fn, per_example_loss_fn=p.per_example_loss_fn
+    )
+    op = dataset_operator(p.loss, ref["x"], (X, y), curvature=curvature, batch_size=5, **fns)  # 5 + 5 + 2
+    batches = [(X[:5], y[:5]), (X[5:10], y[5:10]), (X[10:], y[10:])]
+    dense = dense_dataset_curvature(curvature, p.loss, ref["x"], batches, **fns)
+    compare_operator(op, dense, rtol=1e-10)
+    assert op.tags == ({"symmetric"} if curvature == "hessian" else {"symmetric", "psd"})
+    whole = dataset_operator(p.loss, ref["x"], (X, y), curvature=curvature, **fns)  # one batch
+    single = {
+        "hessian": hessian_operator(p.loss, ref["x"], (X, y)),
+        "ggn": ggn_operator(p.model_fn, p.output_loss_fn, ref["x"], (X, y)),
+        "fisher": fisher_operator(p.per_example_loss_fn, ref["x"], (X, y)),
+    }[curvature]
+    v = jnp.asarray(np.random.default_rng(9).standard_normal(op.size))
+    np.testing.assert_allclose(
+        whole @ v, single @ v, rtol=1e-12, atol=1e-14 * float(jnp.linalg.norm(single @ v))
+    )

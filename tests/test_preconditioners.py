@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from curvlab._cg import CGStatus, cg
+from curvlab._cg import cg
 from curvlab._operators import (
     DenseOperator,
     DiagonalOperator,
@@ -16,6 +16,7 @@ from curvlab._operators import (
     fisher_operator,
     hessian_operator,
 )
+from curvlab._status import Status
 from curvlab.preconditioners import (
     as_preconditioner,
     empirical_fisher_diagonal,
@@ -98,7 +99,7 @@ def test_hutchinson_jacobi_estimate_and_pcg():
     b = np.random.default_rng(0).standard_normal(50)
     plain = cg(op, b, rtol=1e-8, maxiter=500)
     pcg = cg(op, b, rtol=1e-8, maxiter=500, preconditioner=P)
-    assert pcg.status_enum is CGStatus.CONVERGED
+    assert pcg.status is Status.CONVERGED
     assert int(pcg.num_iterations) * 3 < int(plain.num_iterations)
     # the estimate is floored, so an indefinite operator still gives a positive definite P
     Pi = hutchinson_jacobi(np.diag([1.0, -1.0, 2.0]), num_probes=4, key=jax.random.key(1))
@@ -131,7 +132,8 @@ def _logistic_problem(N=37, d=6, seed=0):
     y = jnp.asarray(rng.integers(0, 2, N).astype(np.float64))
     params = {"w": jnp.asarray(rng.standard_normal(d)), "b": jnp.asarray(0.3)}
 
-    def per_example(p, X, y):
+    def per_example(p, batch):
+        X, y = batch
         z = X @ p["w"] + p["b"]
         return jnp.logaddexp(0.0, z) - y * z
 
@@ -141,22 +143,49 @@ def _logistic_problem(N=37, d=6, seed=0):
 @pytest.mark.parametrize("chunk_size", [1, 8, 64])
 def test_empirical_fisher_diagonal_matches_dense(chunk_size):
     per_example, params, X, y = _logistic_problem()
-    d = empirical_fisher_diagonal(per_example, params, X, y, chunk_size=chunk_size)
-    J = jax.jacrev(lambda p: per_example(p, X, y))(params)
+    d = empirical_fisher_diagonal(per_example, params, (X, y), chunk_size=chunk_size)
+    J = jax.jacrev(lambda p: per_example(p, (X, y)))(params)
     G = np.concatenate([np.asarray(J["b"])[:, None], np.asarray(J["w"])], axis=1)  # ravel_pytree order: b, w
     np.testing.assert_allclose(d, np.mean(G**2, axis=0), rtol=1e-12)
-    F = fisher_operator(per_example, params, X, y)
+    F = fisher_operator(per_example, params, (X, y))
     np.testing.assert_allclose(d, np.diag(np.asarray(F.to_dense())), rtol=1e-10)
     with pytest.raises(ValueError, match="per-example losses"):
-        empirical_fisher_diagonal(lambda p, X, y: jnp.sum(per_example(p, X, y)), params, X, y)
+        empirical_fisher_diagonal(lambda p, batch: jnp.sum(per_example(p, batch)), params, (X, y))
 
 
 def test_martens_preconditioned_cg_on_damped_fisher():
     per_example, params, X, y = _logistic_problem(N=64, d=12, seed=1)
-    lam = 1e-3
-    F = fisher_operator(per_example, params, X, y).damped(lam)
-    P = martens(empirical_fisher_diagonal(per_example, params, X, y), lam)
+    damping = 1e-3
+    F = fisher_operator(per_example, params, (X, y)).damped(damping)
+    P = martens(empirical_fisher_diagonal(per_example, params, (X, y)), damping)
     b = np.random.default_rng(2).standard_normal(13)
     res = cg(F, b, preconditioner=P, rtol=1e-9, maxiter=200)
-    assert res.status_enum is CGStatus.CONVERGED
+    assert res.status is Status.CONVERGED
     np.testing.assert_allclose(F.to_dense() @ np.asarray(res.x), b, atol=1e-7 * np.linalg.norm(b))
+
+
+def test_hutchinson_jacobi_key_is_keyword_only_typed_and_required():
+    A = np.diag([1.0, 2.0, 4.0]) + 0.1
+    typed = hutchinson_jacobi(A, num_probes=8, key=jax.random.key(3))
+    raw = hutchinson_jacobi(A, num_probes=8, key=jax.random.PRNGKey(3))  # raw key data: wrapped
+    np.testing.assert_array_equal(typed.diag, raw.diag)
+    with pytest.raises(TypeError, match=r"key is required: pass a typed key, e.g. key=jax.random.key\(0\)"):
+        hutchinson_jacobi(A, num_probes=8, key=None)
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        hutchinson_jacobi(A, num_probes=8, key=3)
+    with pytest.raises(TypeError):
+        hutchinson_jacobi(A, 8, jax.random.key(3))  # num_probes and key are keyword-only
+
+
+def test_complex_and_integer_input_is_refused():
+    H = jnp.array([[2.0, 1j], [-1j, 2.0]])  # Hermitian
+    with pytest.raises(TypeError, match="op is complex"):
+        jacobi(H)
+    with pytest.raises(TypeError, match="op is complex"):
+        hutchinson_jacobi(H, num_probes=4, key=jax.random.key(0))
+    with pytest.raises(TypeError, match="preconditioner is complex"):
+        as_preconditioner(jnp.array([1.0 + 1j, 2.0]))
+    with pytest.raises(TypeError, match="preconditioner has dtype int"):
+        as_preconditioner(np.array([1, 2]))
+    with pytest.raises(TypeError, match="diag_fisher is complex"):
+        martens(jnp.array([1.0 + 1j, 2.0]), 1.0)

@@ -123,10 +123,10 @@ def test_neural_problem_consistency():
         inputs, targets = p.batch
         f = float(p.f(x))
         np.testing.assert_allclose(float(p.loss(x, p.batch)), f, rtol=1e-14)
-        np.testing.assert_allclose(float(jnp.mean(p.per_example_loss_fn(x, inputs, targets))), f, rtol=1e-12)
-        penalty = f - float(p.loss_fn(p.model_fn(x, inputs), targets))
+        np.testing.assert_allclose(float(jnp.mean(p.per_example_loss_fn(x, p.batch))), f, rtol=1e-12)
+        penalty = f - float(p.output_loss_fn(p.model_fn(x, inputs), targets))
         assert penalty >= 0.0
-        assert p.per_example_loss_fn(x, inputs, targets).shape == (inputs.shape[0],)
+        assert p.per_example_loss_fn(x, p.batch).shape == (inputs.shape[0],)
         assert p.dim == ravel_pytree(x)[0].size and p.latex
 
 
@@ -156,3 +156,65 @@ def test_autoencoder_errors_and_shape():
     p = problems.autoencoder(widths=(64, 4, 64), num_examples=5)
     assert p.model_fn(p.x0, p.batch[0]).shape == (5, 64)
     np.testing.assert_array_equal(p.batch[0], p.batch[1])
+
+
+# ---------------------------------------------------------------------------
+# spectra and matrices of prescribed spectrum
+# ---------------------------------------------------------------------------
+
+
+def test_strakos_formula_and_errors():
+    lam = problems.strakos(50, 1e3, rho=0.9)
+    i = np.arange(1, 51)
+    np.testing.assert_allclose(lam, 1 + (i - 1) / 49 * (1e3 - 1) * 0.9 ** (50 - i), rtol=1e-15)
+    assert lam[0] == 1.0 and lam[-1] == 1e3 and np.all(np.diff(lam) > 0)
+    np.testing.assert_allclose(problems.strakos(4, 1.0), np.ones(4))  # condition number 1: all ones
+    for bad, error, match in (
+        (dict(n=1, condition_number=10.0), ValueError, "n must be >= 2"),
+        (dict(n=2.5, condition_number=10.0), TypeError, "n must be an integer"),
+        (dict(n=5, condition_number=0.5), ValueError, "condition_number must be a finite number >= 1"),
+        (dict(n=5, condition_number=np.inf), ValueError, "condition_number"),
+        (dict(n=5, condition_number=10.0, rho=0.0), ValueError, "rho must be in"),
+    ):
+        with pytest.raises(error, match=match):
+            problems.strakos(**bad)
+
+
+@pytest.mark.parametrize(
+    "lam",
+    [[2.0], [-1.0, 0.0, 0.0, 3.0], [1.0, 1.0, 1.0, 1.0 + 1e-9, 5.0], list(problems.strakos(30, 1e4))],
+    ids=["n1", "singular_repeated", "nearly_repeated", "strakos"],
+)
+def test_matrix_with_spectrum_has_exactly_that_spectrum(lam):
+    A = np.asarray(problems.matrix_with_spectrum(lam, key=jax.random.key(3), dtype=jnp.float64))
+    assert A.dtype == np.float64 and A.shape == (len(lam), len(lam))
+    np.testing.assert_array_equal(A, A.T)
+    np.testing.assert_allclose(
+        np.linalg.eigvalsh(A), np.sort(lam), rtol=0, atol=1e-13 * max(1.0, max(map(abs, lam)))
+    )
+
+
+def test_matrix_with_spectrum_key_dtype_and_errors():
+    lam = [1.0, 2.0, 3.0]
+    a = problems.matrix_with_spectrum(lam, key=jax.random.key(1))
+    b = problems.matrix_with_spectrum(lam, key=jax.random.PRNGKey(1))  # raw key: wrapped, same stream
+    c = problems.matrix_with_spectrum(lam, key=jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    A32 = problems.matrix_with_spectrum(lam, dtype=jnp.float32)
+    assert A32.dtype == jnp.float32
+    np.testing.assert_allclose(np.linalg.eigvalsh(np.asarray(A32, np.float64)), lam, rtol=1e-6)
+    with pytest.raises(TypeError, match="eigenvalues must be real"):
+        problems.matrix_with_spectrum([1.0 + 1j, 2.0])
+    with pytest.raises(ValueError, match="non-empty 1-D array of finite numbers"):
+        problems.matrix_with_spectrum([])
+    with pytest.raises(ValueError, match="finite"):
+        problems.matrix_with_spectrum([1.0, np.nan])
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        problems.matrix_with_spectrum(lam, key=3)
+
+
+def test_quadratic_uses_matrix_with_spectrum():
+    q = problems.quadratic(eigenvalues=[3.0, 1.0, 2.0], key=jax.random.key(5))
+    kq, _ = jax.random.split(jax.random.key(5))
+    np.testing.assert_allclose(q.matrix, problems.matrix_with_spectrum([1.0, 2.0, 3.0], key=kq), rtol=1e-15)

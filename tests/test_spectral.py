@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from curvlab._lanczos import LanczosStatus
 from curvlab._operators import DenseOperator, DiagonalOperator, LowRankOperator, hessian_operator
 from curvlab._spectral import _slq, _trace, diagonal, moments, spectral_density, trace
+from curvlab._status import SolverError, Status
 from tests.reference import dense_hessian, matrix_with_spectrum, random_orthogonal
 
 N = 100
@@ -54,7 +54,7 @@ def test_slq_quadrature_is_exact_per_probe_on_a_diagonal_operator():
     sd = spectral_density(
         DiagonalOperator(jnp.asarray(lam)), num_probes=3, num_steps=60, key=jax.random.key(0)
     )
-    assert np.all(np.asarray(sd.status) == LanczosStatus.BREAKDOWN)
+    assert np.all(np.asarray(sd.status) == Status.INVARIANT_SUBSPACE)
     assert np.all(np.asarray(sd.num_steps) == 40)  # num_steps capped at n
     assert sd.nodes.shape == (3, 40)
     for p in range(3):
@@ -134,8 +134,8 @@ def test_spectral_density_batched_probes_match_vmap():
     lam = np.linspace(0.0, 1.0, 50)
     op, _ = _op(lam, 3)
     a = spectral_density(op, num_probes=4, num_steps=10, key=jax.random.key(7))
-    for batch_size in (2, 1):  # 1: probes one at a time, unbatched loop over the rows in use
-        b = spectral_density(op, num_probes=4, num_steps=10, key=jax.random.key(7), batch_size=batch_size)
+    for chunk_size in (2, 1):  # 1: probes one at a time, unbatched loop over the rows in use
+        b = spectral_density(op, num_probes=4, num_steps=10, key=jax.random.key(7), chunk_size=chunk_size)
         np.testing.assert_allclose(np.asarray(a.nodes), np.asarray(b.nodes), atol=1e-12)
         np.testing.assert_allclose(np.asarray(a.density), np.asarray(b.density), atol=1e-10)
         np.testing.assert_array_equal(np.asarray(a.num_steps), np.asarray(b.num_steps))
@@ -147,7 +147,7 @@ def test_spectral_density_large_operator_runs_probes_one_at_a_time_and_matches_b
     op = DiagonalOperator(lam)
     kw = dict(num_probes=3, num_steps=40, key=jax.random.key(1))
     a = spectral_density(op, **kw)
-    b = spectral_density(op, batch_size=3, **kw)
+    b = spectral_density(op, chunk_size=3, **kw)
     np.testing.assert_allclose(np.asarray(a.nodes), np.asarray(b.nodes), atol=1e-10)
     np.testing.assert_allclose(np.asarray(a.weights), np.asarray(b.weights), atol=1e-10)
     np.testing.assert_allclose(np.asarray(a.density), np.asarray(b.density), rtol=1e-8, atol=1e-10)
@@ -250,8 +250,9 @@ def test_trace_exact_cases():
 
 def test_trace_float32_and_batching():
     op, A = _op(np.linspace(1.0, 2.0, 50), 0, dtype=np.float32)
-    a = trace(op, num_probes=12, key=jax.random.key(3))
-    b = trace(op, num_probes=12, key=jax.random.key(3), batch_size=5)
+    # 30 probes: the Hutchinson part has 20 samples, enough for its stderr to be a fair yardstick
+    a = trace(op, num_probes=30, key=jax.random.key(3))
+    b = trace(op, num_probes=30, key=jax.random.key(3), chunk_size=7)
     assert a.value.dtype == jnp.float32
     assert float(a.value) == pytest.approx(float(b.value), rel=1e-5)  # float32 summation order
     assert abs(float(a.value) - np.trace(A.astype(np.float64))) <= 4 * float(a.stderr) + 1e-4
@@ -265,8 +266,8 @@ def test_trace_invalid_arguments_and_no_recompilation():
         trace(op, num_probes=3, key=jax.random.key(0))
     with pytest.raises(ValueError, match="num_probes"):
         trace(op, num_probes=1, key=jax.random.key(0), method="hutchinson")
-    with pytest.raises(ValueError, match="batch_size"):
-        trace(op, num_probes=5, key=jax.random.key(0), batch_size=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        trace(op, num_probes=5, key=jax.random.key(0), chunk_size=0)
     trace(op, num_probes=5, key=jax.random.key(0))
     before = _trace._cache_size()
     op2, _ = _op(np.linspace(2.0, 3.0, 10), 1)
@@ -328,3 +329,51 @@ def test_on_hessian_operator_of_a_pytree_function():
     assert abs(float(tr.value) - np.trace(H)) <= 4 * float(tr.stderr) + 1e-8
     dg = diagonal(op, num_probes=50, key=jax.random.key(4))
     assert np.mean(np.abs(np.asarray(dg.value) - np.diag(H)) <= 4 * np.asarray(dg.stderr) + 1e-12) > 0.9
+
+
+def test_spectral_density_shifted_equals_a_run_on_the_damped_operator():
+    lam = np.linspace(-2.0, 5.0, 40)
+    A = matrix_with_spectrum(lam, 0)
+    op = DenseOperator(jnp.asarray(A))
+    kw = dict(num_probes=4, num_steps=12, key=jax.random.key(1))
+    sd = spectral_density(op, **kw)
+    assert sd.converged and np.all(np.asarray(sd.status) == Status.COMPLETED)
+    for d in (0.5, -3.0):
+        sh = sd.shifted(d)
+        ref = spectral_density(DenseOperator(jnp.asarray(A + d * np.eye(40))), **kw)
+        for field in ("grid", "density", "density_stderr", "nodes", "weights", "per_probe_density", "sigma"):
+            np.testing.assert_allclose(
+                np.asarray(getattr(sh, field)), np.asarray(getattr(ref, field)), rtol=1e-9, atol=1e-10
+            )
+        ref2 = spectral_density(op.damped(d), **kw)
+        np.testing.assert_allclose(np.asarray(sh.density), np.asarray(ref2.density), rtol=1e-9, atol=1e-10)
+    # a probe at an invariant subspace is not shifted (its fresh run may stop elsewhere)
+    early = spectral_density(
+        DiagonalOperator(jnp.array([1.0, 2.0, 3.0])), num_probes=2, num_steps=3, key=kw["key"]
+    )
+    with pytest.raises(ValueError, match="did not complete"):
+        early.shifted(1.0)
+    with pytest.raises(ValueError, match="invariant subspace earlier"):
+        spectral_density(op, breakdown_tol=0.05, **{**kw, "num_steps": 3}).shifted(1e4)
+
+
+def test_spectral_density_throw_statuses_and_bad_input():
+    nan_op = DenseOperator(jnp.full((6, 6), jnp.nan))
+    sd = spectral_density(nan_op, num_probes=2, num_steps=3, key=jax.random.key(0))
+    assert not sd.converged and np.all(np.asarray(sd.status) == Status.NONFINITE)
+    with pytest.raises(SolverError, match="spectral_density: NONFINITE"):
+        spectral_density(nan_op, num_probes=2, num_steps=3, key=jax.random.key(0), throw=True)
+    with pytest.raises(TypeError, match="key is required"):
+        spectral_density(jnp.eye(4), key=None)
+    with pytest.raises(TypeError, match="key is required"):
+        trace(jnp.eye(4), num_probes=4, key=None)
+    with pytest.raises(TypeError, match="complex"):
+        diagonal(jnp.eye(4, dtype=jnp.complex128), num_probes=4, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="size 0"):
+        trace(jnp.zeros((0, 0)), num_probes=4, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="chunk_size"):
+        diagonal(jnp.eye(4), num_probes=4, key=jax.random.key(0), chunk_size=0)
+    # a raw uint32 key is wrapped: the same probes as the typed key
+    a = trace(jnp.diag(jnp.arange(5.0)), num_probes=4, key=jax.random.PRNGKey(3), method="hutchinson")
+    b = trace(jnp.diag(jnp.arange(5.0)), num_probes=4, key=jax.random.key(3), method="hutchinson")
+    assert float(a.value) == float(b.value)

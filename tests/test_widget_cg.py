@@ -93,14 +93,14 @@ def test_iterations_fall_with_damping_and_effective_kappa(ex):
 
 
 def test_plotted_bound_is_condition_bound(ex):
-    for kappa, lam in ((1e3, 0.0), (1e4, 5.0)):
+    for kappa, damping in ((1e3, 0.0), (1e4, 5.0)):
         with ex.hold_refresh():
             ex.kappa.value = kappa
-            ex.damping.value = lam
+            ex.damping.value = damping
         t = trace(ex.figure, BOUND)
         k = arr(t.x)
         np.testing.assert_array_equal(k, np.arange(ex.last_result.num_iterations + 1))
-        expected = np.asarray(condition_bound((kappa + lam) / (1 + lam), k))
+        expected = np.asarray(condition_bound((kappa + damping) / (1 + damping), k))
         np.testing.assert_allclose(arr(t.y), expected, rtol=1e-12)
         # the bound holds for the A-norm error it is about
         assert np.all(arr(trace(ex.figure, ERR).y) <= arr(t.y) * (1 + 1e-9))

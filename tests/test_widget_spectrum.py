@@ -15,8 +15,9 @@ from curvlab import viz  # noqa: E402
 from curvlab._lanczos import lanczos  # noqa: E402
 from curvlab._operators import DenseOperator, DiagonalOperator  # noqa: E402
 from curvlab._spectral import spectral_density  # noqa: E402
+from curvlab.problems import strakos  # noqa: E402
 from curvlab.widgets import spectrum as spectrum_module  # noqa: E402
-from curvlab.widgets.spectrum import LANCZOS_BUCKETS, SpectrumExplorer, strakos_eigenvalues  # noqa: E402
+from curvlab.widgets.spectrum import LANCZOS_BUCKETS, SpectrumExplorer  # noqa: E402
 
 CONTROLS = (
     "problem",
@@ -84,7 +85,7 @@ def test_constructs_with_defaults_and_exposes_controls(explorer):
 
 
 def test_exact_spectrum_is_the_prescribed_one_shifted_by_damping(ex):
-    prescribed = strakos_eigenvalues(50, 1e3)
+    prescribed = strakos(50, 1e3)
     for lam in (0.0, 2.5, 7.25):
         ex.damping.value = lam
         r = ex.last_result
@@ -147,7 +148,7 @@ def test_damping_moves_reuse_the_undamped_runs_and_match_a_fresh_computation(exp
         np.testing.assert_allclose(r.density, d, rtol=0, atol=1e-10 * d.max())
         s = per_probe.std(axis=0, ddof=1) / np.sqrt(probes)
         np.testing.assert_allclose(r.density_stderr, s, rtol=0, atol=1e-10 * d.max())
-        np.testing.assert_allclose(r.exact_eigenvalues, strakos_eigenvalues(n, 1e3) + lam, rtol=1e-12)
+        np.testing.assert_allclose(r.exact_eigenvalues, strakos(n, 1e3) + lam, rtol=1e-12)
         if reorthogonalize:
             lres = lanczos(op, 60, key=explorer._lanczos_key, reorthogonalize=True, history=True)
             ref = arr(lres.ritz_history)[:steps, :steps]
@@ -227,7 +228,7 @@ def test_preconditioned_spectrum_is_jacobi_scaled(ex):
 
 def test_kappa_changes_the_spectrum(ex):
     ex.kappa.value = 1e4
-    np.testing.assert_allclose(ex.last_result.exact_eigenvalues, strakos_eigenvalues(50, 1e4), rtol=1e-10)
+    np.testing.assert_allclose(ex.last_result.exact_eigenvalues, strakos(50, 1e4), rtol=1e-10)
     r = ex.last_result
     np.testing.assert_allclose(r.lambda_max, 1e4, rtol=1e-10)
     # Ritz values interlace, so the estimate never exceeds the true condition number

@@ -20,8 +20,8 @@ Examples
 >>> (args.command, args.port, args.preheat, args.open)
 ('dashboard', 9000, False, False)
 >>> voila_command("nb.ipynb", port=9000, preheat=False)[-3:]  # doctest: +NORMALIZE_WHITESPACE
-['--preheat_kernel=False', '--MappingKernelManager.cull_idle_timeout=600',
- '--MappingKernelManager.cull_interval=60']
+['--preheat_kernel=False', '--MappingKernelManager.cull_idle_timeout=60',
+ '--MappingKernelManager.cull_interval=10']
 """
 
 from __future__ import annotations
@@ -47,13 +47,32 @@ __all__ = [
     "voila_command",
     "lab_command",
     "find_notebooks_dir",
+    "default_max_kernels",
     "wait_for_http",
 ]
 
 DEFAULT_PORT = 8866
-#: A kernel with no open page and no activity for this long is shut down.
-CULL_IDLE_TIMEOUT = 600
-CULL_INTERVAL = 60
+#: A kernel with no connected page and no activity for this long is shut down (kernels with an
+#: open page are never culled: ``cull_connected`` stays off). Closed pages normally free their
+#: kernel at once through the shutdown beacon; this reclaims kernels whose page never connected.
+CULL_IDLE_TIMEOUT = 60
+CULL_INTERVAL = 10
+#: Memory assumed per dashboard kernel when fitting ``--max-kernels`` to the machine (measured
+#: 260-960 MiB RSS per kernel, about 490 MiB typical).
+KERNEL_MEMORY_BYTES = 600 * 2**20
+
+
+def default_max_kernels(total_memory: int | None = None) -> int:
+    """Page kernels allowed at once: half the machine's memory at :data:`KERNEL_MEMORY_BYTES` each.
+
+    Between 2 and 64; 16 when the memory size cannot be read.
+    """
+    if total_memory is None:
+        try:
+            total_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return 16
+    return max(2, min(64, int(0.5 * total_memory // KERNEL_MEMORY_BYTES)))
 
 
 # ------------------------------------------------------------------------- helpers
@@ -117,11 +136,30 @@ def voila_command(
     return cmd
 
 
-def lab_command(notebook_dir: str | os.PathLike, *, port: int | None = None, python: str | None = None):
-    """The ``jupyter lab`` command line that opens JupyterLab on ``notebook_dir``."""
+def _running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def lab_command(
+    notebook_dir: str | os.PathLike,
+    *,
+    port: int | None = None,
+    python: str | None = None,
+    extra: Sequence[str] = (),
+    as_root: bool | None = None,
+):
+    """The ``jupyter lab`` command line that opens JupyterLab on ``notebook_dir``.
+
+    ``--allow-root`` is added when the effective user is root (containers, Binder-like
+    images), since JupyterLab refuses to start as root without it; ``extra`` are passed
+    through to JupyterLab unchanged (``curvlab notebooks -- --no-browser``).
+    """
     cmd = [python or sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={notebook_dir}"]
     if port is not None:
         cmd.append(f"--ServerApp.port={port}")
+    if (_running_as_root() if as_root is None else as_root) and "--allow-root" not in extra:
+        cmd.append("--allow-root")
+    cmd.extend(extra)
     return cmd
 
 
@@ -222,6 +260,10 @@ def _cmd_dashboard(args) -> int:
             cull_interval=args.cull_interval,
         )
         env = dict(os.environ)
+        from curvlab.app._voila_server import ALLOWED_HOSTS_ENV, MAX_KERNELS_ENV
+
+        env[MAX_KERNELS_ENV] = str(args.max_kernels)
+        env[ALLOWED_HOSTS_ENV] = ",".join(args.allow_host or ())
         if not args.notebook:  # the bundle must sit under the notebook's directory
             extra, extra_env = _serve_plotly_bundle(workdir)
             cmd += extra
@@ -256,7 +298,11 @@ def _cmd_notebooks(args) -> int:
             file=sys.stderr,
         )
         return 2
-    return _run_forwarding_signals(lab_command(nb_dir, port=args.port), ready_url=None, on_ready=None)
+    extra = list(args.jupyter_args or ())
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    cmd = lab_command(nb_dir, port=args.port, extra=extra)
+    return _run_forwarding_signals(cmd, ready_url=None, on_ready=None)
 
 
 def diagnose_options(args) -> dict:
@@ -276,7 +322,7 @@ def diagnose_options(args) -> dict:
     if args.seed is not None:
         import jax
 
-        options["key"] = jax.random.PRNGKey(args.seed)
+        options["key"] = jax.random.key(args.seed)
     return options
 
 
@@ -370,6 +416,22 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how often to look for such kernels (default {CULL_INTERVAL})",
     )
     p.add_argument(
+        "--max-kernels",
+        type=_positive_int,
+        default=default_max_kernels(),
+        metavar="N",
+        help="most pages served at once; later visitors see a 'busy, retry in a moment' page "
+        f"(default {default_max_kernels()}: fitted to this machine's memory)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also accept requests whose Host header is NAME (a deployment's domain); by default "
+        "only loopback addresses and localhost are accepted. Repeatable",
+    )
+    p.add_argument(
         "--notebook",
         default=None,
         metavar="PATH",
@@ -382,10 +444,18 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help="open JupyterLab on the teaching notebooks"
             + (" (alias of 'notebooks')" if name == "lab" else ""),
-            description="Open JupyterLab on the repository's notebooks/ directory.",
+            description="Open JupyterLab on the repository's notebooks/ directory. Options after '--' "
+            "go to JupyterLab unchanged (e.g. curvlab notebooks -- --no-browser). As root, --allow-root "
+            "is passed for you.",
         )
         p.add_argument("--dir", default=None, help="notebook directory (default: the checkout's notebooks/)")
         p.add_argument("--port", type=_port, default=None, help="port for JupyterLab (default: Jupyter's)")
+        p.add_argument(
+            "jupyter_args",
+            nargs=argparse.REMAINDER,
+            metavar="-- JUPYTERLAB_OPTION",
+            help="options passed to JupyterLab unchanged, after '--' (e.g. --allow-root, --no-browser)",
+        )
         p.set_defaults(func=_cmd_notebooks)
 
     p = sub.add_parser(

@@ -244,8 +244,17 @@ export default () => {
         });
         await inner.initialize?.({ model: wrapped, experimental });
         for (const [n, cb] of recorders) model.off(`change:${n}`, cb);
-        for (const [name, value] of events) {
-          if (value === null || value === undefined) continue;
+        // _widget_data/_widget_layout carry the whole figure (curvlab syncs them after every
+        // render): the model holds their latest values already, so edits recorded before the
+        // last of them are in it and must not be applied again (addTraces would duplicate)
+        const last = (n) => events.map(([m]) => m).lastIndexOf(n);
+        const lastData = last("_widget_data"), lastLayout = last("_widget_layout");
+        const layoutOnly = ["_py2js_relayout", "_py2js_removeLayoutProps"];
+        for (const [i, [name, value]] of events.entries()) {
+          if (value === null || value === undefined || name.startsWith("_widget_")) continue;
+          const stale = name === "_py2js_update" ? i < Math.min(lastData, lastLayout)
+            : layoutOnly.includes(name) ? i < lastLayout : i < lastData;
+          if (stale) continue;
           override = [name, value];
           try {
             for (const [event, cb] of listeners) if (event === `change:${name}`) cb();

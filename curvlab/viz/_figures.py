@@ -936,7 +936,7 @@ def hf_data(history: Mapping[str, Sequence[float]], baselines: Mapping | None = 
 
     ``history`` holds at least ``loss``, ``time``, ``damping``, ``rho`` and ``cg_iterations``
     (entry 0 the start, entry ``k`` iteration ``k``, as in
-    :attr:`curvlab._optim.OptimizeResult.history`), all of the same length; live lists with an
+    :attr:`curvlab.OptimizeResult.history`), all of the same length; live lists with an
     ``iteration`` key (the iteration numbers, e.g. from the callback) work too. ``baselines`` maps
     a name (``"Adam"``) to ``(times, losses)``.
     """

@@ -62,13 +62,64 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
         "pip install curvlab[viz]"
     ) from _err
 
-__all__ = ["Explorer", "css_class"]
+__all__ = ["Explorer", "css_class", "send_batch", "sync_widget_state"]
 
 
 def css_class(name: str) -> str:
     """``"FiniteDifference"`` / ``"finite_difference"`` -> ``"finite-difference"`` (for CSS classes)."""
     s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name)
     return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
+
+
+def send_batch(fig: go.FigureWidget) -> None:
+    """Apply and send the edits queued in ``fig``'s batch mode, with no ``"_undefined_"`` placeholder.
+
+    plotly's ``batch_update`` sends all queued trace edits as one ``update`` message whose
+    ``style_data`` lists, for every property edited on *some* trace, one value per trace, with
+    ``Undefined`` (``"_undefined_"`` on the wire) for the traces that property was not edited on.
+    plotly's front-end *model* (plotly 6/7, anywidget) applies every ``restyle``/``update``
+    message to its copy of the figure (``_widget_data``) **without deserializing it**, so the
+    placeholder is stored as the string ``"_undefined_"`` in place of the trace's real value;
+    every view created from that state later (a figure inside a container displayed after the
+    edits: JupyterLab, Notebook 7, a Voila tab) deserializes it to ``undefined``: the trace
+    loses its ``y`` (markers at y = index, a flat line). Views alive when the message arrives
+    deserialize it first and are right, hence a timing-dependent fault.
+
+    Here the traces are grouped by the set of properties edited on them and each group is sent
+    as its own ``update`` message (the layout edits ride with the first one), so every value
+    sent is a real one. The figure's Python state ends up the same as after ``batch_update``.
+    Then :func:`sync_widget_state` makes the synced state the figure's current state.
+    """
+    trace_edits = {i: dict(edits) for i, edits in fig._batch_trace_edits.items() if edits}
+    layout_edits = dict(fig._batch_layout_edits)
+    fig._batch_trace_edits.clear()
+    fig._batch_layout_edits.clear()
+    groups: dict[tuple, list[int]] = {}
+    for i in sorted(trace_edits):
+        groups.setdefault(tuple(sorted(trace_edits[i])), []).append(i)
+    if not groups and layout_edits:
+        fig.plotly_update(restyle_data={}, relayout_data=layout_edits, trace_indexes=[])
+    for props, indexes in groups.items():
+        restyle = {p: [trace_edits[i][p] for i in indexes] for p in props}
+        fig.plotly_update(restyle_data=restyle, relayout_data=layout_edits, trace_indexes=indexes)
+        layout_edits = {}
+    sync_widget_state(fig)
+
+
+def sync_widget_state(fig: go.FigureWidget) -> None:
+    """Set ``fig``'s synced ``_widget_data``/``_widget_layout`` to its current data and layout.
+
+    A ``FigureWidget`` refreshes them only when displayed directly; an explorer displays it
+    inside a container, so without this its front-end model would rebuild the figure from the
+    one-off edit messages alone, and a view created later (a page or output that connects
+    after the edits, a message that arrived before plotly's front end was listening) would
+    draw a stale or empty figure. The front-end views ignore these traits (they draw from the
+    edit messages), so this costs one state message and no redraw.
+    """
+    import copy
+
+    fig._widget_layout = copy.deepcopy(fig._layout_obj._props)
+    fig._widget_data = copy.deepcopy(fig._data)
 
 
 class Explorer(ipywidgets.VBox):
@@ -236,17 +287,22 @@ class Explorer(ipywidgets.VBox):
         return result
 
     def _render_batched(self, result) -> None:
+        """``_render`` with the figure in batch mode; its edits are sent as :func:`send_batch` does."""
         fig = self.figure
-        with fig.batch_update():
-            try:
-                self._render(result)
-            except Exception:
-                # batch_update applies whatever was queued even on error: drop
-                # the partial edits so the figure keeps its last good state.
-                for attr in ("_batch_trace_edits", "_batch_layout_edits"):
-                    with contextlib.suppress(AttributeError):
-                        getattr(fig, attr).clear()
-                raise
+        if fig._in_batch_mode:  # inside a caller's batch_update: that batch sends the edits
+            self._render(result)
+            return
+        fig._in_batch_mode = True
+        try:
+            self._render(result)
+        except Exception:
+            # drop the partial edits so the figure keeps its last good state
+            fig._batch_trace_edits.clear()
+            fig._batch_layout_edits.clear()
+            raise
+        finally:
+            fig._in_batch_mode = False
+        send_batch(fig)
 
     def show_error(self, err: Exception | str) -> None:
         """Show ``err`` (an exception or a message) in red in the error area."""

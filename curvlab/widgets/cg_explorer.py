@@ -67,7 +67,7 @@ class CGExplorerResult(NamedTuple):
     num_iterations : int
     converged : bool
     status, message : str
-        :class:`curvlab._cg.CGStatus` name and readable message.
+        :class:`curvlab._status.Status` name and readable message.
     label : str
         Short description used for kept curves.
     """
@@ -170,7 +170,7 @@ class CGExplorer(Explorer):
         if key in self._matrices:
             self._matrices.move_to_end(key)
             return self._matrices[key]
-        p = problems.quadratic(condition_number=kappa, n=self._n, key=jax.random.PRNGKey(0))
+        p = problems.quadratic(condition_number=kappa, n=self._n, key=jax.random.key(0))
         A = np.asarray(p.matrix, dtype=np.float64)
         if problem == "badly_scaled":
             d = self._scaling
@@ -261,7 +261,7 @@ class CGExplorer(Explorer):
             bound=bound,
             num_iterations=k,
             converged=bool(res.converged),
-            status=res.status_enum.name,
+            status=res.status.name,
             message=res.message,
             label=label,
         )

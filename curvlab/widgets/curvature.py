@@ -246,7 +246,7 @@ class _HighD(NamedTuple):
 def _high_d_state(problem: str) -> _HighD:
     from jax.flatten_util import ravel_pytree
 
-    from curvlab._lanczos import eigsh
+    from curvlab._eigsh import eigsh
     from curvlab._operators import hessian_operator
 
     if problem != "mlp":
@@ -258,7 +258,7 @@ def _high_d_state(problem: str) -> _HighD:
         return p.f(unravel(w))
 
     value, grad = jax.jit(jax.value_and_grad(f))(x)
-    res = eigsh(hessian_operator(f, x), k=1, which="LA", tol=1e-4)
+    res = eigsh(hessian_operator(f, x), k=1, which="LA", rtol=1e-4)
     top = res.eigenvectors[:, 0]
     curvatures_of = jax.jit(jax.vmap(lambda v: directional_curvature(f, x, v)))
     slice_of = jax.jit(lambda v, t: jax.vmap(lambda s: f(x + s * v))(t))
@@ -273,7 +273,7 @@ def _high_d_state(problem: str) -> _HighD:
 def _directions(problem: str, seed: int, num_random: int):
     """Unit directions ``[random × k, gradient, top eigenvector]`` and their curvatures (cached)."""
     s = _high_d_state(problem)
-    R = jax.random.normal(jax.random.PRNGKey(seed), (num_random, s.x.size), s.x.dtype)
+    R = jax.random.normal(jax.random.key(seed), (num_random, s.x.size), s.x.dtype)
     R = R / jnp.linalg.norm(R, axis=1, keepdims=True)
     g_unit = s.grad / jnp.linalg.norm(s.grad)
     V = jnp.concatenate([R, g_unit[None], s.top_vector[None].astype(s.x.dtype)], axis=0)

@@ -1,6 +1,6 @@
 """HessianFreeExplorer: train a network with Hessian-free optimization, live, beside Adam and SGD.
 
-Press **Start**: a background thread runs :func:`curvlab._optim.hessian_free`
+Press **Start**: a background thread runs :func:`curvlab.hessian_free`
 (Martens 2010) on a digits model (an MLP classifier or a deep autoencoder) and
 the optimizer's ``callback`` redraws the figure after every iteration: the
 loss per iteration and against wall time, the damping :math:`\\lambda` and the
@@ -28,7 +28,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from curvlab import problems, viz
-from curvlab._optim import hessian_free
+from curvlab._hessian_free import HFConfig, hessian_free
 from curvlab.widgets._base import Explorer, css_class
 
 __all__ = ["HessianFreeExplorer", "HFExplorerResult", "MODELS", "BASELINE_LEARNING_RATES"]
@@ -48,14 +48,14 @@ class HFExplorerResult(NamedTuple):
     ----------
     model, curvature, preconditioner : str
     history : dict of numpy arrays
-        :attr:`curvlab._optim.OptimizeResult.history` (entry 0 the start; ``loss``,
+        :attr:`curvlab.OptimizeResult.history` (entry 0 the start; ``loss``,
         ``time``, ``damping``, ``rho``, ``cg_iterations``, ``grad_norm``, ``num_hvps``, ...).
     baselines : dict
         ``{"Adam": (times, losses), "SGD": (times, losses)}`` over the same wall time as HF
         (empty when baselines are off or the run was stopped).
     num_iterations : int
     status, message : str
-        :class:`curvlab._optim.OptimizeStatus` name and message.
+        :class:`curvlab.Status` name and the result's message.
     stopped : bool
         True when the Stop button (or ``stop_event``) ended the run.
     """
@@ -215,14 +215,14 @@ class HessianFreeExplorer(Explorer):
             preconditioner=None if settings["preconditioner"] == "none" else "martens",
         )
         # compile first (one iteration), so that the timed run and the baselines compare compute, not XLA
-        hessian_free(prob, maxiter=1, **kwargs)
+        hessian_free(prob, config=HFConfig(maxiter=1, **kwargs))
 
         def callback(info):
             if on_iteration is not None:
                 on_iteration(info)
             return stop is not None and stop.is_set()
 
-        res = hessian_free(prob, maxiter=maxiter, callback=callback, **kwargs)
+        res = hessian_free(prob, config=HFConfig(maxiter=maxiter, **kwargs), callback=callback)
         stopped = stop is not None and stop.is_set()
         base = {}
         if settings.get("baselines", True) and not stopped:

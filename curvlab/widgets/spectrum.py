@@ -64,16 +64,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import plotly.graph_objects as go
-from scipy.linalg import eigvalsh_tridiagonal
 
 from curvlab import problems, viz
-from curvlab._lanczos import LanczosStatus, _default_breakdown_tol, lanczos
-from curvlab._operators import LinearOperator, _register, as_operator, hessian_operator
+from curvlab._lanczos import default_breakdown_tol, lanczos
+from curvlab._operators import CongruenceOperator, LinearOperator, as_operator, hessian_operator
 from curvlab._spectral import diagonal as estimate_diagonal
 from curvlab._spectral import spectral_density
+from curvlab._status import Status
+from curvlab._tridiagonal import host_eigvals
 from curvlab.widgets._base import Explorer
 
-__all__ = ["SpectrumExplorer", "SpectrumResult", "strakos_eigenvalues", "EXACT_MAX_N"]
+__all__ = ["SpectrumExplorer", "SpectrumResult", "EXACT_MAX_N"]
 
 #: Largest operator size for which the exact spectrum (dense ``eigh``) is overlaid.
 EXACT_MAX_N = 500
@@ -85,52 +86,6 @@ PROBLEMS = {
     "mlp": "MLP Hessian on digits",
     "custom": "your operator",
 }
-
-
-def strakos_eigenvalues(n: int, kappa: float, rho: float = 0.9) -> np.ndarray:
-    """Strakoš spectrum on :math:`[1, \\kappa]`.
-
-    :math:`\\lambda_i = 1 + \\frac{i-1}{n-1}(\\kappa-1)\\rho^{n-i}`, :math:`i = 1, \\dots, n`.
-
-    The top eigenvalues are well separated and the bottom ones cluster near 1:
-    the classic test where Lanczos without reorthogonalization produces ghost
-    copies of the converged top eigenvalues (Strakoš 1991).
-
-    Examples
-    --------
-    >>> [round(float(v), 3) for v in strakos_eigenvalues(3, 10.0, 0.5)]
-    [1.0, 3.25, 10.0]
-    """
-    n = int(n)
-    if n < 2:
-        raise ValueError(f"n must be >= 2, got {n}")
-    if not (np.isfinite(kappa) and kappa >= 1):
-        raise ValueError(f"kappa must be a finite number >= 1, got {kappa}")
-    i = np.arange(1, n + 1)
-    return 1.0 + (i - 1) / (n - 1) * (kappa - 1.0) * rho ** (n - i)
-
-
-@_register
-class _CongruenceOperator(LinearOperator):
-    """:math:`S A S` with :math:`S = \\operatorname{diag}(s)`: a symmetric (Jacobi) scaling as a pytree.
-
-    ``s`` is a leaf, so a new scaling (another damping) reuses the compiled Krylov loop.
-    """
-
-    _children = ("op", "scale")
-
-    def __init__(self, op: LinearOperator, scale):
-        self.op, self.scale = op, scale
-
-    size = property(lambda self: self.op.size)
-    dtype = property(lambda self: self.op.dtype)
-
-    def matvec(self, v):
-        return self.scale * self.op.matvec(self.scale * v)
-
-    def prepare(self):
-        mv, s = self.op.prepare(), self.scale
-        return lambda v: s * mv(s * v)
 
 
 @dataclasses.dataclass
@@ -193,7 +148,7 @@ class _LanczosRun:
             if j == 0:
                 self.ritz_rows[0, 0] = self.alpha[0]
             else:
-                self.ritz_rows[j, : j + 1] = eigvalsh_tridiagonal(self.alpha[: j + 1], self.beta[:j])
+                self.ritz_rows[j, : j + 1] = host_eigvals(self.alpha[: j + 1], self.beta[:j])
         self.rows_done = max(self.rows_done, k)
         return self.ritz_rows[:k, :k]
 
@@ -209,7 +164,7 @@ class _LanczosRun:
             return True
         if self.taken < k or not math.isfinite(self.anorm):
             return False
-        tol = _default_breakdown_tol(dtype)
+        tol = default_breakdown_tol(dtype)
         b = self.beta[: max(k - 1, 0)]
         return bool(np.all(np.isfinite(self.alpha[:k]))) and (
             b.size == 0 or float(np.min(b)) > tol * (self.anorm + abs(shift))
@@ -568,8 +523,8 @@ class SpectrumExplorer(Explorer):
             if key in self._quadratics:
                 self._quadratics.move_to_end(key)
                 return self._quadratics[key]
-            lam = strakos_eigenvalues(n, kappa) if problem == "strakos" else np.geomspace(1.0, kappa, n)
-            p = problems.quadratic(eigenvalues=lam, key=jax.random.PRNGKey(int(n)))
+            lam = problems.strakos(n, kappa) if problem == "strakos" else np.geomspace(1.0, kappa, n)
+            p = problems.quadratic(eigenvalues=lam, key=jax.random.key(int(n)))
             dense = np.asarray(p.matrix, dtype=np.float64)
             state = _ProblemState(
                 as_operator(p.matrix), f"{PROBLEMS[problem]}, κ = {kappa:.3g}, n = {n}", dense, np.diag(dense)
@@ -692,7 +647,7 @@ class SpectrumExplorer(Explorer):
             return self._damped_runs(state, (damping, False, None))
 
         def damped_op():
-            return _CongruenceOperator(state.op.damped(damping), jnp.ones(size, dtype))
+            return CongruenceOperator(state.op.damped(damping), jnp.ones(size, dtype))
 
         if preconditioned:
             diag, diag_key = self._diagonal(state, num_probes)
@@ -700,7 +655,7 @@ class SpectrumExplorer(Explorer):
             d = np.maximum(d, 1e-12 * max(float(np.max(d)), 1e-300))
             scale = 1.0 / np.sqrt(d)
             runs = self._damped_runs(state, (damping, True, diag_key))
-            op = _CongruenceOperator(state.op.damped(damping), jnp.asarray(scale, dtype))
+            op = CongruenceOperator(state.op.damped(damping), jnp.asarray(scale, dtype))
             lrun, srun = _serving(runs.lanczos, k, reorth), runs.slq.get(slq_key)
             if lrun is None:
                 lanczos_new = (op, runs.lanczos, lanczos_key)
@@ -719,7 +674,7 @@ class SpectrumExplorer(Explorer):
                     exact_new = (build_b, lambda e, runs=runs: setattr(runs, "exact", e))
         else:
             # Damping shifts the spectrum: reuse the runs on A and add λ (no Krylov work)
-            undamped = _CongruenceOperator(state.op.damped(0.0), jnp.ones(size, dtype))
+            undamped = CongruenceOperator(state.op.damped(0.0), jnp.ones(size, dtype))
             runs = None
             cache = state.undamped
             base = _serving(cache, k, reorth, "lanczos")
@@ -866,7 +821,7 @@ class SpectrumExplorer(Explorer):
         run = _SLQRun(
             grid=np.asarray(sd.grid, dtype=np.float64),
             per_probe=np.asarray(sd.per_probe_density, dtype=np.float64),
-            completed=bool(np.all(np.asarray(sd.status) == LanczosStatus.COMPLETED)),
+            completed=bool(np.all(np.asarray(sd.status) == Status.COMPLETED)),
             spread=finite.size > 0 and float(np.max(finite)) > float(np.min(finite)),
         )
         self._record(timing_key, time.perf_counter() - start)
@@ -1025,7 +980,7 @@ def _lanczos_run(lres, steps: int) -> _LanczosRun:
         alpha=np.asarray(lres.alpha, dtype=np.float64)[:taken],
         beta=np.asarray(lres.beta, dtype=np.float64)[:taken],
         taken=taken,
-        completed=int(lres.status) == LanczosStatus.COMPLETED,
+        completed=int(lres.status) == Status.COMPLETED,
         anorm=float(lres.anorm),
         message=lres.message,
     )

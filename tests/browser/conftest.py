@@ -7,8 +7,8 @@
   each xdist worker can run its own), ready when ``/voila/static/voila.js``
   answers; it is stopped with SIGTERM at the end and must exit.
 * Every browser context aborts non-local requests (Voila asks a CDN for Font
-  Awesome) and carries an ``_xsrf`` cookie so that the page's shutdown beacon
-  is accepted when a page closes.
+  Awesome) and is otherwise a visitor's: no cookie or header is injected (the
+  ``_xsrf`` cookie that the page's shutdown beacon sends back comes from the server).
 * :class:`DashboardPage` wraps one page: console errors, tab selection, plot
   data, readouts and slider moves.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -368,19 +367,20 @@ def browser(chromium_executable):
 
 @pytest.fixture(scope="session")
 def dashboard_server(tmp_path_factory, chromium_executable):
-    # short culling: a kernel whose page closed is shut down even if the page's shutdown beacon is lost
+    # long culling: a closed page's kernel must go through the page's own shutdown beacon, so the
+    # culler cannot hide a failing beacon (it did: every beacon got 403 '_xsrf' missing)
     server = start_server(
-        tmp_path_factory.mktemp("dashboard"), extra_args=["--cull-idle-timeout", "20", "--cull-interval", "5"]
+        tmp_path_factory.mktemp("dashboard"),
+        extra_args=["--cull-idle-timeout", "600", "--cull-interval", "60"],
     )
     yield server
     stop_server(server)
 
 
 def new_context(browser, server: DashboardServer):
-    """A browser context for ``server``: non-local requests aborted, ``_xsrf`` cookie set."""
+    """A visitor's browser context for ``server``: non-local requests aborted, nothing injected."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(UPDATE_TIMEOUT_MS)
-    context.add_cookies([{"name": "_xsrf", "value": secrets.token_hex(16), "url": server.url}])
     blocked: list[str] = []
 
     def abort(route):

@@ -1,4 +1,5 @@
-"""The explorers in JupyterLab 4, as a user runs them: open a notebook by URL, Run All, move a slider.
+"""The explorers in JupyterLab 4 and Notebook 7, as a user runs them: open a notebook by URL, Run All,
+move a slider.
 
 Regression test of issue 13 item 1 ("JupyterLab draws wrong plots"): the SpectrumExplorer's
 Ritz-value, exact-eigenvalue and SLQ-density traces reached the browser with x and no y. Cause:
@@ -8,13 +9,13 @@ property was not edited on) replaced real values; a view created from that state
 figure inside a container, displayed after its first render) lost those traces' ``y``. See
 :func:`curvlab.widgets._base.send_batch`.
 
-One JupyterLab server per module, started as the test's own user (``--allow-root`` when the
-effective user is root), no cookie or header injected: the page gets in with the server's
-token in the URL, as a user pasting the printed URL does. Each page load starts from a fresh
-kernel and a pristine copy of the notebook (the fault was timing dependent, so the page is
-loaded several times). The numbers expected are those the Python side computes: the same
-explorer, built in a separate process with the notebook's settings (float64), dumps its
-figure's trace data.
+One server per front end (JupyterLab: three page loads; Notebook 7: one), started as the
+test's own user (``--allow-root`` when the effective user is root), no cookie or header
+injected: the page gets in with the server's token in the URL, as a user pasting the printed
+URL does. Each page load starts from a fresh kernel and a pristine copy of the notebook (the
+fault was timing dependent, so the page is loaded several times). The numbers expected are
+those the Python side computes: the same explorer, built in a separate process with the
+notebook's settings (float64), dumps its figure's trace data.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 NOTEBOOK = "05-lanczos-and-spectra.ipynb"
 TOKEN = "curvlab-test-token"
-PAGE_LOADS = 3
+#: front end -> (server module, URL path of a notebook, page loads)
+FRONTENDS = {
+    "jupyterlab": ("jupyterlab", "/lab/tree/{nb}?token={token}&reset", 3),
+    "notebook7": ("notebook", "/notebooks/{nb}?token={token}", 1),
+}
 RUN_ALL_TIMEOUT_MS = 300_000  # the notebook runs Lanczos, SLQ and an MLP Hessian before the explorer
 SCOPE = ".curvlab-explorer.curvlab-spectrum"
 
@@ -58,9 +63,12 @@ def dump(fig):
     return out
 
 ex = SpectrumExplorer()
-first = dump(ex.figure)
-ex.num_steps.value = ex.num_steps.value + 1
-json.dump({"default": first, "num_steps": ex.num_steps.value, "moved": dump(ex.figure)}, sys.stdout)
+first, start = dump(ex.figure), ex.num_steps.value
+moved = {}
+for v in range(start + 1, start + 25):  # a key press moves one step, a short mouse drag a few
+    ex.num_steps.value = v
+    moved[str(v)] = dump(ex.figure)
+json.dump({"default": first, "num_steps": start, "moved": moved}, sys.stdout)
 """
 
 
@@ -111,15 +119,16 @@ def expected():
     return json.loads(proc.stdout)
 
 
-@pytest.fixture(scope="module")
-def lab_server(tmp_path_factory, chromium_executable):
+@pytest.fixture(scope="module", params=sorted(FRONTENDS))
+def lab_server(request, tmp_path_factory, chromium_executable):
+    module, url, loads = FRONTENDS[request.param]
     try:
-        import jupyterlab  # noqa: F401
+        __import__(module)
     except ImportError as err:
         if in_ci():
-            pytest.fail(f"CI=true and jupyterlab is not installed: {err}")
-        pytest.skip(f"jupyterlab is not installed: {err}")
-    tmp = tmp_path_factory.mktemp("jupyterlab")
+            pytest.fail(f"CI=true and {module} is not installed: {err}")
+        pytest.skip(f"{module} is not installed: {err}")
+    tmp = tmp_path_factory.mktemp(request.param)
     root = tmp / "notebooks"
     root.mkdir()
     shutil.copy(REPO / "notebooks" / NOTEBOOK, root / NOTEBOOK)
@@ -127,7 +136,7 @@ def lab_server(tmp_path_factory, chromium_executable):
     cmd = [
         sys.executable,
         "-m",
-        "jupyterlab",
+        module,
         "--no-browser",
         f"--ServerApp.port={port}",
         "--ServerApp.port_retries=0",
@@ -143,11 +152,12 @@ def lab_server(tmp_path_factory, chromium_executable):
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp))
     server = LabServer(proc, port, root, log_path)
+    server.frontend, server.url, server.page_loads = request.param, url, loads
     try:
         deadline = time.monotonic() + 120
         while http_status(f"{server.base}/api/status?token={TOKEN}") != 200:
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"JupyterLab did not start (exit {proc.poll()}):\n{server.log()}")
+                pytest.fail(f"{module} did not start (exit {proc.poll()}):\n{server.log()}")
             time.sleep(0.5)
         yield server
     finally:
@@ -216,25 +226,68 @@ def _wait_traces(page, want, timeout: float, what: str) -> None:
             return
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"{what}: the plot in JupyterLab is not what Python computed:\n  " + "\n  ".join(bad)
+                f"{what}: the plot in the browser is not what Python computed:\n  " + "\n  ".join(bad)
             )
         time.sleep(0.5)
 
 
-def _run_all(page) -> None:
-    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
-    # the kernel must be up before Run All, else the request is dropped
+def _kernel_idle(server) -> bool:
+    try:
+        return any(k.get("execution_state") == "idle" for k in server.api("GET", "/api/kernels"))
+    except OSError:
+        return False
+
+
+def _run_all(page, server) -> None:
+    """Run > Run All Cells, once the page's kernel is idle; again if no cell started within 30 s."""
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+    deadline = time.monotonic() + 120
+    while not _kernel_idle(server):
+        assert time.monotonic() < deadline, "the notebook's kernel did not start"
+        time.sleep(0.5)
+    # the page's own kernel connection: both front ends draw the execution indicator
     page.wait_for_selector(
         ".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached", timeout=120_000
     )
-    page.locator(".jp-NotebookPanel .jp-Cell").first.click()
-    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-    page.locator(".lm-Menu-item:visible", has_text="Run All Cells").first.click()
+    started = (
+        "() => [...document.querySelectorAll('.jp-InputPrompt')].some(e => /\\[[0-9*]/.test(e.textContent))"
+    )
+    for _ in range(3):
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+        page.locator(".lm-Menu-item:visible", has_text="Run All Cells").first.click()
+        try:
+            page.wait_for_function(started, timeout=30_000)
+            return
+        except Exception:  # noqa: BLE001 - the request was dropped: try again
+            page.keyboard.press("Escape")
+    raise AssertionError("Run All Cells started no cell")
+
+
+def _move_slider(page, handle, start: int) -> int:
+    """Move a slider one step with ArrowRight; where the front end swallows the key (Notebook 7
+    does), drag the handle a few pixels to the right with the mouse, as a user would."""
+    readout = f"{SCOPE} .curvlab-control-num-steps .widget-readout"
+    changed = "([sel, v]) => Number(document.querySelector(sel)?.textContent) !== v"
+    handle.scroll_into_view_if_needed()
+    handle.focus()
+    handle.press("ArrowRight")
+    try:
+        page.wait_for_function(changed, arg=[readout, start], timeout=5_000)
+    except Exception:  # noqa: BLE001 - the key did not reach the slider: drag instead
+        box = handle.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + 6, y, steps=3)
+        page.mouse.up()
+        page.wait_for_function(changed, arg=[readout, start], timeout=30_000)
+    return int(float(page.locator(readout).first.text_content()))
 
 
 def test_spectrum_explorer_plots_what_python_computed(lab_server, lab_browser, expected):
     """Each SpectrumExplorer trace has its y, as long as x and equal to Python's; again after a slider move"""
-    for load in range(1, PAGE_LOADS + 1):
+    for load in range(1, lab_server.page_loads + 1):
         lab_server.fresh_notebook()
         context = lab_browser.new_context(viewport={"width": 1400, "height": 1000})
         context.set_default_timeout(60_000)
@@ -246,21 +299,17 @@ def test_spectrum_explorer_plots_what_python_computed(lab_server, lab_browser, e
             lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None,
         )
         try:
-            page.goto(f"{lab_server.base}/lab/tree/{NOTEBOOK}?token={TOKEN}&reset", timeout=120_000)
-            _run_all(page)
+            path = lab_server.url.format(nb=NOTEBOOK, token=TOKEN)
+            page.goto(f"{lab_server.base}{path}", timeout=120_000)
+            _run_all(page, lab_server)
             page.wait_for_selector(
                 f"{SCOPE} .js-plotly-plot .main-svg", state="attached", timeout=RUN_ALL_TIMEOUT_MS
             )
             _wait_traces(page, expected["default"], 30, f"page load {load}, after Run All")
             handle = page.locator(f"{SCOPE} .curvlab-control-num-steps .noUi-handle").first
-            handle.focus()
-            handle.press("ArrowRight")
-            page.wait_for_function(
-                "([sel, v]) => Number(document.querySelector(sel)?.textContent) === v",
-                arg=[f"{SCOPE} .curvlab-control-num-steps .widget-readout", expected["num_steps"]],
-                timeout=30_000,
-            )
-            _wait_traces(page, expected["moved"], 60, f"page load {load}, after a Lanczos-steps slider move")
+            value = _move_slider(page, handle, expected["num_steps"])
+            assert str(value) in expected["moved"], f"slider moved to {value}, expected at most +24"
+            _wait_traces(page, expected["moved"][str(value)], 60, f"page load {load}, after a slider move")
         except Exception as err:
             shot = lab_server.root.parent / f"failure-load{load}.png"
             try:
@@ -268,7 +317,7 @@ def test_spectrum_explorer_plots_what_python_computed(lab_server, lab_browser, e
             except Exception:  # noqa: BLE001
                 pass
             raise AssertionError(
-                f"{err}\nscreenshot: {shot}\nconsole:\n"
+                f"{lab_server.frontend}: {err}\nscreenshot: {shot}\nconsole:\n"
                 + "\n".join(console[-20:])
                 + f"\nserver log:\n{lab_server.log()}"
             ) from err

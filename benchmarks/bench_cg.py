@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from curvlab._cg import cg
-from curvlab._operators import DenseOperator, ggn_operator
+from curvlab._curvature import ggn_operator
+from curvlab._operators import DenseOperator
 
 
 def _time_pair(f, g, *args, repeats):

@@ -51,9 +51,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from curvlab._curvature import hessian_operator  # noqa: E402
 from curvlab._eigsh import eigsh  # noqa: E402
 from curvlab._lanczos import lanczos  # noqa: E402
-from curvlab._operators import hessian_operator  # noqa: E402
 
 
 def mlp_problem(sizes, batch, seed=0):

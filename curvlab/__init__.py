@@ -20,8 +20,11 @@ from curvlab._cg import cg as cg
 from curvlab._cg import condition_bound as condition_bound
 from curvlab._cg import condition_estimate as condition_estimate
 from curvlab._cg import steihaug_cg as steihaug_cg
+from curvlab._curvature import dataset_operator as dataset_operator
+from curvlab._curvature import fisher_operator as fisher_operator
+from curvlab._curvature import ggn_operator as ggn_operator
+from curvlab._curvature import hessian_operator as hessian_operator
 from curvlab._diagnostics import CurvatureReport as CurvatureReport
-from curvlab._diagnostics import dataset_operator as dataset_operator
 from curvlab._diagnostics import diagnose as diagnose
 from curvlab._eigsh import EigshResult as EigshResult
 from curvlab._eigsh import eigsh as eigsh
@@ -50,9 +53,6 @@ from curvlab._operators import LowRankOperator as LowRankOperator
 from curvlab._operators import ScaledOperator as ScaledOperator
 from curvlab._operators import SumOperator as SumOperator
 from curvlab._operators import as_operator as as_operator
-from curvlab._operators import fisher_operator as fisher_operator
-from curvlab._operators import ggn_operator as ggn_operator
-from curvlab._operators import hessian_operator as hessian_operator
 from curvlab._optim_loop import IterationInfo as IterationInfo
 from curvlab._optim_loop import OptimizeResult as OptimizeResult
 from curvlab._spectral import Estimate as Estimate
@@ -61,6 +61,8 @@ from curvlab._spectral import diagonal as diagonal
 from curvlab._spectral import moments as moments
 from curvlab._spectral import spectral_density as spectral_density
 from curvlab._spectral import trace as trace
+from curvlab._spectrum_cache import SpectrumCache as SpectrumCache
+from curvlab._spectrum_cache import ghost_mask as ghost_mask
 from curvlab._status import SolverError as SolverError
 from curvlab._status import Status as Status
 from curvlab.formula import FormulaError as FormulaError
@@ -99,6 +101,8 @@ __all__ = [
     "trace",
     "diagonal",
     "Estimate",
+    "SpectrumCache",
+    "ghost_mask",
     "moments",
     "cg",
     "steihaug_cg",

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -302,169 +303,279 @@ def _neg_curv(pAp, pp, ApAp, dtype):
 # ---------------------------------------------------------------------------
 
 
+class _CGSetup(NamedTuple):
+    """What every phase of one CG solve reads (built once per trace, closed over by the loop).
+
+    ``mv`` is :math:`v \\mapsto Av` and ``pc`` :math:`r \\mapsto Pr` (``None``: no
+    preconditioner), both checked and cast to ``dtype``; ``tol`` is
+    :math:`\\max(\\text{rtol}\\,\\|b\\|, \\text{atol})`; ``schedule`` the iterations whose
+    iterates are saved (empty unless ``save_iterates``).
+    """
+
+    mv: Callable
+    pc: Callable | None
+    b: jax.Array
+    x_true: jax.Array | None
+    tol: jax.Array
+    martens_eps: jax.Array
+    stop_rule: str
+    schedule: np.ndarray
+
+    @property
+    def matvecs_per_iteration(self) -> int:
+        """One product with :math:`p`, and one for the :math:`A`-norm error when ``x_true`` is given."""
+        return 1 + int(self.x_true is not None)
+
+
+class _CGHistory(NamedTuple):
+    """Preallocated per-iteration buffers (NaN where not reached): entry ``k`` of ``res``,
+    ``qvals``, ``aerr`` is iterate ``k``; ``gammas``/``betas`` the step coefficients of step ``k``;
+    ``saved`` the iterates at ``schedule``, ``save_ptr`` the next row to fill."""
+
+    res: jax.Array
+    qvals: jax.Array
+    aerr: jax.Array
+    gammas: jax.Array
+    betas: jax.Array
+    saved: jax.Array
+    save_ptr: jax.Array
+
+
 class _CGState(NamedTuple):
+    """The ``lax.while_loop`` carry: iterate ``k`` with residual :math:`r`, direction :math:`p`,
+    :math:`r^\\top P r`, the status (``RUNNING`` while going on), the negative-curvature
+    direction and its curvature, the matvec count and the history."""
+
     k: jax.Array
     status: jax.Array
     x: jax.Array
     r: jax.Array
     p: jax.Array
     rz: jax.Array
-    res: jax.Array
-    qvals: jax.Array
-    aerr: jax.Array
-    gammas: jax.Array
-    betas: jax.Array
     ncdir: jax.Array
     curv: jax.Array
-    saved: jax.Array
-    save_ptr: jax.Array
     matvecs: jax.Array
+    hist: _CGHistory
 
 
-@functools.partial(jax.jit, static_argnames=("maxiter", "stop_rule", "save_iterates"))
-def _cg_impl(op, b, x0, precond, x_true, rtol, atol, martens_eps, *, maxiter, stop_rule, save_iterates):
+class _CGStep(NamedTuple):
+    """One tentative CG step from :class:`_CGState` (before it is accepted or refused)."""
+
+    x: jax.Array
+    r: jax.Array
+    p: jax.Array
+    rz: jax.Array
+    rnorm: jax.Array
+    gamma: jax.Array
+    beta: jax.Array
+    pAp: jax.Array
+    pp: jax.Array
+    ApAp: jax.Array
+
+
+def _cg_setup(
+    op, b, precond, x_true, rtol, atol, martens_eps, *, stop_rule, save_iterates, maxiter, solver="cg"
+):
+    """The :class:`_CGSetup` of a solve (abstract matvec checks, traced tolerances, save schedule)."""
     n, dtype = b.shape[0], b.dtype
-    mv = _make_mv(op.prepare(), n, dtype, "cg")
-    pc = None if precond is None else _make_mv(precond.prepare(), n, dtype, "cg (preconditioner)")
-    nan = jnp.asarray(jnp.nan, dtype)
+    mv = _make_mv(op.prepare(), n, dtype, solver)
+    pc = None if precond is None else _make_mv(precond.prepare(), n, dtype, f"{solver} (preconditioner)")
     rtol, atol, martens_eps = (jnp.asarray(t, dtype) for t in (rtol, atol, martens_eps))
-
-    bnorm = jnp.linalg.norm(b)
-    tol = jnp.maximum(rtol * bnorm, atol)
-    warm = x0 is not None
-    if not warm:  # cold start: r0 = b costs no matvec
-        x0, r0 = jnp.zeros_like(b), b
-    else:
-        # b = 0: the solution is 0 whatever x0 is (as in SciPy).
-        x0 = jnp.where(bnorm == 0, jnp.zeros_like(x0), x0)
-        r0 = b - mv(x0)
-    z0 = r0 if pc is None else pc(r0)
-    rz0 = jnp.vdot(r0, z0)
-    rnorm0 = jnp.sqrt(rz0) if pc is None else jnp.linalg.norm(r0)
-
-    def anorm_err(x):
-        if x_true is None:
-            return nan
-        e = x - x_true
-        return jnp.sqrt(jnp.maximum(jnp.vdot(e, mv(e)), 0.0))
-
-    def quad(x, r):
-        return -0.5 * jnp.vdot(b + r, x)
-
+    tol = jnp.maximum(rtol * jnp.linalg.norm(b), atol)
     schedule = martens_schedule(maxiter) if save_iterates else np.zeros(0, np.int32)
-    m = schedule.shape[0]
-    sched = jnp.asarray(schedule, jnp.int32)
+    return _CGSetup(mv, pc, b, x_true, tol, martens_eps, stop_rule, schedule)
 
-    status0 = jnp.where(
-        rnorm0 <= tol,
+
+def _precondition(setup: _CGSetup, r):
+    """:math:`z = P r`, :math:`r^\\top z` and :math:`\\|r\\|` (unpreconditioned: the root of the former)."""
+    z = r if setup.pc is None else setup.pc(r)
+    rz = jnp.vdot(r, z)
+    rnorm = jnp.sqrt(rz) if setup.pc is None else jnp.linalg.norm(r)
+    return z, rz, rnorm
+
+
+def _quadratic_value(setup: _CGSetup, x, r):
+    """:math:`q(x) = \\tfrac12 x^\\top A x - b^\\top x = -\\tfrac12 (b + r)^\\top x`, :math:`r = b - Ax`."""
+    return -0.5 * jnp.vdot(setup.b + r, x)
+
+
+def _anorm_error(setup: _CGSetup, x):
+    """:math:`\\|x - x_\\star\\|_A` (one matvec), NaN without ``x_true``."""
+    if setup.x_true is None:
+        return jnp.asarray(jnp.nan, setup.b.dtype)
+    e = x - setup.x_true
+    return jnp.sqrt(jnp.maximum(jnp.vdot(e, setup.mv(e)), 0.0))
+
+
+def _initial_status(setup: _CGSetup, rz0, rnorm0):
+    """``CONVERGED`` when :math:`\\|r_0\\| \\le` tol, ``NONFINITE``, ``INDEFINITE_PRECONDITIONER``
+    when :math:`r_0^\\top P r_0 \\le 0`, else ``RUNNING``."""
+    status = jnp.where(
+        rnorm0 <= setup.tol,
         Status.CONVERGED,
         jnp.where(jnp.isfinite(rz0) & jnp.isfinite(rnorm0), RUNNING, Status.NONFINITE),
     ).astype(jnp.int32)
-    status0 = jnp.where((status0 == RUNNING) & (rz0 <= 0), Status.INDEFINITE_PRECONDITIONER, status0).astype(
+    return jnp.where((status == RUNNING) & (rz0 <= 0), Status.INDEFINITE_PRECONDITIONER, status).astype(
         jnp.int32
     )
-    init = _CGState(
+
+
+def _cg_init(setup: _CGSetup, x0, maxiter: int) -> _CGState:
+    """Iterate 0: :math:`r_0 = b - A x_0` (:math:`b`, no matvec, on a cold start), :math:`p_0 = P r_0`."""
+    b = setup.b
+    n, dtype = b.shape[0], b.dtype
+    nan = jnp.asarray(jnp.nan, dtype)
+    warm = x0 is not None
+    if not warm:
+        x0, r0 = jnp.zeros_like(b), b
+    else:
+        # b = 0: the solution is 0 whatever x0 is (as in SciPy).
+        x0 = jnp.where(jnp.linalg.norm(b) == 0, jnp.zeros_like(x0), x0)
+        r0 = b - setup.mv(x0)
+    z0, rz0, rnorm0 = _precondition(setup, r0)
+    hist = _CGHistory(
+        res=jnp.full(maxiter + 1, nan).at[0].set(rnorm0),
+        qvals=jnp.full(maxiter + 1, nan).at[0].set(_quadratic_value(setup, x0, r0)),
+        aerr=jnp.full(maxiter + 1, nan).at[0].set(_anorm_error(setup, x0)),
+        gammas=jnp.full(maxiter, nan),
+        betas=jnp.full(maxiter, nan),
+        saved=jnp.full((setup.schedule.shape[0], n), nan, dtype),
+        save_ptr=jnp.asarray(0, jnp.int32),
+    )
+    return _CGState(
         k=jnp.asarray(0, jnp.int32),
-        status=status0,
+        status=_initial_status(setup, rz0, rnorm0),
         x=x0,
         r=r0,
         p=z0,
         rz=rz0,
-        res=jnp.full(maxiter + 1, nan).at[0].set(rnorm0),
-        qvals=jnp.full(maxiter + 1, nan).at[0].set(quad(x0, r0)),
-        aerr=jnp.full(maxiter + 1, nan).at[0].set(anorm_err(x0)),
-        gammas=jnp.full(maxiter, nan),
-        betas=jnp.full(maxiter, nan),
         ncdir=jnp.zeros(n, dtype),
         curv=nan,
-        saved=jnp.full((m, n), nan, dtype),
-        save_ptr=jnp.asarray(0, jnp.int32),
-        matvecs=jnp.asarray(int(warm) + int(x_true is not None), jnp.int32),
+        matvecs=jnp.asarray(int(warm) + int(setup.x_true is not None), jnp.int32),
+        hist=hist,
     )
 
-    def cond(s):
-        return (s.status == RUNNING) & (s.k < maxiter)
 
-    def body(s):
-        k = s.k
-        Ap = mv(s.p)
-        pAp, pp, ApAp = jnp.vdot(s.p, Ap), jnp.vdot(s.p, s.p), jnp.vdot(Ap, Ap)
-        gamma = s.rz / pAp
-        x = s.x + gamma * s.p
-        r = s.r - gamma * Ap
-        z = r if pc is None else pc(r)
-        rz = jnp.vdot(r, z)
-        rnorm = jnp.sqrt(rz) if pc is None else jnp.linalg.norm(r)
-        beta = rz / s.rz
-        p = z + beta * s.p
+def _cg_step(setup: _CGSetup, s: _CGState) -> _CGStep:
+    """The PCG recurrences of the module docstring: :math:`\\gamma, x, r, z, \\beta, p`."""
+    Ap = setup.mv(s.p)
+    pAp, pp, ApAp = jnp.vdot(s.p, Ap), jnp.vdot(s.p, s.p), jnp.vdot(Ap, Ap)
+    gamma = s.rz / pAp
+    x = s.x + gamma * s.p
+    r = s.r - gamma * Ap
+    z, rz, rnorm = _precondition(setup, r)
+    beta = rz / s.rz
+    return _CGStep(x, r, z + beta * s.p, rz, rnorm, gamma, beta, pAp, pp, ApAp)
 
-        curv_ok = jnp.isfinite(pAp) & jnp.isfinite(ApAp)
-        negative = curv_ok & _neg_curv(pAp, pp, ApAp, dtype)
-        finite = curv_ok & (negative | (jnp.isfinite(rz) & jnp.isfinite(rnorm)))
-        accept = finite & ~negative
-        k1 = k + 1
-        q = quad(x, r)
 
-        status = jnp.where(rnorm <= tol, Status.CONVERGED, RUNNING)
-        if stop_rule == "martens":
-            gap = jnp.maximum(10, jnp.ceil(0.1 * k1).astype(jnp.int32))
-            q_old = s.qvals[jnp.maximum(k1 - gap, 0)]
-            stalled = (k1 > gap) & (q < 0) & ((q - q_old) / q < gap * martens_eps)
-            status = jnp.where(
-                status == RUNNING, jnp.where(stalled, Status.RELATIVE_PROGRESS, RUNNING), status
-            )
-        status = jnp.where((status == RUNNING) & (rz <= 0), Status.INDEFINITE_PRECONDITIONER, status)
-        status = jnp.where(
-            finite, jnp.where(negative, Status.NEGATIVE_CURVATURE, status), Status.NONFINITE
-        ).astype(jnp.int32)
+def _martens_stalled(setup: _CGSetup, qvals, k1, q):
+    """Martens' relative-progress test at iteration :math:`i` = ``k1`` with gap
+    :math:`k = \\max(10, \\lceil 0.1 i \\rceil)`: :math:`i > k`, :math:`q_i < 0`,
+    :math:`(q_i - q_{i-k}) / q_i < k \\varepsilon`."""
+    gap = jnp.maximum(10, jnp.ceil(0.1 * k1).astype(jnp.int32))
+    q_old = qvals[jnp.maximum(k1 - gap, 0)]
+    return (k1 > gap) & (q < 0) & ((q - q_old) / q < gap * setup.martens_eps)
 
-        def put(buf, i, val):
-            return buf.at[i].set(jnp.where(accept, val, buf[i]))
 
-        sel = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
-        saved, save_ptr = s.saved, s.save_ptr
-        if m:
-            ptr = jnp.minimum(save_ptr, m - 1)
-            hit = accept & (save_ptr < m) & (sched[ptr] == k1)
-            saved = saved.at[ptr].set(jnp.where(hit, x, saved[ptr]))
-            save_ptr = save_ptr + hit.astype(jnp.int32)
-        return _CGState(
-            k=jnp.where(accept, k1, k),
-            status=status,
-            x=sel(x, s.x),
-            r=sel(r, s.r),
-            p=sel(p, s.p),
-            rz=sel(rz, s.rz),
-            res=put(s.res, k1, rnorm),
-            qvals=put(s.qvals, k1, q),
-            aerr=s.aerr if x_true is None else put(s.aerr, k1, anorm_err(x)),
-            gammas=put(s.gammas, k, gamma),
-            betas=put(s.betas, k, beta),
-            ncdir=jnp.where(negative, s.p, s.ncdir),
-            curv=jnp.where(negative, pAp / pp, s.curv),
-            saved=saved,
-            save_ptr=save_ptr,
-            matvecs=s.matvecs + 1 + int(x_true is not None),
-        )
+def _step_status(setup: _CGSetup, qvals, k1, q, step: _CGStep, finite, negative):
+    """Status after a step, first reason wins: ``NONFINITE``, ``NEGATIVE_CURVATURE``,
+    ``CONVERGED`` (tolerance), ``RELATIVE_PROGRESS`` (Martens rule), ``INDEFINITE_PRECONDITIONER``
+    (breakdown :math:`r^\\top P r \\le 0`), else ``RUNNING``."""
+    status = jnp.where(step.rnorm <= setup.tol, Status.CONVERGED, RUNNING)
+    if setup.stop_rule == "martens":
+        stalled = _martens_stalled(setup, qvals, k1, q)
+        status = jnp.where(status == RUNNING, jnp.where(stalled, Status.RELATIVE_PROGRESS, RUNNING), status)
+    status = jnp.where((status == RUNNING) & (step.rz <= 0), Status.INDEFINITE_PRECONDITIONER, status)
+    return jnp.where(finite, jnp.where(negative, Status.NEGATIVE_CURVATURE, status), Status.NONFINITE).astype(
+        jnp.int32
+    )
 
-    s = lax.while_loop(cond, body, init) if maxiter > 0 else init
+
+def _record(setup: _CGSetup, hist: _CGHistory, k, accept, step: _CGStep, q) -> _CGHistory:
+    """Write step ``k``'s entries (only when accepted) and save :math:`x_{k+1}` if it is on the schedule."""
+    k1 = k + 1
+
+    def put(buf, i, val):
+        return buf.at[i].set(jnp.where(accept, val, buf[i]))
+
+    saved, save_ptr, m = hist.saved, hist.save_ptr, setup.schedule.shape[0]
+    if m:
+        ptr = jnp.minimum(save_ptr, m - 1)
+        hit = accept & (save_ptr < m) & (jnp.asarray(setup.schedule, jnp.int32)[ptr] == k1)
+        saved = saved.at[ptr].set(jnp.where(hit, step.x, saved[ptr]))
+        save_ptr = save_ptr + hit.astype(jnp.int32)
+    return _CGHistory(
+        res=put(hist.res, k1, step.rnorm),
+        qvals=put(hist.qvals, k1, q),
+        aerr=hist.aerr if setup.x_true is None else put(hist.aerr, k1, _anorm_error(setup, step.x)),
+        gammas=put(hist.gammas, k, step.gamma),
+        betas=put(hist.betas, k, step.beta),
+        saved=saved,
+        save_ptr=save_ptr,
+    )
+
+
+def _cg_iteration(setup: _CGSetup, s: _CGState) -> _CGState:
+    """One CG iteration: a step, its stopping tests, and the history; a refused step (negative
+    curvature, non-finite) keeps the last iterate and records the direction of negative curvature."""
+    step = _cg_step(setup, s)
+    curv_ok = jnp.isfinite(step.pAp) & jnp.isfinite(step.ApAp)
+    negative = curv_ok & _neg_curv(step.pAp, step.pp, step.ApAp, setup.b.dtype)
+    finite = curv_ok & (negative | (jnp.isfinite(step.rz) & jnp.isfinite(step.rnorm)))
+    accept = finite & ~negative
+    q = _quadratic_value(setup, step.x, step.r)
+    sel = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
+    return _CGState(
+        k=jnp.where(accept, s.k + 1, s.k),
+        status=_step_status(setup, s.hist.qvals, s.k + 1, q, step, finite, negative),
+        x=sel(step.x, s.x),
+        r=sel(step.r, s.r),
+        p=sel(step.p, s.p),
+        rz=sel(step.rz, s.rz),
+        ncdir=jnp.where(negative, s.p, s.ncdir),
+        curv=jnp.where(negative, step.pAp / step.pp, s.curv),
+        matvecs=s.matvecs + setup.matvecs_per_iteration,
+        hist=_record(setup, s.hist, s.k, accept, step, q),
+    )
+
+
+def _cg_result(setup: _CGSetup, s: _CGState, maxiter: int) -> CGResult:
+    """``RUNNING`` at the cap becomes ``MAX_ITERATIONS``; the Lanczos tridiagonal from the coefficients."""
+    h = s.hist
     status = jnp.where(s.status == RUNNING, Status.MAX_ITERATIONS, s.status).astype(jnp.int32)
-    alpha, beta = _lanczos_from_cg(s.gammas, s.betas) if maxiter > 0 else (s.gammas, s.betas)
+    alpha, beta = _lanczos_from_cg(h.gammas, h.betas) if maxiter > 0 else (h.gammas, h.betas)
     return CGResult(
         x=s.x,
-        residual_norms=s.res,
+        residual_norms=h.res,
         num_iterations=s.k,
         status=status,
         num_matvecs=s.matvecs,
-        quadratic_values=s.qvals,
-        anorm_errors=s.aerr,
+        quadratic_values=h.qvals,
+        anorm_errors=h.aerr,
         lanczos_alpha=alpha,
         lanczos_beta=beta,
         negative_curvature_direction=s.ncdir,
         curvature=s.curv,
-        saved_iterates=s.saved,
-        saved_iterations=sched,
+        saved_iterates=h.saved,
+        saved_iterations=jnp.asarray(setup.schedule, jnp.int32),
     )
+
+
+@functools.partial(jax.jit, static_argnames=("maxiter", "stop_rule", "save_iterates"))
+def _cg_impl(op, b, x0, precond, x_true, rtol, atol, martens_eps, *, maxiter, stop_rule, save_iterates):
+    """The whole solve, one compiled ``lax.while_loop``: setup, init, iterations, result."""
+    setup = _cg_setup(
+        op, b, precond, x_true, rtol, atol, martens_eps,
+        stop_rule=stop_rule, save_iterates=save_iterates, maxiter=maxiter,
+    )  # fmt: skip
+
+    def running(s):
+        return (s.status == RUNNING) & (s.k < maxiter)
+
+    s = _cg_init(setup, x0, maxiter)
+    if maxiter > 0:
+        s = lax.while_loop(running, functools.partial(_cg_iteration, setup), s)
+    return _cg_result(setup, s, maxiter)
 
 
 def _lanczos_from_cg(gammas, betas):
@@ -641,6 +752,10 @@ def condition_bound(
 
 
 class _STState(NamedTuple):
+    """Steihaug's loop carry: step ``x`` (called :math:`p` in the docstrings), residual, direction
+    ``d``, :math:`r^\\top P r`, the :math:`P^{-1}`-inner products :math:`x^\\top M x, x^\\top M d,
+    d^\\top M d` that locate the boundary, the residual history and the matvec count."""
+
     k: jax.Array
     status: jax.Array
     x: jax.Array
@@ -661,21 +776,16 @@ def _boundary_tau(xMx, xMd, dMd, radius):
     return jnp.where(xMd >= 0, slack / (xMd + disc), (disc - xMd) / dMd)
 
 
-@functools.partial(jax.jit, static_argnames=("maxiter",))
-def _steihaug_impl(op, b, precond, radius, rtol, atol, *, maxiter):
-    n, dtype = b.shape[0], b.dtype
-    mv = _make_mv(op.prepare(), n, dtype, "steihaug_cg")
-    pc = None if precond is None else _make_mv(precond.prepare(), n, dtype, "steihaug_cg (preconditioner)")
-    nan = jnp.asarray(jnp.nan, dtype)
-    radius = jnp.asarray(radius, dtype)
+def _st_init(setup: _CGSetup, maxiter: int) -> _STState:
+    """Step 0: :math:`p = 0`, :math:`r = b`, :math:`d = P b`; ``CONVERGED`` if :math:`\\|b\\| \\le` tol."""
+    b, n, dtype = setup.b, setup.b.shape[0], setup.b.dtype
     bnorm = jnp.linalg.norm(b)
-    tol = jnp.maximum(jnp.asarray(rtol, dtype) * bnorm, jnp.asarray(atol, dtype))
-    z0 = b if pc is None else pc(b)
+    z0 = b if setup.pc is None else setup.pc(b)
     rz0 = jnp.vdot(b, z0)
     zero = jnp.zeros((), dtype)
-    init = _STState(
+    return _STState(
         k=jnp.asarray(0, jnp.int32),
-        status=jnp.where(bnorm <= tol, Status.CONVERGED, RUNNING).astype(jnp.int32),
+        status=jnp.where(bnorm <= setup.tol, Status.CONVERGED, RUNNING).astype(jnp.int32),
         x=jnp.zeros(n, dtype),
         r=b,
         d=z0,
@@ -683,64 +793,75 @@ def _steihaug_impl(op, b, precond, radius, rtol, atol, *, maxiter):
         xMx=zero,
         xMd=zero,
         dMd=rz0,
-        res=jnp.full(maxiter + 1, nan).at[0].set(bnorm),
+        res=jnp.full(maxiter + 1, jnp.asarray(jnp.nan, dtype)).at[0].set(bnorm),
         matvecs=jnp.asarray(0, jnp.int32),
     )
 
-    def cond(s):
+
+def _st_norms(setup: _CGSetup, s: _STState, x, d, rz, beta, gamma, outside, xMx_new, radius):
+    """:math:`x^\\top M x, x^\\top M d, d^\\top M d` after a step: Euclidean, computed directly, or the
+    :math:`P^{-1}`-norms by the Steihaug-Toint recurrences (Conn, Gould & Toint §7.5.1)."""
+    if setup.pc is None:
+        return jnp.vdot(x, x), jnp.vdot(x, d), jnp.vdot(d, d)
+    xMx = jnp.where(outside, radius**2, xMx_new)
+    return xMx, beta * (s.xMd + gamma * s.dMd), rz + beta**2 * s.dMd
+
+
+def _st_iteration(setup: _CGSetup, radius, s: _STState) -> _STState:
+    """One truncated-CG iteration: a CG step, cut at the boundary when it leaves the trust region
+    or follows negative curvature; status ``NEGATIVE_CURVATURE``, ``TRUST_REGION_BOUNDARY``,
+    ``CONVERGED``, ``NONFINITE`` (the step is then refused) or ``RUNNING``."""
+    Bd = setup.mv(s.d)
+    dBd, dd, BdBd = jnp.vdot(s.d, Bd), jnp.vdot(s.d, s.d), jnp.vdot(Bd, Bd)
+    negative = _neg_curv(dBd, dd, BdBd, setup.b.dtype)
+    gamma = s.rz / dBd
+    xMx_new = s.xMx + 2 * gamma * s.xMd + gamma**2 * s.dMd
+    outside = negative | (xMx_new >= radius**2)
+    step = jnp.where(outside, _boundary_tau(s.xMx, s.xMd, s.dMd, radius), gamma)
+    x, r = s.x + step * s.d, s.r - step * Bd
+    z = r if setup.pc is None else setup.pc(r)
+    rz, rnorm = jnp.vdot(r, z), jnp.linalg.norm(r)
+    beta = rz / s.rz
+    d = z + beta * s.d
+    xMx, xMd, dMd = _st_norms(setup, s, x, d, rz, beta, gamma, outside, xMx_new, radius)
+    finite = jnp.isfinite(dBd) & jnp.isfinite(BdBd) & jnp.isfinite(rnorm) & jnp.all(jnp.isfinite(x))
+    finite = finite & (jnp.isfinite(rz) | outside)
+    inner = jnp.where(rnorm <= setup.tol, Status.CONVERGED, RUNNING)
+    status = jnp.where(outside, Status.TRUST_REGION_BOUNDARY, inner)
+    status = jnp.where(negative, Status.NEGATIVE_CURVATURE, status)
+    sel = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    return _STState(
+        k=jnp.where(finite, s.k + 1, s.k),
+        status=jnp.where(finite, status, Status.NONFINITE).astype(jnp.int32),
+        x=sel(x, s.x),
+        r=sel(r, s.r),
+        d=sel(d, s.d),
+        rz=sel(rz, s.rz),
+        xMx=sel(xMx, s.xMx),
+        xMd=sel(xMd, s.xMd),
+        dMd=sel(dMd, s.dMd),
+        res=s.res.at[s.k + 1].set(jnp.where(finite, rnorm, jnp.nan)),
+        matvecs=s.matvecs + 1,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("maxiter",))
+def _steihaug_impl(op, b, precond, radius, rtol, atol, *, maxiter):
+    """The whole truncated CG, one compiled ``lax.while_loop`` (the setup shared with :func:`cg`)."""
+    setup = _cg_setup(
+        op, b, precond, None, rtol, atol, 0.0,
+        stop_rule="residual", save_iterates=False, maxiter=maxiter, solver="steihaug_cg",
+    )  # fmt: skip
+    radius = jnp.asarray(radius, b.dtype)
+
+    def running(s):
         return (s.status == RUNNING) & (s.k < maxiter)
 
-    def body(s):
-        Bd = mv(s.d)
-        dBd, dd, BdBd = jnp.vdot(s.d, Bd), jnp.vdot(s.d, s.d), jnp.vdot(Bd, Bd)
-        finite = jnp.isfinite(dBd) & jnp.isfinite(BdBd)
-        negative = _neg_curv(dBd, dd, BdBd, dtype)
-        gamma = s.rz / dBd
-        xMx_new = s.xMx + 2 * gamma * s.xMd + gamma**2 * s.dMd
-        outside = negative | (xMx_new >= radius**2)
-        tau = _boundary_tau(s.xMx, s.xMd, s.dMd, radius)
-        step = jnp.where(outside, tau, gamma)
-        x = s.x + step * s.d
-        r = s.r - step * Bd
-        z = r if pc is None else pc(r)
-        rz = jnp.vdot(r, z)
-        rnorm = jnp.linalg.norm(r)
-        beta = rz / s.rz
-        d = z + beta * s.d
-        if pc is None:  # Euclidean norms, computed directly
-            xMx, xMd, dMd = jnp.vdot(x, x), jnp.vdot(x, d), jnp.vdot(d, d)
-        else:  # P^{-1}-norms by the Steihaug-Toint recurrences (Conn, Gould & Toint §7.5.1)
-            xMx = jnp.where(outside, radius**2, xMx_new)
-            xMd = beta * (s.xMd + gamma * s.dMd)
-            dMd = rz + beta**2 * s.dMd
-        finite = finite & jnp.isfinite(rnorm) & jnp.all(jnp.isfinite(x)) & (jnp.isfinite(rz) | outside)
-        status = jnp.where(
-            negative,
-            Status.NEGATIVE_CURVATURE,
-            jnp.where(
-                outside, Status.TRUST_REGION_BOUNDARY, jnp.where(rnorm <= tol, Status.CONVERGED, RUNNING)
-            ),
-        )
-        status = jnp.where(finite, status, Status.NONFINITE).astype(jnp.int32)
-        sel = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        k1 = k = s.k + 1
-        return _STState(
-            k=jnp.where(finite, k1, s.k),
-            status=status,
-            x=sel(x, s.x),
-            r=sel(r, s.r),
-            d=sel(d, s.d),
-            rz=sel(rz, s.rz),
-            xMx=sel(xMx, s.xMx),
-            xMd=sel(xMd, s.xMd),
-            dMd=sel(dMd, s.dMd),
-            res=s.res.at[k].set(jnp.where(finite, rnorm, nan)),
-            matvecs=s.matvecs + 1,
-        )
-
-    s = lax.while_loop(cond, body, init) if maxiter > 0 else init
+    s = _st_init(setup, maxiter)
+    if maxiter > 0:
+        s = lax.while_loop(running, functools.partial(_st_iteration, setup, radius), s)
     status = jnp.where(s.status == RUNNING, Status.MAX_ITERATIONS, s.status).astype(jnp.int32)
-    step_norm = jnp.linalg.norm(s.x) if pc is None else jnp.sqrt(jnp.maximum(s.xMx, 0.0))
+    step_norm = jnp.linalg.norm(s.x) if setup.pc is None else jnp.sqrt(jnp.maximum(s.xMx, 0.0))
     return SteihaugResult(
         x=s.x,
         status=status,

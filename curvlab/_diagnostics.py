@@ -1,33 +1,30 @@
 """Curvature diagnostics for a user's own model and dataset.
 
-:func:`diagnose` builds the **dataset-averaged** curvature operator
+:func:`diagnose` builds the **dataset-averaged** curvature operator of
+:func:`curvlab.dataset_operator`
 
 .. math::
 
     A = \\sum_b \\frac{n_b}{N} A_b, \\qquad N = \\sum_b n_b,
 
 where :math:`A_b` is the Hessian, generalized Gauss-Newton matrix or empirical
-Fisher of the batch-mean loss on batch :math:`b` (of :math:`n_b` examples), and
-runs the Krylov solvers of :mod:`curvlab._lanczos` and :mod:`curvlab._spectral`
-on it: top and bottom eigenvalues (Lanczos), the trace (Hutch++), the spectral
-density (stochastic Lanczos quadrature), the curvature along the gradient,
-and the same per parameter block (layer). Every product :math:`A v` loops over
-the batches with ``lax.scan`` inside the solver's jitted loop, so the memory
-of a product is that of one batch's HVP, whatever the size of the dataset.
+Fisher of the batch-mean loss on batch :math:`b` (of :math:`n_b` examples; the
+empirical Fisher averages to :math:`\\frac1N \\sum_i \\nabla\\ell_i \\nabla\\ell_i^\\top`),
+and runs the Krylov solvers of :mod:`curvlab._eigsh` and :mod:`curvlab._spectral`
+on it. It is an orchestrator of small pieces, each tested on its own:
 
-Data
-----
-``data`` is either
+1. :func:`curvlab.dataset_operator` -- the operator (data read once, see :mod:`curvlab._data`);
+2. :func:`gradient_stats` -- dataset loss, gradient norm, curvature along the gradient;
+3. :func:`extreme_eigenvalues` -- the ``k`` top and bottom eigenvalues (one ``"BE"`` eigsh run);
+4. :func:`curvlab.trace` -- Hutch++ trace;
+5. :func:`density_stats` -- SLQ spectral density and its negative mass;
+6. :func:`block_reports` -- per parameter block (layer) top eigenvalue and trace;
+7. :func:`assemble_report` -- the :class:`CurvatureReport`.
 
-* a pytree of arrays sharing their leading (example) axis, e.g. ``(X, Y)``,
-  cut into batches of ``batch_size`` (the last, smaller batch is kept as its
-  own batch with weight :math:`n_b/N`; ``batch_size=None`` means one batch); or
-* a *re-iterable* of batches: a list, a callable returning a fresh iterator
-  (a generator function or ``lambda: loader``), or an object whose
-  ``__iter__`` restarts (a NumPy / torch data loader). The batches are read
-  once, converted to arrays and stacked on the device by shape, so that the
-  operator stays jittable. A one-shot iterator (a generator object) is
-  refused: the solvers need many passes over the data.
+Every product :math:`A v` loops over the batches with ``lax.scan`` inside the
+solver's jitted loop, so the memory of a product is that of one batch's HVP.
+Products are counted from the solvers' ``num_matvecs`` (no global state: concurrent
+calls do not interfere), which also drives the optional progress bar.
 
 Models
 ------
@@ -35,16 +32,26 @@ Models
 ``state`` of ``graphdef, state = nnx.split(model)``, the array part of
 ``eqx.partition(model, eqx.is_inexact_array)``. A Flax NNX or Equinox *module*
 may also be passed as ``params`` directly: it is split internally into its
-parameters (NNX ``nnx.Param`` variables / Equinox inexact arrays) and the
-rest, and ``loss_fn`` (and ``model_fn``) then receive the module itself,
-rebuilt around the parameters being differentiated.
+parameters and the rest, and ``loss_fn`` (and ``model_fn``) then receive the
+module itself, rebuilt around the parameters being differentiated.
 
 Multi-device
 ------------
 Pass ``mesh=`` (a :class:`jax.sharding.Mesh` with a ``"data"`` axis, or
 ``"auto"``): batches are sharded along the batch axis, parameters and Lanczos
-vectors replicated, and XLA inserts the all-reduce of the batch mean. See
-:mod:`curvlab.sharding` for multi-host use (``jax.distributed.initialize``).
+vectors replicated. See :mod:`curvlab.sharding`.
+
+No NaN results
+--------------
+Eigenvalues, residuals, traces and densities in a report are always finite. When
+the eigensolver stops on a non-finite value (it can, on an operator with a large
+null space such as the empirical Fisher of an over-parametrized softmax model),
+the extremes come from a fully reorthogonalized Lanczos run instead (Ritz values
+with their residual bounds) and ``messages["eigsh"]`` says so. A loss or gradient
+that is not finite at ``params`` raises ``ValueError`` before any solver runs.
+``condition_number`` and ``gradient_curvature`` are ``nan`` only where they are
+not defined (an operator that is not positive definite after damping; a zero
+gradient), as documented on :class:`CurvatureReport`.
 
 The report (:class:`CurvatureReport`) is data: ``to_dict`` (JSON-safe) and
 ``summary()`` (text) live here; its figure and HTML page come from
@@ -53,280 +60,42 @@ The report (:class:`CurvatureReport`) is data: ``to_dict`` (JSON-safe) and
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
 import time
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
-from curvlab._hvp import _fisher_product, _ggn_product, _hessian_product
-from curvlab._operators import LinearOperator, ParameterOperator, pytree_operator, static_field
+from curvlab._curvature import CURVATURES, CurvatureOperator, dataset_operator
+from curvlab._operators import LinearOperator, pytree_operator, static_field
 from curvlab._validation import check_positive_int
-from curvlab.sharding import replicate, resolve_mesh, shard_batch_axis
 
 PyTree = Any
 
-CURVATURES = ("hessian", "ggn", "fisher")
-
 __all__ = [
     "CURVATURES",
+    "DiagnoseOptions",
     "BlockReport",
     "CurvatureReport",
-    "DatasetCurvatureOperator",
     "BlockOperator",
-    "dataset_operator",
     "diagnose",
+    "gradient_stats",
+    "extreme_eigenvalues",
+    "density_stats",
+    "block_reports",
+    "assemble_report",
     "summary_table",
 ]
 
 
 # ---------------------------------------------------------------------------
-# Data: arrays or re-iterables -> groups of stacked equal-shape batches
+# Block operators
 # ---------------------------------------------------------------------------
-
-
-class _Data(NamedTuple):
-    groups: tuple  # each: a batch pytree whose leaves are stacked (num_batches, batch, ...)
-    weights: tuple  # each: (num_batches,) array of n_b / N
-    num_examples: int
-    num_batches: int
-    first_batch: PyTree  # unstacked, for checks
-
-
-def _is_array(a) -> bool:
-    return hasattr(a, "shape") and hasattr(a, "dtype")
-
-
-def _is_array_tree(data) -> bool:
-    """Array data (cut into batches by ``batch_size``): an array, or a tuple / dict of arrays."""
-    if _is_array(data):
-        return True
-    if isinstance(data, tuple):
-        children = list(data)
-    elif isinstance(data, dict):
-        children = list(data.values())
-    else:
-        return False
-    return bool(children) and all(_is_array(c) for c in children)
-
-
-def _leading(batch) -> int:
-    leaves = jax.tree_util.tree_leaves(batch)
-    if not leaves or np.ndim(leaves[0]) == 0:
-        raise ValueError("every batch must hold arrays with a leading example axis")
-    return int(np.shape(leaves[0])[0])
-
-
-def _array_batches(data, batch_size):
-    leaves = jax.tree_util.tree_leaves(data)
-    sizes = {int(np.shape(a)[0]) if np.ndim(a) else None for a in leaves}
-    if None in sizes or len(sizes) != 1:
-        shapes = [tuple(np.shape(a)) for a in leaves]
-        raise ValueError(
-            f"data arrays must share their leading (example) dimension; got shapes {shapes}. "
-            "Pass a list of batches instead for data of other layouts"
-        )
-    n = sizes.pop()
-    if n == 0:
-        raise ValueError("data holds no examples")
-    if batch_size is None:
-        batch_size = n
-    batch_size = check_positive_int("batch_size", batch_size)
-    batch_size = min(batch_size, n)
-    nb, r = divmod(n, batch_size)
-    groups, counts = [], []
-    full = jax.tree_util.tree_map(
-        lambda a: jnp.asarray(a)[: nb * batch_size].reshape(nb, batch_size, *np.shape(a)[1:]), data
-    )
-    groups.append(full)
-    counts.append(np.full(nb, batch_size))
-    if r:
-        groups.append(jax.tree_util.tree_map(lambda a: jnp.asarray(a)[nb * batch_size :][None], data))
-        counts.append(np.array([r]))
-    return groups, counts, n, nb + (1 if r else 0)
-
-
-def _iter_batches(data) -> Iterator:
-    if isinstance(data, types.GeneratorType) or (
-        isinstance(data, Iterator) and iter(data) is data  # one-shot iterator
-    ):
-        raise TypeError(
-            "data is a one-shot iterator (e.g. a generator object), but the solvers need many passes "
-            "over the data. Pass a list of batches, a function returning a fresh iterator "
-            "(e.g. `lambda: make_batches()` or the generator function itself), or a re-iterable loader"
-        )
-    if callable(data) and not hasattr(data, "__iter__"):
-        it = data()
-        if not hasattr(it, "__iter__"):
-            raise TypeError(f"data() must return an iterable of batches, got {type(it).__name__}")
-        return iter(it)
-    if hasattr(data, "__iter__"):
-        return iter(data)
-    raise TypeError(
-        "data must be a pytree of arrays (with batch_size), a list of batches, a function returning an "
-        f"iterator of batches, or a re-iterable loader; got {type(data).__name__}"
-    )
-
-
-def _iterable_batches(data, batch_size):
-    if batch_size is not None:
-        raise ValueError(
-            "batch_size applies to array data only; data given as batches (a list, loader or function) "
-            "is used batch by batch as it comes"
-        )
-    signature_to_group: dict = {}
-    stacks: list[list] = []
-    counts: list[list] = []
-    treedef0 = None
-    n = nb = 0
-    for i, batch in enumerate(_iter_batches(data)):
-        batch = jax.tree_util.tree_map(jnp.asarray, batch)
-        leaves, treedef = jax.tree_util.tree_flatten(batch)
-        if treedef0 is None:
-            treedef0 = treedef
-        elif treedef != treedef0:
-            raise ValueError(
-                f"batch {i} has structure {treedef}, but batch 0 has {treedef0}; all batches must share "
-                "one pytree structure"
-            )
-        size = _leading(batch)
-        sig = tuple((a.shape, a.dtype) for a in leaves)
-        if sig not in signature_to_group:
-            signature_to_group[sig] = len(stacks)
-            stacks.append([])
-            counts.append([])
-        g = signature_to_group[sig]
-        stacks[g].append(batch)
-        counts[g].append(size)
-        n += size
-        nb += 1
-    if nb == 0:
-        raise ValueError("data yielded no batches")
-    groups = [jax.tree_util.tree_map(lambda *a: jnp.stack(a), *s) for s in stacks]
-    return groups, [np.asarray(c) for c in counts], n, nb
-
-
-def _prepare_data(data, batch_size, dtype) -> _Data:
-    if _is_array_tree(data):
-        groups, counts, n, nb = _array_batches(data, batch_size)
-    else:
-        groups, counts, n, nb = _iterable_batches(data, batch_size)
-    weights = tuple(jnp.asarray(c / n, dtype=dtype) for c in counts)
-    first = jax.tree_util.tree_map(lambda a: a[0], groups[0])
-    return _Data(tuple(groups), weights, n, nb, first)
-
-
-# ---------------------------------------------------------------------------
-# Pass counting (progress bar and num_hvps), through a debug callback
-# ---------------------------------------------------------------------------
-
-
-class _Tracker:
-    def __init__(self):
-        self.passes = 0
-        self.bar = None
-
-    def tick(self, *_):
-        self.passes += 1
-        if self.bar is not None:
-            self.bar.update(1)
-
-
-_TRACKER = _Tracker()
-
-
-def _on_pass(x):
-    _TRACKER.tick()
-
-
-# ---------------------------------------------------------------------------
-# Dataset operator
-# ---------------------------------------------------------------------------
-
-
-def _batch_product(kind, fns, x, batch, v):
-    """One batch's curvature product (pytree ``v`` -> pytree), traceable."""
-    loss_fn, model_fn, output_loss_fn, per_example_loss_fn = fns
-    if kind == "hessian":
-        return _hessian_product(loss_fn, x, (batch,))(v)
-    if kind == "ggn":
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise ValueError("curvature='ggn' needs batches that are pairs (inputs, targets)")
-        return _ggn_product(model_fn, output_loss_fn, x, batch)(v)
-    # empirical Fisher of this batch: (1/n_b) G_b^T G_b v
-    return _fisher_product(per_example_loss_fn, x, batch)(v)
-
-
-@pytree_operator
-class DatasetCurvatureOperator(ParameterOperator):
-    """Dataset average :math:`\\sum_b (n_b/N) A_b` of per-batch curvature; see :func:`dataset_operator`.
-
-    Leaves: the parameters ``x``, the stacked batch groups and their weights.
-    Static: the curvature kind and the user's functions. A product scans over
-    the batches of every group, so it is jittable and its memory is that of
-    one batch.
-    """
-
-    x: PyTree
-    groups: tuple
-    weights: tuple
-    kind: str = static_field()
-    fns: tuple = static_field()
-    count: bool = static_field(default=False)
-    num_examples: int = static_field(default=0)
-    num_batches: int = static_field(default=0)
-
-    tags = property(
-        lambda self: frozenset({"symmetric", "psd"} if self.kind in ("ggn", "fisher") else {"symmetric"})
-    )
-
-    def tree_product(self, linearize):
-        unravel = ravel_pytree(self.x)[1]
-        return lambda v_tree: unravel(self._flat_matvec(v_tree))
-
-    def _flat_matvec(self, v_tree):
-        acc = jnp.zeros((self.size,), self.dtype)
-        for group, w in zip(self.groups, self.weights, strict=True):
-
-            def body(acc, item):
-                batch, wb = item
-                out = _batch_product(self.kind, self.fns, self.x, batch, v_tree)
-                return acc + wb * ravel_pytree(out)[0], None
-
-            acc, _ = jax.lax.scan(body, acc, (group, w))
-        return acc
-
-    def matvec(self, v):
-        v_tree = ravel_pytree(self.x)[1](v)
-        out = self._flat_matvec(v_tree)
-        if self.count:
-            jax.debug.callback(_on_pass, v[0])
-        return out
-
-    def prepare(self):
-        return self.matvec
-
-    def gradient_and_loss(self):
-        """Dataset-average loss and flat gradient :math:`\\sum_b (n_b/N) \\nabla L_b`."""
-        loss_fn = self.fns[0]
-        acc = (jnp.zeros((self.size,), self.dtype), jnp.zeros((), self.dtype))
-        for group, w in zip(self.groups, self.weights, strict=True):
-
-            def body(acc, item):
-                batch, wb = item
-                val, g = jax.value_and_grad(loss_fn)(self.x, batch)
-                return (acc[0] + wb * ravel_pytree(g)[0], acc[1] + wb * val), None
-
-            acc, _ = jax.lax.scan(body, acc, (group, w))
-        return acc[1], acc[0]
 
 
 @pytree_operator
@@ -363,180 +132,28 @@ class BlockOperator(LinearOperator):
         return lambda v: self._embed(fn, v)
 
 
-def _unwrap_module(params, loss_fn, model_fn, per_example_loss_fn):
-    """Split an NNX / Equinox module into (array params, rebuild); wrap the user functions."""
-    rebuild = None
-    nnx = sys.modules.get("flax.nnx")
-    eqx = sys.modules.get("equinox")
-    if nnx is not None and isinstance(params, nnx.Module):
-        graphdef, arrays, rest = nnx.split(params, nnx.Param, ...)
-        rebuild = lambda p: nnx.merge(graphdef, p, rest)
-    elif eqx is not None and isinstance(params, eqx.Module):
-        arrays, static = eqx.partition(params, eqx.is_inexact_array)
-        rebuild = lambda p: eqx.combine(p, static)
-    if rebuild is None:
-        return params, loss_fn, model_fn, per_example_loss_fn
+@pytree_operator
+class _MaskedOperator(LinearOperator):
+    """:math:`P A P - c (I - P)` with :math:`P = \\operatorname{diag}(\\text{mask})`.
 
-    def wrap(fn):
-        return None if fn is None else (lambda p, *a: fn(rebuild(p), *a))
-
-    return arrays, wrap(loss_fn), wrap(model_fn), wrap(per_example_loss_fn)
-
-
-def _check_params(params):
-    leaves = jax.tree_util.tree_leaves(params)
-    if not leaves:
-        raise ValueError("params has no array leaves")
-    for path, a in jax.tree_util.tree_flatten_with_path(params)[0]:
-        if not _is_array(a) or not jnp.issubdtype(jnp.result_type(a), jnp.floating):
-            raise TypeError(
-                f"params leaf {jax.tree_util.keystr(path) or '<root>'} is {type(a).__name__} "
-                f"({getattr(a, 'dtype', '')}); params must hold only floating arrays. For an Equinox model "
-                "pass the module itself or eqx.partition(model, eqx.is_inexact_array)[0]"
-            )
-
-
-def _describe(tree) -> str:
-    try:
-        return str(jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), tree))
-    except Exception:  # pragma: no cover - best effort
-        return type(tree).__name__
-
-
-def _check_functions(kind, fns, params, batch):
-    loss_fn, model_fn, output_loss_fn, per_example_loss_fn = fns
-
-    def run(name, f, *args):
-        try:
-            return jax.eval_shape(f, *args)
-        except Exception as err:
-            raise ValueError(
-                f"{name} failed on the first batch: {type(err).__name__}: {err}\n"
-                f"Check that params and data match: params shapes {_describe(params)}, "
-                f"batch shapes {_describe(batch)}"
-            ) from err
-
-    out = run("loss_fn(params, batch)", loss_fn, params, batch)
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
-        raise ValueError(
-            "loss_fn(params, batch) must return a scalar (shape ()), got "
-            f"{getattr(out, 'shape', type(out).__name__)}; average the per-example losses over the batch "
-            "(e.g. .mean())"
-        )
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(f"loss_fn must return a floating scalar, got dtype {out.dtype}")
-    if kind == "ggn":
-        z = run("model_fn(params, inputs)", model_fn, params, batch[0])
-        o = run("output_loss_fn(outputs, targets)", output_loss_fn, z, batch[1])
-        if getattr(o, "shape", None) != ():
-            raise ValueError(f"output_loss_fn(outputs, targets) must return a scalar, got shape {o.shape}")
-    if kind == "fisher":
-        o = run("per_example_loss_fn(params, batch)", per_example_loss_fn, params, batch)
-        n = _leading(batch)
-        if getattr(o, "shape", None) != (n,):
-            raise ValueError(
-                f"per_example_loss_fn(params, batch) must return the ({n},) per-example losses of the "
-                f"batch, got shape {getattr(o, 'shape', None)}"
-            )
-
-
-def _default_per_example(loss_fn):
-    """Per-example losses from a batch loss: ``loss_fn`` on each example as a batch of one."""
-
-    def per_example(p, batch):
-        one = lambda ex: loss_fn(p, jax.tree_util.tree_map(lambda a: a[None], ex))
-        return jax.vmap(one)(batch)
-
-    return per_example
-
-
-def dataset_operator(
-    loss_fn: Callable | None,
-    params: PyTree,
-    data,
-    *,
-    curvature: str = "hessian",
-    batch_size: int | None = None,
-    model_fn: Callable | None = None,
-    output_loss_fn: Callable | None = None,
-    per_example_loss_fn: Callable | None = None,
-    checkpoint: bool = False,
-    mesh=None,
-    data_axis: str = "data",
-) -> DatasetCurvatureOperator:
-    """The dataset-averaged curvature operator :math:`\\sum_b (n_b/N) A_b` used by :func:`diagnose`.
-
-    Parameters are those of :func:`diagnose`. ``curvature`` selects
-    :math:`A_b`: ``"hessian"`` :math:`\\nabla^2 L_b`, ``"ggn"``
-    :math:`J_b^\\top H_{\\ell} J_b` (needs ``model_fn(params, inputs)`` and
-    ``output_loss_fn(outputs, targets)``, batches ``(inputs, targets)``), or
-    ``"fisher"`` :math:`\\frac1{n_b} G_b^\\top G_b` with rows
-    :math:`\\nabla \\ell_i` (``per_example_loss_fn(params, batch) -> (n_b,)``;
-    by default ``loss_fn`` applied to every example as a batch of one).
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp
-    >>> X = jnp.arange(6.0).reshape(3, 2); y = jnp.ones(3)
-    >>> loss = lambda w, b: jnp.mean((b[0] @ w - b[1]) ** 2)
-    >>> op = dataset_operator(loss, jnp.zeros(2), (X, y), batch_size=2)
-    >>> bool(jnp.allclose(op.to_dense(), 2 * X.T @ X / 3))
-    True
+    Its eigenvalues are those of the diagonal block :math:`A_{bb}` and
+    :math:`-c` (on the complement). With the mask a leaf (not static), every
+    block of the same model reuses one compiled solver.
     """
-    if curvature not in CURVATURES:
-        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
-    params, loss_fn, model_fn, per_example_loss_fn = _unwrap_module(
-        params, loss_fn, model_fn, per_example_loss_fn
-    )
-    if curvature == "ggn":
-        missing = [n for n, f in (("model_fn", model_fn), ("output_loss_fn", output_loss_fn)) if f is None]
-        if missing:
-            raise ValueError(f"curvature='ggn' needs {' and '.join(missing)}")
-        if loss_fn is None:
-            mf, of = model_fn, output_loss_fn
-            loss_fn = lambda p, b: of(mf(p, b[0]), b[1])
-    if loss_fn is None or not callable(loss_fn):
-        raise TypeError("loss_fn must be a callable loss_fn(params, batch) -> scalar")
-    for name, f in (
-        ("model_fn", model_fn),
-        ("output_loss_fn", output_loss_fn),
-        ("per_example_loss_fn", per_example_loss_fn),
-    ):
-        if f is not None and not callable(f):
-            raise TypeError(f"{name} must be callable, got {type(f).__name__}")
-    _check_params(params)
-    if curvature == "fisher" and per_example_loss_fn is None:
-        per_example_loss_fn = _default_per_example(loss_fn)
-    if checkpoint:
-        wrap = lambda f: None if f is None else jax.checkpoint(f)
-        loss_fn, model_fn, per_example_loss_fn = wrap(loss_fn), wrap(model_fn), wrap(per_example_loss_fn)
-    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
-    prepared = _prepare_data(data, batch_size, dtype)
-    fns = (loss_fn, model_fn, output_loss_fn, per_example_loss_fn)
-    if curvature == "ggn" and not (
-        isinstance(prepared.first_batch, (tuple, list)) and len(prepared.first_batch) == 2
-    ):
-        raise ValueError("curvature='ggn' needs batches that are pairs (inputs, targets)")
-    _check_functions(curvature, fns, params, prepared.first_batch)
-    groups, weights = prepared.groups, prepared.weights
-    mesh = resolve_mesh(mesh, data_axis)
-    if mesh is not None:
-        groups = tuple(shard_batch_axis(g, mesh, data_axis, batch_axis=1) for g in groups)
-        weights = replicate(weights, mesh)
-        params = replicate(params, mesh)
-    return DatasetCurvatureOperator(
-        x=params,
-        groups=tuple(groups),
-        weights=tuple(weights),
-        kind=curvature,
-        fns=fns,
-        num_examples=prepared.num_examples,
-        num_batches=prepared.num_batches,
-    )
 
+    op: LinearOperator
+    mask: jax.Array
+    shift: jax.Array
 
-def _with_count(op: DatasetCurvatureOperator) -> DatasetCurvatureOperator:
-    return dataclasses.replace(op, count=True)
+    size = property(lambda self: self.op.size)
+    dtype = property(lambda self: self.op.dtype)
+
+    def matvec(self, v):
+        return self.mask * self.op.matvec(self.mask * v) - self.shift * (1 - self.mask) * v
+
+    def prepare(self):
+        fn = self.op.prepare()
+        return lambda v: self.mask * fn(self.mask * v) - self.shift * (1 - self.mask) * v
 
 
 # ---------------------------------------------------------------------------
@@ -776,58 +393,311 @@ def summary_table(report: CurvatureReport) -> str:
 
 
 # ---------------------------------------------------------------------------
-# diagnose
+# diagnose: options, progress, and the pieces it orchestrates
 # ---------------------------------------------------------------------------
 
 
-@pytree_operator
-class _MaskedOperator(LinearOperator):
-    """:math:`P A P - c (I - P)` with :math:`P = \\operatorname{diag}(\\text{mask})`.
+class DiagnoseOptions(NamedTuple):
+    """The solver options of :func:`diagnose`, validated (:meth:`validate`, errors name the argument).
 
-    Its eigenvalues are those of the diagonal block :math:`A_{bb}` and
-    :math:`-c` (on the complement). With the mask a leaf (not static), every
-    block of the same model reuses one compiled solver.
+    Attributes
+    ----------
+    k : int
+        Number of top and of bottom eigenvalues.
+    num_probes, num_steps : int
+        Stochastic Lanczos quadrature probes and Lanczos steps per probe.
+    trace_probes : int or None
+        Hutch++ matvec budget of the traces (default ``max(num_probes, 4)``).
+    rtol : float
+        Relative residual tolerance of :func:`curvlab.eigsh`.
+    max_matvecs, block_max_matvecs : int or None
+        ``max_matvecs`` of the eigensolve and of the per-block eigensolves (default the former).
+    damping : float
+        :math:`\\delta \\ge 0` of the condition estimate.
+    per_block : bool
+        Also report each parameter block's top eigenvalue and trace.
+    block_depth : int or None
+        Pytree path depth that defines blocks (default: the first depth with > 1 block).
+    chunk_size : int or None
+        Probes of the trace and density estimators in flight at a time (default: all
+        below 100,000 parameters, else one).
     """
 
-    op: LinearOperator
-    mask: jax.Array
-    shift: jax.Array
+    k: int = 5
+    num_probes: int = 10
+    num_steps: int = 60
+    trace_probes: int | None = None
+    rtol: float = 1e-6
+    max_matvecs: int | None = None
+    block_max_matvecs: int | None = None
+    damping: float = 0.0
+    per_block: bool = True
+    block_depth: int | None = None
+    chunk_size: int | None = None
 
-    size = property(lambda self: self.op.size)
-    dtype = property(lambda self: self.op.dtype)
+    def validate(self) -> DiagnoseOptions:
+        """These options with defaults filled in; ``ValueError`` naming a bad argument."""
+        opt = lambda name, v: None if v is None else check_positive_int(name, v)
+        tp = self.trace_probes
+        damping = self.damping
+        if not (isinstance(damping, (int, float, np.floating)) and math.isfinite(damping) and damping >= 0):
+            raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+        max_matvecs = opt("max_matvecs", self.max_matvecs)
+        block_max = opt("block_max_matvecs", self.block_max_matvecs)
+        return self._replace(
+            k=check_positive_int("k", self.k),
+            num_probes=check_positive_int("num_probes", self.num_probes),
+            num_steps=check_positive_int("num_steps", self.num_steps),
+            trace_probes=max(self.num_probes, 4) if tp is None else check_positive_int("trace_probes", tp, 4),
+            max_matvecs=max_matvecs,
+            block_max_matvecs=max_matvecs if block_max is None else block_max,
+            block_depth=opt("block_depth", self.block_depth),
+            chunk_size=opt("chunk_size", self.chunk_size),
+            damping=float(damping),
+        )
 
-    def matvec(self, v):
-        return self.mask * self.op.matvec(self.mask * v) - self.shift * (1 - self.mask) * v
 
-    def prepare(self):
-        fn = self.op.prepare()
-        return lambda v: self.mask * fn(self.mask * v) - self.shift * (1 - self.mask) * v
+class _Progress:
+    """Per-call progress: counts operator products from the solvers' ``num_matvecs`` (and a tqdm bar)."""
+
+    def __init__(self, progress: bool | None, desc: str):
+        self.passes = 0
+        self.bar = None
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(desc=desc, unit=" pass", leave=False)
+
+    def phase(self, name: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(name)
+
+    def add(self, num_matvecs) -> None:
+        n = int(num_matvecs)
+        self.passes += n
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class GradientStats(NamedTuple):
+    """Dataset loss, :math:`\\|g\\|` and :math:`g^\\top A g / g^\\top g` (``nan`` for ``g = 0``)."""
+
+    loss: float
+    gradient_norm: float
+    gradient_curvature: float
+    num_matvecs: int
 
 
 @jax.jit
-def _gradient_stats(op):
-    """Dataset loss, gradient ``g`` and :math:`g^\\top A g / g^\\top g` (NaN for ``g = 0``)."""
-    loss, g = op.gradient_and_loss()
+def _gradient_stats_jit(op):
+    loss, g = op.value_and_gradient()
     gg = jnp.vdot(g, g)
     gAg = jnp.vdot(g, op.matvec(g))
-    return loss, g, jnp.where(gg > 0, gAg / jnp.where(gg > 0, gg, 1), jnp.nan)
+    return loss, jnp.sqrt(gg), jnp.where(gg > 0, gAg / jnp.where(gg > 0, gg, 1), jnp.nan)
 
 
-def _negative_mass(sd) -> float:
+def gradient_stats(op: CurvatureOperator) -> GradientStats:
+    """Loss and gradient of the operator's dataset and the curvature along the gradient.
+
+    Raises ``ValueError`` when the loss or the gradient is not finite (no solver could give
+    a finite result from such an operator).
+    """
+    loss, gnorm, curv = (float(a) for a in _gradient_stats_jit(op))
+    if not (math.isfinite(loss) and math.isfinite(gnorm)):
+        raise ValueError(
+            f"the dataset loss ({loss}) or its gradient norm ({gnorm}) is not finite at params; "
+            "check params and data for NaN / inf"
+        )
+    return GradientStats(loss, gnorm, curv, 1)
+
+
+class Extremes(NamedTuple):
+    """The ``k`` top (descending) and bottom (ascending) eigenvalues with residual norms."""
+
+    top: np.ndarray
+    top_residuals: np.ndarray
+    bottom: np.ndarray
+    bottom_residuals: np.ndarray
+    num_matvecs: int
+    message: str
+
+
+def _dense_extremes(op, k) -> Extremes:
+    """Tiny problem (``n <= 2k``): all eigenvalues from ``n`` matvecs."""
+    n = op.size
+    dense = np.asarray(op.to_dense(), dtype=np.float64)
+    lam, vec = np.linalg.eigh((dense + dense.T) / 2)
+    idx = np.r_[np.arange(k), np.arange(n - k, n)]
+    res = np.linalg.norm(dense @ vec[:, idx] - vec[:, idx] * lam[idx], axis=0)
+    msg = f"exact: dense eigendecomposition (n = {n} <= 2k = {2 * k})"
+    return Extremes(lam[idx][k:][::-1], res[k:][::-1], lam[idx][:k], res[:k], n, msg)
+
+
+def _lanczos_extremes(op, k, num_steps, key, why) -> Extremes:
+    """Fallback: Ritz values of a reorthogonalized Lanczos run, residual bounds :math:`|\\beta_m s_{mi}|`."""
+    from curvlab._lanczos import lanczos
+
+    run = lanczos(op, num_steps, key=key, history=False)
+    m = int(run.num_steps)
+    if m < 2 * k or not bool(np.all(np.isfinite(np.asarray(run.alpha[:m])))):
+        raise ValueError(f"the curvature operator gave non-finite products ({why}; Lanczos: {run.message})")
+    theta, S = np.linalg.eigh(np.asarray(run.tridiagonal(), dtype=np.float64))
+    res = np.abs(float(run.beta[m - 1]) * S[m - 1, :])
+    msg = f"{why}; the extremes are Ritz values of a {m}-step Lanczos run (residual bounds as residuals)"
+    return Extremes(theta[::-1][:k], res[::-1][:k], theta[:k], res[:k], int(run.num_matvecs), msg)
+
+
+def extreme_eigenvalues(
+    op: LinearOperator, k: int, *, rtol: float, max_matvecs, key, retries: int = 2
+) -> Extremes:
+    """Both ends of the spectrum from one thick-restart ``eigsh(which="BE")`` run; always finite.
+
+    ``n <= 2k``: a dense eigendecomposition. An eigsh run that stops on a non-finite value
+    (seen on operators with a large null space) is retried from ``retries`` new start
+    vectors, then replaced by :func:`_lanczos_extremes`; the message says which, and
+    ``num_matvecs`` counts every attempt.
+    """
+    from curvlab._eigsh import eigsh
+
+    if 2 * k >= op.size:
+        return _dense_extremes(op, k)
+    used, why = 0, []
+    for attempt_key in (key, *jax.random.split(key, retries)):
+        ends = eigsh(op, k=2 * k, which="BE", rtol=rtol, max_matvecs=max_matvecs, key=attempt_key)
+        used += int(ends.num_matvecs)
+        evals, resid = np.asarray(ends.eigenvalues), np.asarray(ends.residual_norms)
+        if np.all(np.isfinite(evals)) and np.all(np.isfinite(resid)):
+            msg = ends.message
+            if why:
+                msg = f"{msg} (after {len(why)} restart(s) from new start vectors: eigsh {why[0]})"
+            return Extremes(evals[k:][::-1], resid[k:][::-1], evals[:k], resid[:k], used, msg)
+        why.append(ends.message)
+    steps = min(op.size, max(int(ends.num_matvecs), 4 * k + 20))
+    fb = _lanczos_extremes(op, k, steps, key, f"eigsh failed {len(why)} times ({why[0]})")
+    return fb._replace(num_matvecs=fb.num_matvecs + used)
+
+
+class DensityStats(NamedTuple):
+    """SLQ density on a grid, its standard error and the negative spectral mass."""
+
+    grid: np.ndarray
+    density: np.ndarray
+    stderr: np.ndarray
+    negative_mass: float
+    num_matvecs: int
+    message: str
+
+
+def density_stats(op: LinearOperator, *, num_probes, num_steps, key, chunk_size) -> DensityStats:
+    """:func:`curvlab.spectral_density` and its negative mass.
+
+    The mass is :math:`\\frac1m \\sum_j \\sum_i w_{ij} [\\theta_{ij} < 0]` over the SLQ nodes
+    :math:`\\theta` and weights :math:`w` (0 when the weights vanish).
+    """
+    from curvlab._spectral import spectral_density
+
+    sd = spectral_density(
+        op, num_probes=num_probes, num_steps=min(num_steps, op.size), key=key, chunk_size=chunk_size
+    )
     nodes = np.asarray(sd.nodes, dtype=np.float64)
     weights = np.asarray(sd.weights, dtype=np.float64)
     total = weights.sum()
-    return float((weights * (nodes < 0)).sum() / total) if total > 0 else float("nan")
+    neg = float((weights * (nodes < 0)).sum() / total) if total > 0 else 0.0
+    density = np.asarray(sd.density)
+    stderr = np.asarray(getattr(sd, "density_stderr", np.zeros_like(density)))
+    return DensityStats(np.asarray(sd.grid), density, stderr, neg, int(sd.num_matvecs), sd.message)
 
 
-def _progress_bar(progress, desc):
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
+def _block_top(op, mask, shift, size, s, *, rtol, max_matvecs, key):
+    """Top eigenvalue of one diagonal block: ``(eigenvalue, residual, message, matvecs)``."""
+    from curvlab._eigsh import eigsh
 
-    return tqdm(desc=desc, unit=" pass", leave=False)
+    if size == 1:  # one parameter: A_bb = e_s^T A e_s
+        lam = float(_MaskedOperator(op, mask, jnp.zeros((), op.dtype)).matvec(mask)[s])
+        return lam, 0.0, "exact (one parameter)", 1
+    be = eigsh(_MaskedOperator(op, mask, shift), k=1, which="LA", rtol=rtol, max_matvecs=max_matvecs, key=key)
+    return float(be.eigenvalues[0]), float(be.residual_norms[0]), be.message, int(be.num_matvecs)
+
+
+def block_reports(op: CurvatureOperator, opts: DiagnoseOptions, extremes: Extremes, key, progress=None):
+    """Per-block top eigenvalue and trace: ``(tuple of BlockReport, messages)``.
+
+    The complement of a block is pushed below the spectrum (:class:`_MaskedOperator` with
+    shift :math:`2 \\max(|\\lambda_{\\max}|, |\\lambda_{\\min}|) + 1`), so the top eigenvalue
+    found is the block's own; one compiled solver serves every block (the mask is a leaf).
+    """
+    from curvlab._spectral import trace
+
+    progress = progress or _Progress(False, "")
+    ranges = _blocks(op.x, opts.block_depth)
+    if len(ranges) <= 1:
+        return (), {}
+    n, dtype = op.size, op.dtype
+    keys = jax.random.split(key, 2 * len(ranges))
+    shift = jnp.asarray(2 * max(abs(extremes.top[0]), abs(extremes.bottom[0])) + 1, dtype)
+    blocks, messages = [], {}
+    for i, (name, s, e) in enumerate(ranges):
+        progress.phase(f"block {name}")
+        mask = jnp.zeros((n,), dtype).at[s:e].set(1)
+        lam, res, msg, used = _block_top(
+            op, mask, shift, e - s, s, rtol=opts.rtol, max_matvecs=opts.block_max_matvecs, key=keys[2 * i]
+        )
+        masked = _MaskedOperator(op, mask, jnp.zeros((), dtype))
+        bt = trace(masked, num_probes=opts.trace_probes, key=keys[2 * i + 1], chunk_size=opts.chunk_size)
+        progress.add(used + int(bt.num_matvecs))
+        messages[f"block {name}"] = msg
+        blocks.append(BlockReport(name, e - s, lam, res, float(bt.value), float(bt.stderr)))
+    return tuple(blocks), messages
+
+
+def assemble_report(
+    op: CurvatureOperator,
+    curvature: str,
+    opts: DiagnoseOptions,
+    grad: GradientStats,
+    ends: Extremes,
+    tr,
+    dens: DensityStats,
+    blocks: tuple,
+    messages: dict,
+    *,
+    num_operator_products: int,
+    wall_time: float,
+) -> CurvatureReport:
+    """The :class:`CurvatureReport` of the pieces; the condition number of the damped operator."""
+    lmax, lmin, d = float(ends.top[0]), float(ends.bottom[0]), opts.damping
+    return CurvatureReport(
+        curvature=curvature,
+        top_eigenvalues=np.ascontiguousarray(ends.top),
+        top_residuals=np.ascontiguousarray(ends.top_residuals),
+        bottom_eigenvalues=np.ascontiguousarray(ends.bottom),
+        bottom_residuals=np.ascontiguousarray(ends.bottom_residuals),
+        trace=float(tr.value),
+        trace_stderr=float(tr.stderr),
+        density_grid=dens.grid,
+        density=dens.density,
+        density_stderr=dens.stderr,
+        negative_mass=dens.negative_mass,
+        condition_number=(lmax + d) / (lmin + d) if lmin + d > 0 else float("nan"),
+        damping=d,
+        gradient_curvature=grad.gradient_curvature,
+        gradient_norm=grad.gradient_norm,
+        loss=grad.loss,
+        blocks=blocks,
+        num_params=op.size,
+        num_examples=op.num_examples,
+        num_batches=op.num_batches,
+        num_operator_products=num_operator_products,
+        num_hvps=num_operator_products * op.num_batches,
+        wall_time=wall_time,
+        messages=messages,
+    )
 
 
 def diagnose(
@@ -868,37 +738,23 @@ def diagnose(
     params : pytree or module
         Floating-point arrays only; or a Flax NNX / Equinox module (see module docs).
     data : pytree of arrays, list of batches, function returning batches, or re-iterable loader
-        See the module docstring. The operator is the batch-size-weighted
-        average of per-batch curvature.
-    k : int
-        Number of top and of bottom eigenvalues.
+        See :mod:`curvlab._data`. The operator is the batch-size-weighted average of
+        per-batch curvature.
     curvature : {"hessian", "ggn", "fisher"}
+        ``"fisher"`` is the empirical Fisher :math:`\\frac1N \\sum_i \\nabla\\ell_i
+        \\nabla\\ell_i^\\top` (1/N of the sum of per-example gradient outer products), the
+        same operator as :func:`curvlab.fisher_operator` on the whole dataset.
     batch_size : int, optional
         For array ``data``: batch size (the remainder forms a smaller batch).
     model_fn, output_loss_fn : callable, optional
         For ``"ggn"``: ``model_fn(params, inputs)``, ``output_loss_fn(outputs, targets)``.
     per_example_loss_fn : callable, optional
         For ``"fisher"``: ``(params, batch) -> (n_b,)``; default: ``loss_fn`` on each example.
-    num_probes, num_steps : int
-        Stochastic Lanczos quadrature probes and Lanczos steps per probe.
-    trace_probes : int, optional
-        Hutch++ matvec budget for traces (default ``num_probes``).
-    rtol, max_matvecs : float, int
-        Passed to :func:`curvlab.eigsh` (``max_matvecs`` bounds every matvec of the eigensolve).
+    k, num_probes, num_steps, trace_probes, rtol, max_matvecs, damping, per_block, block_depth, \
+block_max_matvecs, chunk_size
+        Solver options, see :class:`DiagnoseOptions`.
     key : jax.random key, optional
         Randomness of all estimators (default ``jax.random.key(0)``).
-    damping : float
-        :math:`\\delta` for the condition estimate.
-    per_block : bool
-        Also report each parameter block's top eigenvalue and trace.
-    block_depth : int, optional
-        Path depth that defines blocks (default: the first depth with >1 block).
-    block_max_matvecs : int, optional
-        ``max_matvecs`` of the per-block eigensolves (default ``max_matvecs``).
-    chunk_size : int, optional
-        Probes of the trace and density estimators run ``chunk_size`` at a
-        time (``lax.map``); each probe in flight holds one batch's HVP memory.
-        Default: all at once (``vmap``) below 100,000 parameters, else one at a time.
     progress : bool, optional
         tqdm progress bar counting dataset passes (default: when stderr is a terminal).
     checkpoint : bool
@@ -909,6 +765,7 @@ def diagnose(
     Returns
     -------
     CurvatureReport
+        Finite eigenvalues, residuals, traces and density (see "No NaN results" in the module docs).
 
     Examples
     --------
@@ -920,23 +777,23 @@ def diagnose(
     >>> bool(jnp.allclose(r.top_eigenvalues[0], jnp.linalg.eigvalsh(X.T @ X / 32)[-1]))
     True
     """
-    from curvlab._eigsh import eigsh
-    from curvlab._spectral import spectral_density, trace
+    from curvlab._spectral import trace
 
-    k = check_positive_int("k", k)
-    num_probes = check_positive_int("num_probes", num_probes)
-    num_steps = check_positive_int("num_steps", num_steps)
-    trace_probes = (
-        max(num_probes, 4) if trace_probes is None else check_positive_int("trace_probes", trace_probes, 4)
-    )
-    if max_matvecs is not None:
-        max_matvecs = check_positive_int("max_matvecs", max_matvecs)
-    if block_max_matvecs is None:
-        block_max_matvecs = max_matvecs
-    if not (isinstance(damping, (int, float, np.floating)) and math.isfinite(damping) and damping >= 0):
-        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+    opts = DiagnoseOptions(
+        k=k,
+        num_probes=num_probes,
+        num_steps=num_steps,
+        trace_probes=trace_probes,
+        rtol=rtol,
+        max_matvecs=max_matvecs,
+        block_max_matvecs=block_max_matvecs,
+        damping=damping,
+        per_block=per_block,
+        block_depth=block_depth,
+        chunk_size=chunk_size,
+    ).validate()
     t0 = time.perf_counter()
-    base = dataset_operator(
+    op = dataset_operator(
         loss_fn,
         params,
         data,
@@ -949,115 +806,41 @@ def diagnose(
         mesh=mesh,
         data_axis=data_axis,
     )
-    num_examples, num_batches = base.num_examples, base.num_batches
-    n = base.size
-    if k >= n:
-        raise ValueError(f"k = {k} must be smaller than the number of parameters ({n})")
-    op = _with_count(base)
-    if chunk_size is None:
-        chunk_size = None if n < 100_000 else 1
-    else:
-        chunk_size = check_positive_int("chunk_size", chunk_size)
-    key = jax.random.key(0) if key is None else key
-    keys = jax.random.split(key, 6)
-    messages = {}
-    _TRACKER.passes = 0
-    _TRACKER.bar = _progress_bar(progress, f"curvlab.diagnose ({curvature}, {n:,} params)")
+    if opts.k >= op.size:
+        raise ValueError(f"k = {opts.k} must be smaller than the number of parameters ({op.size})")
+    if opts.chunk_size is None and op.size >= 100_000:
+        opts = opts._replace(chunk_size=1)
+    keys = jax.random.split(jax.random.key(0) if key is None else key, 6)
+    prog = _Progress(progress, f"curvlab.diagnose ({curvature}, {op.size:,} params)")
     try:
-
-        def phase(name):
-            if _TRACKER.bar is not None:
-                _TRACKER.bar.set_postfix_str(name)
-
-        phase("gradient")
-        loss, grad, grad_curv = _gradient_stats(op)
-        loss, grad_curv = float(loss), float(grad_curv)
-        grad_norm = float(jnp.linalg.norm(grad))
-        phase("extreme eigenvalues")
-        # both ends in one thick-restart run (one compilation, shared Krylov space)
-        if 2 * k < n:
-            ends = eigsh(op, k=2 * k, which="BE", rtol=rtol, max_matvecs=max_matvecs, key=keys[0])
-            messages["eigsh"] = ends.message
-            evals, resid = np.asarray(ends.eigenvalues), np.asarray(ends.residual_norms)
-        else:  # tiny problem: all eigenvalues from n matvecs
-            dense = np.asarray(op.to_dense(), dtype=np.float64)
-            lam, vec = np.linalg.eigh((dense + dense.T) / 2)
-            idx = np.r_[np.arange(k), np.arange(n - k, n)]
-            evals = lam[idx]
-            resid = np.linalg.norm(dense @ vec[:, idx] - vec[:, idx] * evals, axis=0)
-            messages["eigsh"] = f"exact: dense eigendecomposition (n = {n} <= 2k = {2 * k})"
-        bottom, bottom_res = evals[:k], resid[:k]
-        top, top_res = evals[k:][::-1], resid[k:][::-1]
-        phase("trace")
-        tr = trace(op, num_probes=trace_probes, key=keys[2], chunk_size=chunk_size)
-        phase("spectral density")
-        sd = spectral_density(
-            op, num_probes=num_probes, num_steps=min(num_steps, n), key=keys[3], chunk_size=chunk_size
+        prog.phase("gradient")
+        grad = gradient_stats(op)
+        prog.add(grad.num_matvecs)
+        prog.phase("extreme eigenvalues")
+        ends = extreme_eigenvalues(op, opts.k, rtol=opts.rtol, max_matvecs=opts.max_matvecs, key=keys[0])
+        prog.add(ends.num_matvecs)
+        prog.phase("trace")
+        tr = trace(op, num_probes=opts.trace_probes, key=keys[2], chunk_size=opts.chunk_size)
+        prog.add(tr.num_matvecs)
+        prog.phase("spectral density")
+        dens = density_stats(
+            op, num_probes=opts.num_probes, num_steps=opts.num_steps, key=keys[3], chunk_size=opts.chunk_size
         )
-        messages["density"] = sd.message
-        blocks = []
-        if per_block:
-            ranges = _blocks(base.x, block_depth)
-            if len(ranges) > 1:
-                bkeys = jax.random.split(keys[4], 2 * len(ranges))
-                # complement pushed below the spectrum: the top eigenvalue is the block's own
-                shift = jnp.asarray(2 * max(abs(top[0]), abs(bottom[0])) + 1, base.dtype)
-                zero = jnp.zeros((), base.dtype)
-                for i, (name, s, e) in enumerate(ranges):
-                    phase(f"block {name}")
-                    mask = jnp.zeros((n,), base.dtype).at[s:e].set(1)
-                    if e - s > 1:
-                        be = eigsh(
-                            _MaskedOperator(op, mask, shift),
-                            k=1,
-                            which="LA",
-                            rtol=rtol,
-                            max_matvecs=block_max_matvecs,
-                            key=bkeys[2 * i],
-                        )
-                        lam, res, msg = float(be.eigenvalues[0]), float(be.residual_norms[0]), be.message
-                    else:  # one parameter: A_bb = e_s^T A e_s
-                        lam = float(_MaskedOperator(op, mask, zero).matvec(mask)[s])
-                        res, msg = 0.0, "exact (one parameter)"
-                    bt = trace(
-                        _MaskedOperator(op, mask, zero),
-                        num_probes=trace_probes,
-                        key=bkeys[2 * i + 1],
-                        chunk_size=chunk_size,
-                    )
-                    messages[f"block {name}"] = msg
-                    blocks.append(BlockReport(name, e - s, lam, res, float(bt.value), float(bt.stderr)))
-        jax.effects_barrier()
+        prog.add(dens.num_matvecs)
+        blocks, block_msgs = block_reports(op, opts, ends, keys[4], prog) if opts.per_block else ((), {})
     finally:
-        if _TRACKER.bar is not None:
-            _TRACKER.bar.close()
-        _TRACKER.bar = None
-    passes = _TRACKER.passes
-    lmax, lmin = float(top[0]), float(bottom[0])
-    cond = (lmax + damping) / (lmin + damping) if lmin + damping > 0 else float("nan")
-    return CurvatureReport(
-        curvature=curvature,
-        top_eigenvalues=np.ascontiguousarray(top),
-        top_residuals=np.ascontiguousarray(top_res),
-        bottom_eigenvalues=bottom,
-        bottom_residuals=bottom_res,
-        trace=float(tr.value),
-        trace_stderr=float(tr.stderr),
-        density_grid=np.asarray(sd.grid),
-        density=np.asarray(sd.density),
-        density_stderr=np.asarray(getattr(sd, "density_stderr", np.zeros_like(np.asarray(sd.density)))),
-        negative_mass=_negative_mass(sd),
-        condition_number=cond,
-        damping=float(damping),
-        gradient_curvature=grad_curv,
-        gradient_norm=grad_norm,
-        loss=float(loss),
-        blocks=tuple(blocks),
-        num_params=n,
-        num_examples=num_examples,
-        num_batches=num_batches,
-        num_operator_products=passes,
-        num_hvps=passes * num_batches,
+        prog.close()
+    messages = {"eigsh": ends.message, "density": dens.message, **block_msgs}
+    return assemble_report(
+        op,
+        curvature,
+        opts,
+        grad,
+        ends,
+        tr,
+        dens,
+        blocks,
+        messages,
+        num_operator_products=prog.passes,
         wall_time=time.perf_counter() - t0,
-        messages=messages,
     )

@@ -13,11 +13,18 @@ known couplings are the three-term recurrence or, right after a restart, the arr
 row; after an invariant subspace the process continues from a fresh random direction
 orthogonal to the basis (a repeated eigenvalue may have copies still to be found).
 The projected matrices are diagonalized by :func:`curvlab._tridiagonal.projected_eigh`.
+
+The loop is one ``lax.while_loop`` over :class:`_EigshState`; each iteration runs the phases
+:func:`_compress` (thick restart of a full basis), :func:`_extend` (Lanczos steps) and
+:func:`_verify` (true residuals when the estimates converged or the run stops). One budget guard,
+:func:`_room_for_a_step`, lets a step start only while it and the ``k``-matvec verification fit.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -106,246 +113,355 @@ def _priority(theta, which_id, size=None):
     return jnp.stack([theta, -theta, jnp.abs(theta), both])[which_id]
 
 
-def _eigsh_loop(op, v0, key, tol, atol, breakdown_tol, which_id, budget, *, k, ncv, keep, max_passes):
-    mv = op.prepare()
-    n = v0.shape[0]
-    m = ncv
-    dtype = v0.dtype
-    zero = jnp.zeros((), dtype)
-    eps = jnp.finfo(dtype).eps
-    tol = jnp.asarray(tol, dtype)
-    # residual <= tol * max(|theta|, tiny) with tiny >= atol / tol, i.e. also accept residual <= atol
-    atol_rel = jnp.asarray(atol, dtype) / tol
-    btol = jnp.asarray(breakdown_tol, dtype)
-    blocks = _row_blocks(m + 1, True)
-    # the Ritz estimates are also checked inside a pass, every ``check_every`` steps, so a run
-    # stops close to the step where they converge rather than at the end of the pass
-    check_every = max(1, (m - keep) // 4)
+# ---------------------------------------------------------------------------
+# The thick-restart loop: each iteration compresses a full basis, extends it, verifies when due
+# ---------------------------------------------------------------------------
+
+
+class _Setup(NamedTuple):
+    """Constants of one solve (closed over, not carried by the loop)."""
+
+    mv: Callable[[jax.Array], jax.Array]
+    k: int
+    ncv: int
+    keep: int
+    max_passes: int
+    #: Ritz estimates are checked inside a pass every ``check_every`` steps (static)
+    check_every: int
+    #: static row counts of the Gram-Schmidt passes (``_row_blocks``)
+    blocks: tuple[int, ...]
+    rtol: jax.Array
+    #: ``atol / rtol``: the relative test's floor, so that a residual ``<= atol`` also passes
+    atol_rel: jax.Array
+    breakdown_tol: jax.Array
+    which_id: jax.Array
+    budget: jax.Array
+
+
+class _Basis(NamedTuple):
+    """Lanczos basis rows ``V[:size]``, next vector ``V[size]`` and projected matrix ``T``.
+
+    ``T[:size, :size]`` is :math:`V A V^\\top` (tridiagonal, with an arrow row and column at
+    ``j0`` after a thick restart) and ``T[size, size - 1]`` is the residual norm :math:`\\beta`,
+    so that :math:`A V_{:s}^\\top = V_{:s}^\\top T_{:s,:s} + \\beta\\, v_s e_s^\\top`.
+    """
+
+    V: jax.Array  # (ncv + 1, n)
+    T: jax.Array  # (ncv + 1, ncv + 1)
+    size: jax.Array
+    #: first step of the current pass (the one whose known couplings are the arrow row)
+    j0: jax.Array
+    key: jax.Array
+    #: running :math:`\\max_i \\|A q_i\\|`
+    anorm: jax.Array
+    #: a nonfinite step was met
+    bad: jax.Array
+    #: an invariant subspace was met (in-pass checks stop: copies of an eigenvalue may follow)
+    broke: jax.Array
+
+
+class _Estimates(NamedTuple):
+    """Ritz estimates of the wanted pairs from the projected matrix (no matvec)."""
+
+    theta: jax.Array  # (k,) wanted Ritz values
+    residuals: jax.Array  # (k,) |beta s_{size-1, i}|
+    S: jax.Array  # (ncv, k) their eigenvectors of T[:size, :size]
+    #: floor of :math:`|\\theta|` in the relative test,
+    #: :math:`\\max(\\varepsilon^{2/3}\\|A\\|, \\mathrm{atol}/\\mathrm{rtol})`
+    tiny: jax.Array
+    converged: jax.Array
+
+
+class _Pairs(NamedTuple):
+    """The wanted pairs as last verified with true residuals."""
+
+    theta: jax.Array  # (k,) Rayleigh quotients
+    Y: jax.Array  # (k, n) unit vectors (rows)
+    resid: jax.Array  # (k,) true residual norms
+    converged: jax.Array  # (k,) bool
+
+
+class _EigshState(NamedTuple):
+    """State of the thick-restart loop (see :func:`_thick_restart_pass`)."""
+
+    basis: _Basis
+    #: estimates at the end of the last pass
+    estimates: _Estimates
+    pairs: _Pairs
+    num_matvecs: jax.Array
+    num_restarts: jax.Array
+    #: verifications made of converged estimates
+    checks: jax.Array
+    #: worst ratio residual / tolerance of the last such verification (stagnation test)
+    worst: jax.Array
+    ritz_history: jax.Array
+    residual_history: jax.Array
+    done: jax.Array
+
+
+def _room_for_a_step(setup: _Setup, num_matvecs):
+    """The budget guard: one more Lanczos step still leaves the ``k`` matvecs of a verification."""
+    return num_matvecs + 1 + setup.k <= setup.budget
+
+
+def _ritz_pairs(setup: _Setup, T, size):
+    """Ritz values (ascending), vectors, estimated residuals and wanted order of ``T[:size, :size]``.
+
+    The inactive rows get a diagonal far above the active block's Gershgorin bound
+    (:func:`curvlab._tridiagonal.projected_eigh`), so the ``size`` real Ritz values are the smallest
+    eigenvalues and their vectors vanish there. The residual of :math:`(\\theta_i, V^\\top s_i)` is
+    :math:`|\\beta\\, s_{size-1,i}|`.
+    """
+    m = setup.ncv
+    theta, S = _tridiagonal.projected_eigh(T[:m, :m], size)
+    res = jnp.abs(T[size, size - 1] * S[size - 1, :])
+    priority = jnp.where(jnp.arange(m) < size, _priority(theta, setup.which_id, size), -jnp.inf)
+    return theta, S, res, jnp.argsort(-priority, stable=True)
+
+
+def _estimate(setup: _Setup, basis: _Basis) -> _Estimates:
+    """Wanted Ritz estimates of the basis (no matvec).
+
+    Converged when :math:`|\\beta s_i| \\le \\mathrm{rtol}\\max(|\\theta_i|, \\mathrm{tiny})` for all of them.
+    """
+    theta, S, res, order = _ritz_pairs(setup, basis.T, basis.size)
+    wanted = order[: setup.k]
+    eps = jnp.finfo(theta.dtype).eps
+    real = jnp.where(jnp.arange(setup.ncv) < basis.size, jnp.abs(theta), 0)
+    tiny = jnp.maximum(eps ** (2 / 3) * jnp.maximum(basis.anorm, jnp.max(real)), setup.atol_rel)
+    tw, rw = theta[wanted], res[wanted]
+    converged = jnp.all(rw <= setup.rtol * jnp.maximum(jnp.abs(tw), tiny))
+    return _Estimates(tw, rw, S[:, wanted], tiny, converged)
+
+
+def _lanczos_step_into(setup: _Setup, basis: _Basis) -> _Basis:
+    """One :func:`~curvlab._lanczos.lanczos_step` from row ``j = size``: ``T[j, j]``, ``beta``, ``V[j + 1]``.
+
+    The known couplings are the whole arrow row on the first step of a pass (``j == j0``; one
+    GEMV per restart), else the three-term recurrence. After an invariant subspace the basis
+    continues from a random unit vector orthogonal to it, with :math:`\\beta = 0` (``T`` decouples).
+    """
+    V, T, j, m = basis.V, basis.T, basis.size, setup.ncv
+    dtype = V.dtype
+
+    def known(w):
+        return jax.lax.cond(
+            j == basis.j0,
+            lambda w: w - T[: m + 1, j] @ V,
+            lambda w: w - T[jnp.maximum(j - 1, 0), j] * V[jnp.maximum(j - 1, 0)],
+            w,
+        )
+
+    s = lanczos_step(setup.mv, V, j, known, basis.anorm, setup.breakdown_tol, blocks=setup.blocks)
+    key, sub = jax.random.split(basis.key)
+
+    def fresh(_):
+        r, _ = _orthogonalize(V, jax.random.normal(sub, (V.shape[1],), dtype))
+        nr = jnp.linalg.norm(r)
+        zero = jnp.zeros((), dtype)
+        return jnp.where((j + 1 < m) & (nr > 0), r / jnp.where(nr > 0, nr, 1), zero), zero
+
+    def regular(_):
+        return s.w / jnp.where(s.beta > 0, s.beta, 1), s.beta
+
+    q_next, b = jax.lax.cond(s.breakdown, fresh, regular, None)
+    V = V.at[j + 1].set(q_next)
+    T = T.at[j, j].set(s.alpha).at[j + 1, j].set(b).at[j, j + 1].set(b)
+    return _Basis(V, T, j + 1, basis.j0, key, s.anorm, basis.bad | ~s.finite, basis.broke | s.breakdown)
+
+
+def _extend(setup: _Setup, state: _EigshState) -> _EigshState:
+    """Lanczos steps until the basis is full, the in-pass estimates converge, the budget or a NaN.
+
+    Inside a pass the estimates are checked every ``check_every`` steps, so a run stops close to
+    the step where they converge; only until a verification has failed (then the residuals are
+    near the rounding floor, and each further verification would cost ``k`` matvecs) and while no
+    invariant subspace was met (a repeated eigenvalue may have copies still to be found).
+    """
+    start, m = state.basis.size, setup.ncv
+    check_inside = state.checks == 0
+
+    def cond(carry):
+        basis, stop = carry
+        return (basis.size < m) & ~stop & _room_for_a_step(setup, state.num_matvecs + basis.size - start)
+
+    def body(carry):
+        basis = _lanczos_step_into(setup, carry[0])
+        check = check_inside & ~basis.broke & (basis.size > setup.k) & (basis.size < m)
+        check = check & ((basis.size - basis.j0) % setup.check_every == 0)
+        return basis, basis.bad | jax.lax.cond(
+            check, lambda: _estimate(setup, basis).converged, lambda: False
+        )
+
+    basis, _ = jax.lax.while_loop(cond, body, (state.basis, jnp.asarray(False)))
+    est = _estimate(setup, basis)
+    nmv = state.num_matvecs + basis.size - start
+    row = jnp.minimum(state.num_restarts, setup.max_passes - 1)
+    return state._replace(
+        basis=basis,
+        estimates=est,
+        num_matvecs=nmv.astype(jnp.int32),
+        ritz_history=state.ritz_history.at[row].set(est.theta),
+        residual_history=state.residual_history.at[row].set(est.residuals),
+    )
+
+
+def _compress(setup: _Setup, state: _EigshState) -> _EigshState:
+    """Thick restart of a full basis: keep the ``keep`` most wanted Ritz vectors :math:`y_i = V^\\top s_i`.
+
+    The new projected matrix is :math:`\\operatorname{diag}(\\theta_i)` bordered by the couplings
+    :math:`\\beta_m s_{m,i}` to the kept residual vector :math:`v_m`, which starts the next pass.
+    """
+    m, keep, basis = setup.ncv, setup.keep, state.basis
+    theta, S, _, order = _ritz_pairs(setup, basis.T, m)
+    kept = order[:keep]
+    s = basis.T[m, m - 1] * S[m - 1, kept]
+    V = jnp.zeros_like(basis.V).at[:keep].set(S[:, kept].T @ basis.V[:m])
+    key, sub = jax.random.split(basis.key)
+
+    def fresh(_):
+        # the pass ended on an invariant subspace (v_m = 0, beta_m = 0): a zero row here would be a
+        # phantom Ritz pair (theta = 0, zero vector), wanted on a singular PSD operator. Continue
+        # from a random unit vector orthogonal to the kept ones instead (the couplings s are 0).
+        r, _ = _orthogonalize(V, jax.random.normal(sub, (V.shape[1],), V.dtype))
+        nr = jnp.linalg.norm(r)
+        return r / jnp.where(nr > 0, nr, 1)
+
+    v_next = jax.lax.cond(jnp.linalg.norm(basis.V[m]) > 0, lambda _: basis.V[m], fresh, None)
+    V = V.at[keep].set(v_next)
+    T = jnp.zeros_like(basis.T).at[jnp.arange(keep), jnp.arange(keep)].set(theta[kept])
+    T = T.at[keep, :keep].set(s).at[:keep, keep].set(s)
+    keep_ = jnp.asarray(keep, jnp.int32)
+    return state._replace(
+        basis=basis._replace(V=V, T=T, size=keep_, j0=keep_, key=key),
+        num_restarts=state.num_restarts + 1,
+    )
+
+
+def _rayleigh_ritz(setup: _Setup, est: _Estimates, V) -> _Pairs:
+    """Wanted Ritz pairs refined by Rayleigh-Ritz on their span, with true residuals (``k`` matvecs).
+
+    With ``Y`` the unit Ritz vectors and ``AY`` their products, the eigenpairs of
+    :math:`G = Y (AY)^\\top` (symmetrized) give the best pairs in ``span(Y)``: rotating both
+    ``Y`` and ``AY`` costs no matvec and lowers the residuals that rounding left in the
+    Lanczos projection (float32 especially).
+    """
+    Y = est.S.T @ V[: setup.ncv]
+    Y = Y / jnp.linalg.norm(Y, axis=1, keepdims=True)
+    AY = jax.lax.map(setup.mv, Y)
+    G = Y @ AY.T
+    mu, W = jnp.linalg.eigh((G + G.T) / 2)
+    W = W[:, jnp.argsort(-_priority(mu, setup.which_id, setup.k), stable=True)]
+    Y, AY = W.T @ Y, W.T @ AY
+    scale = jnp.linalg.norm(Y, axis=1, keepdims=True)
+    Y, AY = Y / scale, AY / scale
+    theta = jnp.sum(Y * AY, axis=1)
+    resid = jnp.linalg.norm(AY - theta[:, None] * Y, axis=1)
+    return _Pairs(theta, Y, resid, resid <= setup.rtol * jnp.maximum(jnp.abs(theta), est.tiny))
+
+
+def _verify(setup: _Setup, state: _EigshState) -> _EigshState:
+    """True residuals of the wanted pairs (:func:`_rayleigh_ritz`) when due, and the stopping decision.
+
+    Due when the estimates converged: if rounding keeps a true residual above the tolerance the
+    run goes on (at most ``_MAX_VERIFY`` such checks, fewer when the worst residual stops
+    halving) and ends ``INACCURATE``. Also due when the run stops otherwise (the budget leaves no
+    room for another step, or a NaN): these are then the final pairs.
+    """
+    est, basis = state.estimates, state.basis
+    check = est.converged
+    due = check | basis.bad | ~_room_for_a_step(setup, state.num_matvecs)
+    pairs = jax.lax.cond(due, lambda: _rayleigh_ritz(setup, est, basis.V), lambda: state.pairs)
+    worst = jnp.max(pairs.resid / (setup.rtol * jnp.maximum(jnp.abs(pairs.theta), est.tiny)))
+    stagnated = check & (state.checks > 0) & (worst > 0.5 * state.worst)
+    checks = state.checks + check.astype(jnp.int32)
+    nmv = state.num_matvecs + jnp.where(due, setup.k, 0)
+    done = (due & ~check) | jnp.all(pairs.converged & check) | basis.bad | stagnated
+    done = done | (checks >= _MAX_VERIFY) | ~_room_for_a_step(setup, nmv)
+    return state._replace(
+        pairs=pairs,
+        num_matvecs=nmv.astype(jnp.int32),
+        checks=checks,
+        worst=jnp.where(check, worst, state.worst),
+        done=done,
+    )
+
+
+def _thick_restart_pass(setup: _Setup, state: _EigshState) -> _EigshState:
+    """One iteration of the loop: compress a full basis, extend it, verify when due."""
+    full = state.basis.size >= setup.ncv
+    state = jax.lax.cond(full, functools.partial(_compress, setup), lambda state: state, state)
+    return _verify(setup, _extend(setup, state))
+
+
+def _initial_state(setup: _Setup, v0, key) -> _EigshState:
+    """A basis holding ``v0 / |v0|``, nothing verified; the first phase extends it."""
+    m, k, n, dtype = setup.ncv, setup.k, v0.shape[0], v0.dtype
+    i0, false = jnp.zeros((), jnp.int32), jnp.asarray(False)
     V = jnp.zeros((m + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    T = jnp.zeros((m + 1, m + 1), dtype)  # T[:m, :m] projected matrix, T[j+1, j] = beta_{j+1}
+    basis = _Basis(V, jnp.zeros((m + 1, m + 1), dtype), i0, i0, key, jnp.zeros((), dtype), false, false)
+    zeros_k = jnp.zeros((k,), dtype)
+    est = _Estimates(zeros_k, zeros_k, jnp.zeros((m, k), dtype), jnp.zeros((), dtype), false)
+    pairs = _Pairs(zeros_k, jnp.zeros((k, n), dtype), jnp.full((k,), jnp.inf, dtype), jnp.zeros((k,), bool))
+    nan_history = jnp.full((setup.max_passes, k), jnp.nan, dtype)
+    inf = jnp.asarray(jnp.inf, dtype)
+    return _EigshState(basis, est, pairs, i0, i0, i0, inf, nan_history, nan_history, false)
 
-    def step(j, carry, j0):
-        V, T, key, anorm, bad, broke = carry
 
-        def known(w):
-            # the whole arrow row on the first step after a restart (one GEMV, once per restart),
-            # else the three-term recurrence
-            return jax.lax.cond(
-                j == j0,
-                lambda w: w - T[: m + 1, j] @ V,
-                lambda w: w - T[jnp.maximum(j - 1, 0), j] * V[jnp.maximum(j - 1, 0)],
-                w,
-            )
-
-        s = lanczos_step(mv, V, j, known, anorm, btol, blocks=blocks)
-        a, b, w, anorm, brk = s.alpha, s.beta, s.w, s.anorm, s.breakdown
-        bad = bad | ~s.finite
-        key, sub = jax.random.split(key)
-
-        def fresh(_):
-            # invariant subspace: continue from a random vector orthogonal to the basis (T decouples)
-            r = jax.random.normal(sub, (n,), dtype)
-            r, _ = _orthogonalize(V, r)
-            nr = jnp.linalg.norm(r)
-            return jnp.where((j + 1 < m) & (nr > 0), r / jnp.where(nr > 0, nr, 1), zero), zero
-
-        def regular(_):
-            return w / jnp.where(b > 0, b, 1), b
-
-        q_next, b = jax.lax.cond(brk, fresh, regular, None)
-        V = V.at[j + 1].set(q_next)
-        T = T.at[j, j].set(a).at[j + 1, j].set(b).at[j, j + 1].set(b)
-        return V, T, key, anorm, bad, broke | brk
-
-    def analyse(T, size):
-        """Ritz pairs of the leading ``size x size`` block of ``T``, most wanted first.
-
-        The inactive rows get a diagonal far above the active block's Gershgorin bound, so the
-        ``size`` real Ritz values are the smallest eigenvalues and their vectors vanish there.
-        """
-        active = jnp.arange(m) < size
-        theta, S = _tridiagonal.projected_eigh(T[:m, :m], size)
-        res = jnp.abs(T[size, size - 1] * S[size - 1, :])
-        priority = jnp.where(active, _priority(theta, which_id, size), -jnp.inf)
-        order = jnp.argsort(-priority, stable=True)
-        return theta, S, res, order
-
-    def tiny_of(theta, size, anorm):
-        real = jnp.where(jnp.arange(m) < size, jnp.abs(theta), 0)
-        return jnp.maximum(eps ** (2 / 3) * jnp.maximum(anorm, jnp.max(real)), atol_rel)
-
-    def estimates_converged(T, size, anorm):
-        theta, _, res, order = analyse(T, size)
-        tw, rw = theta[order[:k]], res[order[:k]]
-        return jnp.all(rw <= tol * jnp.maximum(jnp.abs(tw), tiny_of(theta, size, anorm)))
-
-    def ritz_check(theta, S, V, wanted, tiny):
-        """Wanted Ritz pairs, refined by Rayleigh-Ritz on their span, with true residuals (``k`` matvecs).
-
-        With ``Y`` the unit Ritz vectors and ``AY`` their products, the eigenpairs of
-        :math:`G = Y (AY)^\\top` (symmetrized) give the best pairs in ``span(Y)``: rotating both
-        ``Y`` and ``AY`` costs no matvec and lowers the residuals that rounding left in the
-        Lanczos projection (float32 especially).
-        """
-        Y = S[:, wanted].T @ V[:m]
-        Y = Y / jnp.linalg.norm(Y, axis=1, keepdims=True)
-        AY = jax.lax.map(mv, Y)
-        G = Y @ AY.T
-        mu, W = jnp.linalg.eigh((G + G.T) / 2)
-        W = W[:, jnp.argsort(-_priority(mu, which_id, k), stable=True)]
-        Y, AY = W.T @ Y, W.T @ AY
-        scale = jnp.linalg.norm(Y, axis=1, keepdims=True)
-        Y, AY = Y / scale, AY / scale
-        tw = jnp.sum(Y * AY, axis=1)  # Rayleigh quotients
-        resid = jnp.linalg.norm(AY - tw[:, None] * Y, axis=1)
-        return tw, Y, resid, resid <= tol * jnp.maximum(jnp.abs(tw), tiny)
-
-    def cond(state):
-        return ~state["done"]
-
-    def body(state):
-        V, T, size, j0 = state["V"], state["T"], state["size"], state["j0"]
-
-        def compress(V, T):
-            theta, S, _, order = analyse(T, m)
-            kept = order[:keep]
-            Y = S[:, kept].T @ V[:m]
-            s = T[m, m - 1] * S[m - 1, kept]
-            Vn = jnp.zeros_like(V).at[:keep].set(Y).at[keep].set(V[m])
-            Tn = jnp.zeros_like(T).at[jnp.arange(keep), jnp.arange(keep)].set(theta[kept])
-            Tn = Tn.at[keep, :keep].set(s).at[:keep, keep].set(s)
-            return Vn, Tn
-
-        # a full basis is compressed to the ``keep`` most wanted Ritz vectors (thick restart)
-        full = size >= m
-        V, T = jax.lax.cond(full, compress, lambda V, T: (V, T), V, T)
-        restarts = state["restarts"] + full.astype(jnp.int32)
-        j0 = jnp.where(full, keep, j0).astype(jnp.int32)
-        start = jnp.where(full, keep, size).astype(jnp.int32)
-        # inside-pass checks only until a verification has failed (then the residuals are near the
-        # rounding floor, and each further verification would cost k matvecs per check) and while
-        # no invariant subspace was met (a repeated eigenvalue may have copies still to be found:
-        # the pass goes on with fresh directions to its end)
-        check_inside = state["checks"] == 0
-
-        nmv0 = state["nmv"]
-
-        def inner_cond(c):
-            # a step is taken only while the budget leaves room for it and the final k-matvec check
-            return (c[0] < m) & ~c[-1] & (nmv0 + (c[0] - start) + k < budget)
-
-        def inner_body(c):
-            j, V, T, key, anorm, bad, broke, _ = c
-            V, T, key, anorm, bad, broke = step(j, (V, T, key, anorm, bad, broke), j0)
-            size = j + 1
-            check = check_inside & ~broke & (size > k) & (size < m) & ((size - j0) % check_every == 0)
-            stop = bad | jax.lax.cond(check, lambda: estimates_converged(T, size, anorm), lambda: False)
-            return size, V, T, key, anorm, bad, broke, stop
-
-        size, V, T, key, anorm, bad, broke, _ = jax.lax.while_loop(
-            inner_cond,
-            inner_body,
-            (start, V, T, state["key"], state["anorm"], state["bad"], state["broke"], jnp.asarray(False)),
-        )
-        theta, S, res, order = analyse(T, size)
-        wanted = order[:k]
-        tw, rw = theta[wanted], res[wanted]
-        tiny = tiny_of(theta, size, anorm)
-        est_conv = jnp.all(rw <= tol * jnp.maximum(jnp.abs(tw), tiny))
-        # the estimates say converged: verify with true residuals; if rounding keeps them above tol,
-        # go on (at most _MAX_VERIFY checks, fewer when the residuals stagnate) before INACCURATE
-        tv, Y, resid, converged = jax.lax.cond(
-            est_conv,
-            lambda: ritz_check(theta, S, V, wanted, tiny),
-            lambda: (state["theta"], state["Y"], state["resid"], jnp.zeros((k,), bool)),
-        )
-        worst = jnp.max(resid / (tol * jnp.maximum(jnp.abs(tv), tiny)))
-        stagnated = est_conv & (state["checks"] > 0) & (worst > 0.5 * state["worst"])
-        checks = state["checks"] + est_conv.astype(jnp.int32)
-        nmv = state["nmv"] + (size - start) + jnp.where(est_conv, k, 0)
-        out_of_budget = nmv + k >= budget
-        done = jnp.all(converged) | bad | out_of_budget | (checks >= _MAX_VERIFY) | stagnated
-        return dict(
-            V=V,
-            T=T,
-            size=size,
-            j0=j0,
-            key=key,
-            anorm=anorm,
-            bad=bad,
-            broke=broke,
-            restarts=restarts,
-            done=done,
-            est_conv=est_conv,
-            checks=checks,
-            worst=jnp.where(est_conv, worst, state["worst"]),
-            nmv=nmv.astype(jnp.int32),
-            theta=tv,
-            Y=Y,
-            resid=resid,
-            converged=converged,
-            ritz_hist=state["ritz_hist"].at[jnp.minimum(restarts, max_passes - 1)].set(tw),
-            res_hist=state["res_hist"].at[jnp.minimum(restarts, max_passes - 1)].set(rw),
-        )
-
-    nan_hist = jnp.full((max_passes, k), jnp.nan, dtype)
-    i0 = jnp.zeros((), jnp.int32)
-    state = dict(
-        V=V,
-        T=T,
-        size=i0,
-        j0=i0,
-        key=key,
-        anorm=zero,
-        bad=jnp.asarray(False),
-        broke=jnp.asarray(False),
-        restarts=i0,
-        done=jnp.asarray(False),
-        est_conv=jnp.asarray(False),
-        checks=i0,
-        worst=jnp.asarray(jnp.inf, dtype),
-        nmv=i0,
-        theta=jnp.zeros((k,), dtype),
-        Y=jnp.zeros((k, n), dtype),
-        resid=jnp.full((k,), jnp.inf, dtype),
-        converged=jnp.zeros((k,), bool),
-        ritz_hist=nan_hist,
-        res_hist=nan_hist,
+def _result(setup: _Setup, state: _EigshState) -> EigshResult:
+    """The verified pairs (``"BE"``: ascending) and the status of a finished loop."""
+    p = state.pairs
+    srt = jnp.where(
+        setup.which_id == _WHICH.index("BE"), jnp.argsort(p.theta, stable=True), jnp.arange(setup.k)
     )
-    state = jax.lax.while_loop(cond, body, state)
-    V, T, size = state["V"], state["T"], state["size"]
-    theta, S, _, order = analyse(T, size)
-    wanted = order[:k]
-    tiny = tiny_of(theta, size, state["anorm"])
-    # pairs of the last pass were verified already when its estimates converged
-    tw, Y, resid, converged = jax.lax.cond(
-        state["est_conv"],
-        lambda: (state["theta"], state["Y"], state["resid"], state["converged"]),
-        lambda: ritz_check(theta, S, V, wanted, tiny),
-    )
-    num_matvecs = state["nmv"] + jnp.where(state["est_conv"], 0, k)
-    srt = jnp.where(which_id == _WHICH.index("BE"), jnp.argsort(tw, stable=True), jnp.arange(k))
-    tw, Y, resid, converged = tw[srt], Y[srt], resid[srt], converged[srt]
-    status = jnp.where(
-        state["bad"] | ~jnp.all(jnp.isfinite(resid)),
-        int(Status.NONFINITE),
-        jnp.where(
-            jnp.all(converged),
-            int(Status.CONVERGED),
-            jnp.where(state["est_conv"], int(Status.INACCURATE), int(Status.MAX_ITERATIONS)),
-        ),
-    ).astype(jnp.int32)
+    theta, Y, resid, converged = p.theta[srt], p.Y[srt], p.resid[srt], p.converged[srt]
+    failed = jnp.where(state.estimates.converged, int(Status.INACCURATE), int(Status.MAX_ITERATIONS))
+    status = jnp.where(jnp.all(converged), int(Status.CONVERGED), failed)
+    status = jnp.where(state.basis.bad | ~jnp.all(jnp.isfinite(resid)), int(Status.NONFINITE), status)
     return EigshResult(
-        tw,
+        theta,
         Y.T,
         resid,
-        num_matvecs,
+        state.num_matvecs,
         converged,
-        status,
-        state["restarts"],
-        state["ritz_hist"],
-        state["res_hist"],
+        status.astype(jnp.int32),
+        state.num_restarts,
+        state.ritz_history,
+        state.residual_history,
     )
+
+
+def _make_setup(
+    op, rtol, atol, breakdown_tol, which_id, budget, *, dtype, k, ncv, keep, max_passes
+) -> _Setup:
+    """The loop's constants; ``check_every``: about four in-pass checks per restarted pass."""
+    rtol = jnp.asarray(rtol, dtype)
+    return _Setup(
+        mv=op.prepare(),
+        k=k,
+        ncv=ncv,
+        keep=keep,
+        max_passes=max_passes,
+        check_every=max(1, (ncv - keep) // 4),
+        blocks=_row_blocks(ncv + 1, True),
+        rtol=rtol,
+        atol_rel=jnp.asarray(atol, dtype) / rtol,
+        breakdown_tol=jnp.asarray(breakdown_tol, dtype),
+        which_id=which_id,
+        budget=budget,
+    )
+
+
+def _eigsh_loop(op, v0, key, rtol, atol, breakdown_tol, which_id, budget, *, k, ncv, keep, max_passes):
+    """The whole solve: one ``lax.while_loop`` of :func:`_thick_restart_pass`."""
+    sizes = dict(k=k, ncv=ncv, keep=keep, max_passes=max_passes)
+    setup = _make_setup(op, rtol, atol, breakdown_tol, which_id, budget, dtype=v0.dtype, **sizes)
+    state = jax.lax.while_loop(
+        lambda state: ~state.done,
+        functools.partial(_thick_restart_pass, setup),
+        _initial_state(setup, v0, key),
+    )
+    return _result(setup, state)
 
 
 _eigsh_jit = jax.jit(_eigsh_loop, static_argnames=("k", "ncv", "keep", "max_passes"))
@@ -362,6 +478,63 @@ def _check_tolerance(name: str, value, positive: bool):
         kind = "positive" if positive else "nonnegative"
         raise ValueError(f"{name} must be a {kind} finite scalar, got {value!r}")
     return v
+
+
+class _Arguments(NamedTuple):
+    """:func:`eigsh`'s arguments, checked, with the defaults and sizes derived from them."""
+
+    op: LinearOperator
+    k: int
+    rtol: float | jax.Array
+    atol: float | jax.Array
+    max_matvecs: int
+    ncv: int
+    #: Ritz vectors kept at a thick restart
+    keep: int
+    #: rows of the history buffers (an upper bound on the Lanczos passes)
+    max_passes: int
+    breakdown_tol: float
+
+
+def _check_arguments(op, k, which, rtol, atol, max_matvecs, ncv, breakdown_tol) -> _Arguments:
+    """Every argument check of :func:`eigsh` (before any tracing), naming the argument."""
+    op = check_operator(op, "eigsh")
+    n = op.size
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an integer, got {type(k).__name__}")
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k >= n:
+        raise ValueError(
+            f"k = {k} is larger than or equal to n = {n} (k larger than n - 1); "
+            "for all eigenvalues use a dense eigensolver on op.to_dense()"
+        )
+    if which not in _WHICH:
+        raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
+    rtol = _check_tolerance("rtol", rtol, positive=True)
+    atol = _check_tolerance("atol", atol, positive=False)
+    if ncv is None:
+        # small k: a smaller basis costs less reorthogonalization per step (memory traffic (ncv + 1) n)
+        # and thick restarts keep the convergence of the unrestarted process closely
+        ncv = min(n, max(2 * k + 1, min(20, 8 + 4 * k)))
+    else:
+        ncv = check_positive_int("ncv", ncv)
+        if not k < ncv <= n:
+            raise ValueError(f"ncv must satisfy k < ncv <= n (k = {k}, n = {n}), got {ncv}")
+    keep = min(ncv - 1, k + (ncv - k) // 2)
+    if max_matvecs is None:
+        max_matvecs = ncv + 300 * (ncv - keep) + (_MAX_VERIFY + 1) * k
+    else:
+        max_matvecs = check_positive_int("max_matvecs", max_matvecs)
+        if max_matvecs < 2 * k + 2:
+            raise ValueError(
+                f"max_matvecs must be >= 2k + 2 = {2 * k + 2} (k + 1 Lanczos steps and the k-matvec "
+                f"residual check), got {max_matvecs}"
+            )
+    max_passes = 2 + _MAX_VERIFY + math.ceil(max(max_matvecs - ncv, 0) / (ncv - keep))
+    breakdown_tol = check_breakdown_tol(breakdown_tol, op.dtype)
+    return _Arguments(op, k, rtol, atol, max_matvecs, ncv, keep, max_passes, breakdown_tol)
 
 
 def eigsh(
@@ -436,58 +609,22 @@ def eigsh(
     ('CONVERGED', [100.0, 99.0])
     """
     throw = check_throw("eigsh", throw)
-    op = check_operator(op, "eigsh")
-    n = op.size
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an integer, got {type(k).__name__}")
-    k = int(k)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if k >= n:
-        raise ValueError(
-            f"k = {k} is larger than or equal to n = {n} (k larger than n - 1); "
-            "for all eigenvalues use a dense eigensolver on op.to_dense()"
-        )
-    if which not in _WHICH:
-        raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
-    rtol = _check_tolerance("rtol", rtol, positive=True)
-    atol = _check_tolerance("atol", atol, positive=False)
-    if ncv is None:
-        # small k: a smaller basis costs less reorthogonalization per step (memory traffic (ncv + 1) n)
-        # and thick restarts keep the convergence of the unrestarted process closely
-        ncv = min(n, max(2 * k + 1, min(20, 8 + 4 * k)))
-    else:
-        ncv = check_positive_int("ncv", ncv)
-        if not k < ncv <= n:
-            raise ValueError(f"ncv must satisfy k < ncv <= n (k = {k}, n = {n}), got {ncv}")
-    keep = min(ncv - 1, k + (ncv - k) // 2)
-    if max_matvecs is None:
-        max_matvecs = ncv + 300 * (ncv - keep) + (_MAX_VERIFY + 1) * k
-    else:
-        max_matvecs = check_positive_int("max_matvecs", max_matvecs)
-        if max_matvecs < 2 * k + 2:
-            raise ValueError(
-                f"max_matvecs must be >= 2k + 2 = {2 * k + 2} (k + 1 Lanczos steps and the k-matvec "
-                f"residual check), got {max_matvecs}"
-            )
-    max_passes = 2 + _MAX_VERIFY + math.ceil(max(max_matvecs - ncv, 0) / (ncv - keep))
-    breakdown_tol = check_breakdown_tol(breakdown_tol, op.dtype)
-    key = as_key("key", key, required=False)
-    key, sub = jax.random.split(key)
-    v0 = start_vector(op, sub, v0, "eigsh")
+    args = _check_arguments(op, k, which, rtol, atol, max_matvecs, ncv, breakdown_tol)
+    key, sub = jax.random.split(as_key("key", key, required=False))
+    v0 = start_vector(args.op, sub, v0, "eigsh")
     res = _eigsh_jit(
-        op,
+        args.op,
         v0,
         key,
-        rtol,
-        atol,
-        breakdown_tol,
+        args.rtol,
+        args.atol,
+        args.breakdown_tol,
         jnp.asarray(_WHICH.index(which), jnp.int32),
-        jnp.asarray(max_matvecs, jnp.int32),
-        k=k,
-        ncv=ncv,
-        keep=keep,
-        max_passes=max_passes,
+        jnp.asarray(args.max_matvecs, jnp.int32),
+        k=args.k,
+        ncv=args.ncv,
+        keep=args.keep,
+        max_passes=args.max_passes,
     )
     if is_concrete(res.status):
         res = res._replace(num_matvecs=int(res.num_matvecs), num_restarts=int(res.num_restarts))

@@ -13,9 +13,8 @@ validated :class:`HFConfig`. Each iteration is one jitted call; the outer loop i
 from __future__ import annotations
 
 import functools
-import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -25,14 +24,9 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from curvlab._cg import cg
-from curvlab._operators import (
-    LinearOperator,
-    fisher_operator,
-    ggn_operator,
-    hessian_operator,
-    pytree_operator,
-    static_field,
-)
+from curvlab._curvature import curvature_operator
+from curvlab._data import Batches, batch_stream, leading_size, single_batch
+from curvlab._operators import LinearOperator, pytree_operator, static_field
 from curvlab._optim_loop import (
     Iterate,
     IterationInfo,
@@ -292,15 +286,21 @@ def _flat_per_example(pel_fn, unravel):
 
 
 def _curvature(cfg: _Static, fns, flat, unravel, cbatch) -> LinearOperator:
-    """The undamped curvature operator :math:`B` on the curvature batch."""
+    """The undamped curvature operator :math:`B` on the curvature batch (the operators of
+    :mod:`curvlab._curvature`), or its dataset average :math:`\\sum_b (n_b/N) B_b` when the
+    curvature batch is a :class:`~curvlab._data.Batches` dataset."""
     loss_fn, model_fn, output_loss_fn, pel_fn, _ = fns
-    if cfg.curvature == "ggn":
-        return ggn_operator(
-            lambda y, inputs: model_fn(unravel(y), inputs), output_loss_fn, flat, tuple(cbatch)
-        )
-    if cfg.curvature == "hessian":
-        return hessian_operator(lambda y, batch: loss_fn(unravel(y), batch), flat, cbatch)
-    return fisher_operator(_flat_per_example(pel_fn, unravel), flat, tuple(cbatch))
+    if not isinstance(cbatch, Batches):
+        cbatch = single_batch(cbatch if cfg.curvature == "hessian" else tuple(cbatch))
+    return curvature_operator(
+        cfg.curvature,
+        flat,
+        cbatch,
+        loss_fn=lambda y, batch: loss_fn(unravel(y), batch),
+        model_fn=lambda y, inputs: model_fn(unravel(y), inputs),
+        output_loss_fn=output_loss_fn,
+        per_example_loss_fn=_flat_per_example(pel_fn, unravel),
+    )
 
 
 def _backtrack(res, L, flat, dtype, backtracking):
@@ -325,38 +325,55 @@ def _backtrack(res, L, flat, dtype, backtracking):
     return cands[best], vals[best], its[best], jnp.sum(valid)
 
 
-@functools.partial(jax.jit, static_argnames=("fns", "cfg"))
-def _hf_step(params, lam, d0, gbatch, cbatch, key, mu, cg_decay, alpha, *, fns, cfg):
-    loss_fn, _, _, pel_fn, hidden_fn = fns
-    flat, unravel = ravel_pytree(params)
-    dtype = flat.dtype
-    lam = jnp.asarray(lam, dtype)
+class _StepStats(NamedTuple):
+    """What one jitted HF iteration reports (device scalars; see :func:`_history_entry`)."""
 
-    def L(y):
-        return loss_fn(unravel(y), gbatch)
+    loss_before: jax.Array
+    loss: jax.Array
+    grad_norm: jax.Array
+    rho: jax.Array
+    cg_iterations: jax.Array
+    cg_status: jax.Array
+    cg_residual: jax.Array
+    backtrack_iteration: jax.Array
+    step_length: jax.Array
+    step_norm: jax.Array
+    hvps: jax.Array
+    fun_evals: jax.Array
 
-    f0, g = jax.value_and_grad(L)(flat)
-    gnorm = jnp.linalg.norm(g)
+
+def _curvature_batch(cfg: _Static, gbatch, cbatch, key):
+    """The batch :math:`B` is measured on: a random ``cfg.subsample`` examples of the gradient
+    batch, the separate curvature batch ``cbatch``, or the gradient batch itself."""
     if cfg.subsample is not None:
         N = jax.tree_util.tree_leaves(gbatch)[0].shape[0]
         idx = jax.random.choice(key, N, (cfg.subsample,), replace=False)
-        cbatch = jax.tree_util.tree_map(lambda a: a[idx], gbatch)
-    elif cbatch is None:
-        cbatch = gbatch
+        return jax.tree_util.tree_map(lambda a: a[idx], gbatch)
+    return gbatch if cbatch is None else cbatch
 
+
+def _damped_system(cfg: _Static, fns, flat, unravel, cbatch, lam, mu):
+    """:math:`A = B + \\lambda I + \\mu\\lambda S` with :math:`S = J_h^\\top J_h` (structural damping)
+    and ``S`` itself (``None`` without structural damping)."""
     A = _curvature(cfg, fns, flat, unravel, cbatch).damped(lam)
-    S = None
-    if cfg.structural:
-        S = _HiddenGramOperator(lambda y: hidden_fn(unravel(y), cbatch), flat)
-        A = A + (mu * lam) * S
-    P = None
-    if cfg.precondition:
-        diag = empirical_fisher_diagonal(
-            _flat_per_example(pel_fn, unravel), flat, tuple(gbatch), chunk_size=128
-        )
-        P = martens(diag, lam, alpha)
+    if not cfg.structural:
+        return A, None
+    hidden_fn = fns[4]
+    S = _HiddenGramOperator(lambda y: hidden_fn(unravel(y), cbatch), flat)
+    return A + (mu * lam) * S, S
 
-    res = cg(
+
+def _preconditioner(cfg: _Static, pel_fn, flat, unravel, gbatch, lam, alpha):
+    """Martens' :math:`P = (\\mathrm{diag}(F) + \\lambda)^{-\\alpha}`, :math:`F` on the gradient batch."""
+    if not cfg.precondition:
+        return None
+    diag = empirical_fisher_diagonal(_flat_per_example(pel_fn, unravel), flat, tuple(gbatch), chunk_size=128)
+    return martens(diag, lam, alpha)
+
+
+def _solve(cfg: _Static, A, g, d0, P):
+    """CG on :math:`A d = -g` from the warm start ``d0`` by Martens' rule, iterates saved for backtracking."""
+    return cg(
         A,
         -g,
         x0=d0,
@@ -367,17 +384,30 @@ def _hf_step(params, lam, d0, gbatch, cbatch, key, mu, cg_decay, alpha, *, fns, 
         martens_eps=cfg.martens_eps,
         save_iterates=cfg.backtracking,
     )
-    p, f_p, p_it, evals = _backtrack(res, L, flat, dtype, cfg.backtracking)
-    # q(x_k) = 1/2 x^T A x + g^T x for every CG iterate (no extra matvec)
+
+
+def _model_decrease(cfg: _Static, res, p, p_it, lam, mu, S):
+    """:math:`q(d) - q(0)` at the chosen CG iterate: CG's recorded
+    :math:`\\tfrac12 d^\\top A d + g^\\top d` (no extra matvec), less the damping terms
+    :math:`\\tfrac\\lambda2\\|d\\|^2 + \\tfrac{\\mu\\lambda}2\\|J_h d\\|^2` for ``rho_model="undamped"``."""
     q_damped = res.quadratic_values[p_it]
+    if cfg.rho_model != "undamped":
+        return q_damped
     tikhonov = 0.5 * lam * jnp.vdot(p, p)
     if cfg.structural:
         tikhonov = tikhonov + 0.5 * mu * lam * S.sq_norm(p)
-    q = q_damped - tikhonov if cfg.rho_model == "undamped" else q_damped
-    valid_rho = jnp.isfinite(f_p) & jnp.isfinite(q) & (q < 0)
-    rho = jnp.where(valid_rho, (f_p - f0) / jnp.where(valid_rho, q, -1.0), -jnp.inf)
-    new_lam = update_damping(lam, rho)
+    return q_damped - tikhonov
 
+
+def _reduction_ratio(f_p, f0, q):
+    """:math:`\\rho = (f(\\theta + d) - f(\\theta)) / q`; ``-inf`` unless finite with :math:`q < 0`."""
+    valid = jnp.isfinite(f_p) & jnp.isfinite(q) & (q < 0)
+    return jnp.where(valid, (f_p - f0) / jnp.where(valid, q, -1.0), -jnp.inf)
+
+
+def _line_search(cfg: _Static, L, flat, f0, g, p, f_p):
+    """Armijo backtracking on :math:`t \\mapsto L(\\theta + t d)` from :math:`t = 1` (``f_p`` known),
+    or the full step. Returns ``(t, L(theta + t d), ok, extra loss evaluations)``; ``t = 0`` unless ok."""
     if cfg.line_search:
         t, f_t, trials, ok = armijo(
             lambda t: L(flat + t * p),
@@ -388,28 +418,53 @@ def _hf_step(params, lam, d0, gbatch, cbatch, key, mu, cg_decay, alpha, *, fns, 
             shrink=cfg.ls_shrink,
             max_trials=cfg.ls_max_trials,
         )
-        evals = evals + trials - 1
+        extra = trials - 1
     else:
-        t, f_t, ok = jnp.ones((), dtype), f_p, jnp.isfinite(f_p)
-    t = jnp.where(ok, t, 0.0)
+        t, f_t, ok, extra = jnp.ones((), flat.dtype), f_p, jnp.isfinite(f_p), 0
+    return jnp.where(ok, t, 0.0), f_t, ok, extra
+
+
+def _next_warm_start(x, cg_decay):
+    """:math:`\\zeta d` for the next CG run (zeros if CG's last iterate is not finite)."""
+    return jnp.where(jnp.all(jnp.isfinite(x)), cg_decay * x, jnp.zeros_like(x))
+
+
+@functools.partial(jax.jit, static_argnames=("fns", "cfg"))
+def _hf_step(params, lam, d0, gbatch, cbatch, key, mu, cg_decay, alpha, *, fns, cfg):
+    """One HF iteration: gradient, damped curvature, CG, backtracking, :math:`\\rho`, damping update,
+    line search. Returns ``(params, damping, next warm start, _StepStats)``."""
+    loss_fn, pel_fn = fns[0], fns[3]
+    flat, unravel = ravel_pytree(params)
+    lam = jnp.asarray(lam, flat.dtype)
+
+    def L(y):
+        return loss_fn(unravel(y), gbatch)
+
+    f0, g = jax.value_and_grad(L)(flat)
+    gnorm = jnp.linalg.norm(g)
+    cbatch = _curvature_batch(cfg, gbatch, cbatch, key)
+    A, S = _damped_system(cfg, fns, flat, unravel, cbatch, lam, mu)
+    res = _solve(cfg, A, g, d0, _preconditioner(cfg, pel_fn, flat, unravel, gbatch, lam, alpha))
+    p, f_p, p_it, evals = _backtrack(res, L, flat, flat.dtype, cfg.backtracking)
+    rho = _reduction_ratio(f_p, f0, _model_decrease(cfg, res, p, p_it, lam, mu, S))
+    t, f_t, ok, ls_evals = _line_search(cfg, L, flat, f0, g, p, f_p)
     # a rejected step keeps the parameters exactly (flat + 0 * NaN would be NaN)
     new_flat = jnp.where(ok, flat + t * p, flat)
-    next_d0 = jnp.where(jnp.all(jnp.isfinite(res.x)), cg_decay * res.x, jnp.zeros_like(res.x))
-    stats = {
-        "loss_before": f0,
-        "loss": jnp.where(ok, f_t, f0),
-        "grad_norm": gnorm,
-        "rho": rho,
-        "cg_iterations": res.num_iterations,
-        "cg_status": res.status,
-        "cg_residual": rel_residual(res, gnorm),
-        "backtrack_iteration": p_it,
-        "step_length": t,
-        "step_norm": jnp.where(ok, t * jnp.linalg.norm(p), 0.0),
-        "hvps": res.num_iterations + _CG_WARM_START_MATVECS,
-        "fun_evals": evals + 1,
-    }
-    return unravel(new_flat), new_lam, next_d0, stats
+    stats = _StepStats(
+        loss_before=f0,
+        loss=jnp.where(ok, f_t, f0),
+        grad_norm=gnorm,
+        rho=rho,
+        cg_iterations=res.num_iterations,
+        cg_status=res.status,
+        cg_residual=rel_residual(res, gnorm),
+        backtrack_iteration=p_it,
+        step_length=t,
+        step_norm=jnp.where(ok, t * jnp.linalg.norm(p), 0.0),
+        hvps=res.num_iterations + _CG_WARM_START_MATVECS,
+        fun_evals=evals + ls_evals + 1,
+    )
+    return unravel(new_flat), update_damping(lam, rho), _next_warm_start(res.x, cg_decay), stats
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn",))
@@ -422,55 +477,6 @@ def _batch_value_and_grad(params, batch, *, loss_fn):
 # ---------------------------------------------------------------------------
 # batches and arguments
 # ---------------------------------------------------------------------------
-
-
-def _is_array(a):
-    return hasattr(a, "shape") and hasattr(a, "dtype")
-
-
-def _is_single_batch(b):
-    if isinstance(b, dict):
-        return True
-    if isinstance(b, (tuple, list)) and len(b) > 0 and all(_is_array(a) for a in b):
-        return True
-    return _is_array(b)
-
-
-def _leading_size(batch, what):
-    leaves = jax.tree_util.tree_leaves(batch)
-    if not leaves:
-        raise ValueError(f"{what} has no arrays")
-    sizes = {int(np.shape(a)[0]) if np.ndim(a) > 0 else None for a in leaves}
-    if None in sizes:
-        raise ValueError(f"every array of {what} needs a leading example axis")
-    if len(sizes) != 1:
-        raise ValueError(f"the arrays of {what} disagree on the number of examples: {sorted(sizes)}")
-    (N,) = sizes
-    if N == 0:
-        raise ValueError(f"{what} is empty (0 examples)")
-    return N
-
-
-def _batch_stream(batches, name):
-    """Return ``(first_batch, iterator over all batches from the first, single)`` with clear errors."""
-    if batches is None:
-        raise ValueError(f"{name} is required: a batch (inputs, targets) or a sequence/iterable of batches")
-    if _is_single_batch(batches):
-        return batches, itertools.repeat(batches), True
-    if isinstance(batches, (list, tuple)):
-        if len(batches) == 0:
-            raise ValueError(f"{name} is empty")
-        return batches[0], itertools.cycle(batches), len(batches) == 1
-    if isinstance(batches, (Iterator, Iterable)):
-        it = iter(batches)
-        try:
-            first = next(it)
-        except StopIteration:
-            raise ValueError(f"{name} is empty (the iterator yielded no batch)") from None
-        return first, itertools.chain([first], it), False
-    raise TypeError(
-        f"{name} must be a batch tuple, a sequence of batches or an iterable, got {type(batches).__name__}"
-    )
 
 
 def _from_problem(prob):
@@ -508,6 +514,116 @@ def _check_functions(cfg: HFConfig, model_fn, output_loss_fn, per_example_loss_f
 # ---------------------------------------------------------------------------
 # the optimizer
 # ---------------------------------------------------------------------------
+
+
+class _HFCarry(NamedTuple):
+    """What an HF iteration passes to the next: the damping, CG's warm start and the random key."""
+
+    damping: jax.Array
+    cg_x0: jax.Array
+    key: jax.Array
+
+
+def _resolve_problem(loss_fn, params, batches, model_fn, output_loss_fn, per_example_loss_fn):
+    """Fill the arguments not given from a Problem-like first argument; check the three required ones."""
+    if not callable(loss_fn) and hasattr(loss_fn, "loss"):
+        f_loss, x0, batch, p_model, p_out, p_pel = _from_problem(loss_fn)
+        loss_fn = f_loss
+        model_fn = model_fn if model_fn is not None else p_model
+        output_loss_fn = output_loss_fn if output_loss_fn is not None else p_out
+        per_example_loss_fn = per_example_loss_fn if per_example_loss_fn is not None else p_pel
+        params = params if params is not None else x0
+        batches = batches if batches is not None else batch
+    if not callable(loss_fn):
+        raise TypeError("loss_fn must be callable loss_fn(params, batch) -> scalar, or a Problem")
+    if params is None:
+        raise ValueError("params is required (the starting parameters)")
+    return loss_fn, params, batches, model_fn, output_loss_fn, per_example_loss_fn
+
+
+def _curvature_stream(cfg: HFConfig, first, curvature_batches, single):
+    """Check that the batches suit the curvature; the separate curvature stream (``None``: the
+    gradient stream supplies the curvature batches too, or the batching is not ``"separate"``)."""
+    if cfg.curvature in ("ggn", "fisher") or cfg.preconditioner == "martens":
+        if not (isinstance(first, (tuple, list)) and len(first) == 2):
+            raise ValueError(
+                f"curvature={cfg.curvature!r} and the Martens preconditioner need batches (inputs, targets)"
+            )
+    if cfg.batching != "separate":
+        return None
+    if curvature_batches is not None:
+        return batch_stream(curvature_batches, "curvature_batches")[1]
+    if single:
+        raise ValueError(
+            "HFConfig.batching='separate' needs at least two batches (or curvature_batches=); "
+            "with a single batch use batching='same' or 'subsample'"
+        )
+    return None
+
+
+def _static_config(cfg: HFConfig, num_examples: int) -> _Static:
+    """The compiled-in part of a validated configuration (``num_examples``: the first batch's)."""
+    subsample = max(1, round(cfg.curvature_batch_fraction * num_examples))
+    return _Static(
+        curvature=cfg.curvature,
+        cg_maxiter=cfg.cg_maxiter,
+        cg_rtol=cfg.cg_rtol,
+        martens_eps=cfg.martens_eps,
+        precondition=cfg.preconditioner == "martens",
+        structural=cfg.structural_damping > 0,
+        backtracking=cfg.cg_backtracking,
+        line_search=cfg.line_search,
+        rho_model=cfg.rho_model,
+        subsample=subsample if cfg.batching == "subsample" else None,
+    )
+
+
+def _history_entry(stats: _StepStats, damping) -> dict:
+    """The outer loop's history entry of one iteration (host numbers) from its :class:`_StepStats`."""
+    floats = ("loss", "loss_before", "grad_norm", "rho", "cg_residual", "step_length", "step_norm")
+    ints = ("cg_iterations", "cg_status", "backtrack_iteration", "hvps", "fun_evals")
+    entry = {name: float(getattr(stats, name)) for name in floats}
+    entry.update({name: int(getattr(stats, name)) for name in ints})
+    return dict(entry, damping=float(damping), grad_evals=1)
+
+
+def _hf_init(loss_fn, params, first, cfg: HFConfig, key):
+    """The outer loop's ``init``: loss and gradient norm at the start, on the first batch."""
+
+    def init() -> Iterate:
+        f0, gnorm = _batch_value_and_grad(params, first, loss_fn=loss_fn)
+        entry = dict(
+            loss=float(f0),
+            loss_before=float(f0),
+            grad_norm=float(gnorm),
+            damping=cfg.damping,
+            fun_evals=1,
+            grad_evals=1,
+        )
+        flat = ravel_pytree(params)[0]
+        carry = _HFCarry(jnp.asarray(cfg.damping, flat.dtype), jnp.zeros_like(flat), key)
+        return Iterate(params, carry, entry)
+
+    return init
+
+
+def _hf_iteration(fns, cfg: HFConfig, static: _Static, stream, curv_stream, traced):
+    """The outer loop's ``step``: next batches, one :func:`_hf_step`, its history entry."""
+
+    def step(it: Iterate) -> Iterate:
+        c = it.carry
+        gbatch = next(stream)  # StopIteration ends the loop with DATA_EXHAUSTED
+        cbatch = None
+        if cfg.batching == "separate":
+            cbatch = next(curv_stream) if curv_stream is not None else next(stream)
+        key, sub = jax.random.split(c.key)
+        x, damping, cg_x0, stats = _hf_step(
+            it.x, c.damping, c.cg_x0, gbatch, cbatch, sub, *traced, fns=fns, cfg=static
+        )
+        entry = _history_entry(jax.device_get(stats), c.damping)
+        return Iterate(x, _HFCarry(damping, cg_x0, key), entry)
+
+    return step
 
 
 def hessian_free(
@@ -577,7 +693,10 @@ def hessian_free(
     hidden_fn : callable, optional
         ``hidden_fn(params, batch) -> hidden states`` for structural damping.
     curvature_batches : optional
-        A separate stream of curvature batches for ``batching="separate"``.
+        A separate stream of curvature batches for ``batching="separate"``. A whole dataset
+        read by :func:`curvlab._data.prepare_data` counts as one curvature batch: the curvature
+        is then the dataset-averaged operator :math:`\\sum_b (n_b/N) B_b` of
+        :mod:`curvlab._curvature`.
     key : jax.random key, optional
         For ``batching="subsample"`` (default ``jax.random.key(0)``).
     callback : callable, optional
@@ -610,19 +729,9 @@ def hessian_free(
     >>> bool(res.fun < res.history["loss"][0])
     True
     """
-    # -- resolve a Problem-like first argument ----------------------------------------------
-    if not callable(loss_fn) and hasattr(loss_fn, "loss"):
-        f_loss, x0, batch, p_model, p_out, p_pel = _from_problem(loss_fn)
-        loss_fn = f_loss
-        model_fn = model_fn if model_fn is not None else p_model
-        output_loss_fn = output_loss_fn if output_loss_fn is not None else p_out
-        per_example_loss_fn = per_example_loss_fn if per_example_loss_fn is not None else p_pel
-        params = params if params is not None else x0
-        batches = batches if batches is not None else batch
-    if not callable(loss_fn):
-        raise TypeError("loss_fn must be callable loss_fn(params, batch) -> scalar, or a Problem")
-    if params is None:
-        raise ValueError("params is required (the starting parameters)")
+    loss_fn, params, batches, model_fn, output_loss_fn, per_example_loss_fn = _resolve_problem(
+        loss_fn, params, batches, model_fn, output_loss_fn, per_example_loss_fn
+    )
     if not isinstance(config, HFConfig):
         raise TypeError(f"config must be an HFConfig, got {type(config).__name__}")
 
@@ -633,81 +742,20 @@ def hessian_free(
     check_callback(callback)
     _check_functions(cfg, model_fn, output_loss_fn, per_example_loss_fn, hidden_fn)
     check_point("params", params)
-    first, stream, single = _batch_stream(batches, "batches")
-    N = _leading_size(first, "the first batch")
-    if cfg.curvature in ("ggn", "fisher") or cfg.preconditioner == "martens":
-        if not (isinstance(first, (tuple, list)) and len(first) == 2):
-            raise ValueError(
-                f"curvature={cfg.curvature!r} and the Martens preconditioner need batches (inputs, targets)"
-            )
-    curv_stream = None
-    if cfg.batching == "separate":
-        if curvature_batches is not None:
-            _, curv_stream, _ = _batch_stream(curvature_batches, "curvature_batches")
-        elif single:
-            raise ValueError(
-                "HFConfig.batching='separate' needs at least two batches (or curvature_batches=); "
-                "with a single batch use batching='same' or 'subsample'"
-            )
+    first, stream, single = batch_stream(batches, "batches")
+    N = leading_size(first, "the first batch")
+    curv_stream = _curvature_stream(cfg, first, curvature_batches, single)
     key = as_key("key", key, required=False)
     check_scalar_output(loss_fn, params, first)
 
-    static = _Static(
-        curvature=cfg.curvature,
-        cg_maxiter=cfg.cg_maxiter,
-        cg_rtol=cfg.cg_rtol,
-        martens_eps=cfg.martens_eps,
-        precondition=cfg.preconditioner == "martens",
-        structural=cfg.structural_damping > 0,
-        backtracking=cfg.cg_backtracking,
-        line_search=cfg.line_search,
-        rho_model=cfg.rho_model,
-        subsample=max(1, round(cfg.curvature_batch_fraction * N)) if cfg.batching == "subsample" else None,
-    )
+    # -- the one outer loop over jitted iterations ---------------------------------------------
     fns = (loss_fn, model_fn, output_loss_fn, per_example_loss_fn, hidden_fn)
     dtype = ravel_pytree(params)[0].dtype
     traced = tuple(jnp.asarray(v, dtype) for v in (cfg.structural_damping, cfg.cg_decay, cfg.precond_alpha))
-
-    def init() -> Iterate:
-        f0, gnorm = _batch_value_and_grad(params, first, loss_fn=loss_fn)
-        entry = dict(
-            loss=float(f0),
-            loss_before=float(f0),
-            grad_norm=float(gnorm),
-            damping=cfg.damping,
-            fun_evals=1,
-            grad_evals=1,
-        )
-        carry = (jnp.asarray(cfg.damping, dtype), jnp.zeros_like(ravel_pytree(params)[0]), key)
-        return Iterate(params, carry, entry)
-
-    def step(it: Iterate) -> Iterate:
-        lam, d0, k = it.carry
-        gbatch = next(stream)  # StopIteration ends the loop with DATA_EXHAUSTED
-        cbatch = None
-        if cfg.batching == "separate":
-            cbatch = next(curv_stream) if curv_stream is not None else next(stream)
-        k, sub = jax.random.split(k)
-        x, new_lam, d0, stats = _hf_step(it.x, lam, d0, gbatch, cbatch, sub, *traced, fns=fns, cfg=static)
-        stats = jax.device_get(stats)
-        entry = {name: stats[name] for name in ("loss", "loss_before", "grad_norm", "rho", "cg_residual")}
-        entry = {name: float(v) for name, v in entry.items()}
-        entry.update(
-            damping=float(lam),
-            cg_iterations=int(stats["cg_iterations"]),
-            cg_status=int(stats["cg_status"]),
-            step_length=float(stats["step_length"]),
-            step_norm=float(stats["step_norm"]),
-            backtrack_iteration=int(stats["backtrack_iteration"]),
-            hvps=int(stats["hvps"]),
-            fun_evals=int(stats["fun_evals"]),
-            grad_evals=1,
-        )
-        return Iterate(x, (new_lam, d0, k), entry)
-
+    step = _hf_iteration(fns, cfg, _static_config(cfg, N), stream, curv_stream, traced)
     return run_optimizer(
         "hessian_free",
-        init,
+        _hf_init(loss_fn, params, first, cfg, key),
         step,
         maxiter=cfg.maxiter,
         gtol=cfg.gtol,

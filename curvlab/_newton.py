@@ -27,7 +27,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from curvlab._cg import cg, default_maxiter, steihaug_cg
-from curvlab._operators import hessian_operator
+from curvlab._curvature import hessian_operator
 from curvlab._optim_loop import (
     Iterate,
     IterationInfo,
@@ -119,16 +119,17 @@ def _start(f, x0, args, extra=None):
 
 
 def _entry(stats, fx, gnorm, **more):
-    """History entry of a Newton-type iteration from its jitted step's statistics."""
+    """History entry of a Newton-type iteration from its jitted step's :class:`_StepStats`."""
     return dict(
         loss=float(fx),
         grad_norm=gnorm,
-        cg_iterations=int(stats["cg_iterations"]),
-        cg_residual=float(stats["cg_residual"]),
-        cg_status=int(stats["cg_status"]),
-        step_norm=float(stats["step_norm"]),
-        hvps=int(stats["hvps"]),
-        fun_evals=int(stats["fun_evals"]),
+        cg_iterations=int(stats.cg_iterations),
+        cg_residual=float(stats.cg_residual),
+        cg_status=int(stats.cg_status),
+        step_length=float(stats.step_length),
+        step_norm=float(stats.step_norm),
+        hvps=int(stats.hvps),
+        fun_evals=int(stats.fun_evals),
         grad_evals=1,
         **more,
     )
@@ -137,6 +138,25 @@ def _entry(stats, fx, gnorm, **more):
 # ---------------------------------------------------------------------------
 # Newton-CG
 # ---------------------------------------------------------------------------
+
+
+class _StepStats(NamedTuple):
+    """What one jitted Newton-type iteration reports (device scalars; see :func:`_entry`).
+
+    ``accepted``: the step was taken (Newton-CG: the line search succeeded); ``rho`` and
+    ``radius`` (the next trust radius) only for trust-region Newton.
+    """
+
+    cg_iterations: jax.Array
+    cg_status: jax.Array
+    cg_residual: jax.Array
+    hvps: jax.Array
+    fun_evals: jax.Array
+    step_length: jax.Array
+    step_norm: jax.Array
+    accepted: jax.Array
+    rho: jax.Array | None = None
+    radius: jax.Array | None = None
 
 
 def _steepest(op, g, gnorm, dtype):
@@ -148,63 +168,85 @@ def _steepest(op, g, gnorm, dtype):
     return -scale * g
 
 
-@functools.partial(jax.jit, static_argnames=("f", "mode", "cg_maxiter", "line_search"))
-def _newton_step(x, fx, g, eta, args, *, f, mode, cg_maxiter, line_search):
-    flat, unravel = ravel_pytree(x)
-    dtype = flat.dtype
-    ff = _flat_fn(f, unravel)
-    op = hessian_operator(ff, flat, *args, mode=mode)
-    gnorm = jnp.linalg.norm(g)
-    res = cg(op, -g, rtol=eta, maxiter=cg_maxiter)
+def _newton_direction(op, res, g, gnorm, dtype):
+    """CG's iterate when it is a finite descent direction, else :func:`_steepest`.
+
+    Returns ``(p, HVPs spent beyond CG's, descent)``.
+    """
     descent = jnp.all(jnp.isfinite(res.x)) & (jnp.vdot(g, res.x) < 0)
     p, extra = lax.cond(
         descent,
         lambda: (res.x, jnp.asarray(0)),
         lambda: (_steepest(op, g, gnorm, dtype), jnp.asarray(1)),
     )
+    return p, extra, descent
+
+
+def _negative_curvature_step(res, g):
+    """CG's direction :math:`d` of negative curvature, oriented downhill and scaled to
+    :math:`|g^\\top d| / |d^\\top H d|` (no HVP: CG reports the curvature), and whether it is usable."""
+    d = res.negative_curvature_direction
+    gd = jnp.vdot(g, d)
+    scale = jnp.abs(gd) / jnp.abs(res.curvature * jnp.vdot(d, d))
+    use = (res.status == Status.NEGATIVE_CURVATURE) & (gd != 0) & jnp.isfinite(scale) & (scale > 0)
+    return -jnp.sign(gd) * scale * d, use
+
+
+def _search(phi, fx, g, p, enlarge, dtype):
+    """Armijo backtracking (:math:`c_1 = 10^{-4}`, halving) along ``p``, then doubling when
+    ``enlarge`` and ``t = 1`` passed. Returns ``(t, phi(t), ok, evaluations)``."""
+    slope = jnp.vdot(g, p)
+    t, ft, trials, ok = armijo(phi, fx, slope, phi(jnp.ones((), dtype)), c1=1e-4, shrink=0.5, max_trials=50)
+    t, ft, doublings = expand(phi, fx, slope, t, ft, ok & enlarge & (t == 1), c1=1e-4)
+    return t, ft, ok, trials + doublings
+
+
+def _newton_line_search(ff, flat, args, fx, g, p, res, descent, dtype):
+    """Line search along ``p`` (enlarging when CG met negative curvature or ``p`` is steepest
+    descent) and, with negative curvature, along :func:`_negative_curvature_step` too; the lower
+    end point wins. Returns ``(p, t, ok, evaluations)``."""
+
+    def along(direction):
+        return lambda t: ff(flat + t * direction, *args)
+
     met_negative = res.status == Status.NEGATIVE_CURVATURE
+    t, ft, ok, evals = _search(along(p), fx, g, p, met_negative | ~descent, dtype)
+    p_nc, use_nc = _negative_curvature_step(res, g)
+    t2, ft2, ok2, evals2 = lax.cond(
+        use_nc,
+        lambda: _search(along(p_nc), fx, g, p_nc, jnp.asarray(True), dtype),
+        lambda: (jnp.zeros((), dtype), jnp.asarray(jnp.inf, dtype), jnp.asarray(False), jnp.asarray(0)),
+    )
+    better = ok2 & (~ok | (ft2 < ft))
+    return jnp.where(better, p_nc, p), jnp.where(better, t2, t), ok | ok2, evals + evals2
 
-    def search(p, enlarge):
-        def phi(t):
-            return ff(flat + t * p, *args)
 
-        slope = jnp.vdot(g, p)
-        t, ft, trials, ok = armijo(
-            phi, fx, slope, phi(jnp.ones((), dtype)), c1=1e-4, shrink=0.5, max_trials=50
-        )
-        t, ft, doublings = expand(phi, fx, slope, t, ft, ok & enlarge & (t == 1), c1=1e-4)
-        return t, ft, ok, trials + doublings
-
+@functools.partial(jax.jit, static_argnames=("f", "mode", "cg_maxiter", "line_search"))
+def _newton_step(x, fx, g, eta, args, *, f, mode, cg_maxiter, line_search):
+    """One Newton-CG iteration: CG to the forcing tolerance ``eta``, direction, line search."""
+    flat, unravel = ravel_pytree(x)
+    dtype = flat.dtype
+    ff = _flat_fn(f, unravel)
+    op = hessian_operator(ff, flat, *args, mode=mode)
+    gnorm = jnp.linalg.norm(g)
+    res = cg(op, -g, rtol=eta, maxiter=cg_maxiter)
+    p, extra, descent = _newton_direction(op, res, g, gnorm, dtype)
     if line_search == "armijo":
-        t, ft, ok, evals = search(p, met_negative | ~descent)
-        # CG's direction of negative curvature d, oriented downhill and scaled to |g.d| / |d.H d|:
-        # f decreases along it to second order; keep it if its line search ends lower.
-        d = res.negative_curvature_direction
-        gd = jnp.vdot(g, d)
-        scale = jnp.abs(gd) / jnp.abs(res.curvature * jnp.vdot(d, d))
-        p_nc = -jnp.sign(gd) * scale * d
-        use_nc = met_negative & (gd != 0) & jnp.isfinite(scale) & (scale > 0)
-        t2, ft2, ok2, evals2 = lax.cond(
-            use_nc,
-            lambda: search(p_nc, jnp.asarray(True)),
-            lambda: (jnp.zeros((), dtype), jnp.asarray(jnp.inf, dtype), jnp.asarray(False), jnp.asarray(0)),
-        )
-        better = ok2 & (~ok | (ft2 < ft))
-        p, t, ok, evals = jnp.where(better, p_nc, p), jnp.where(better, t2, t), ok | ok2, evals + evals2
+        p, t, ok, evals = _newton_line_search(ff, flat, args, fx, g, p, res, descent, dtype)
     else:
         t, ok, evals = jnp.ones((), dtype), jnp.isfinite(ff(flat + p, *args)), jnp.asarray(1)
     x_new = jnp.where(ok, flat + t * p, flat)
     f_new, g_new = jax.value_and_grad(ff)(x_new, *args)
-    stats = {
-        "cg_iterations": res.num_iterations,
-        "cg_status": res.status,
-        "cg_residual": rel_residual(res, gnorm),
-        "hvps": res.num_iterations + extra,
-        "fun_evals": evals + 1,
-        "step_length": jnp.where(ok, t, 0.0),
-        "step_norm": jnp.where(ok, t * jnp.linalg.norm(p), 0.0),
-        "ok": ok,
-    }
+    stats = _StepStats(
+        cg_iterations=res.num_iterations,
+        cg_status=res.status,
+        cg_residual=rel_residual(res, gnorm),
+        hvps=res.num_iterations + extra,
+        fun_evals=evals + 1,
+        step_length=jnp.where(ok, t, 0.0),
+        step_norm=jnp.where(ok, t * jnp.linalg.norm(p), 0.0),
+        accepted=ok,
+    )
     return unravel(x_new), f_new, g_new, stats
 
 
@@ -326,8 +368,8 @@ def newton_cg(
         )  # fmt: skip
         stats = jax.device_get(stats)
         gnorm = float(jnp.linalg.norm(g))
-        entry = _entry(stats, fx, gnorm, step_length=float(stats["step_length"]))
-        stop = None if bool(stats["ok"]) else Status.LINE_SEARCH_FAILED
+        entry = _entry(stats, fx, gnorm)
+        stop = None if bool(stats.accepted) else Status.LINE_SEARCH_FAILED
         return Iterate(x, _Carry(fx, g, gnorm, c.gnorm, eta), entry, stop)
 
     return run_optimizer(
@@ -340,20 +382,16 @@ def newton_cg(
 # ---------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("f", "mode", "cg_maxiter"))
-def _tr_step(x, fx, g, radius, eta, max_radius, accept_ratio, args, *, f, mode, cg_maxiter):
-    flat, unravel = ravel_pytree(x)
-    dtype = flat.dtype
-    ff = _flat_fn(f, unravel)
-    op = hessian_operator(ff, flat, *args, mode=mode)
-    gnorm = jnp.linalg.norm(g)
-    res = steihaug_cg(op, -g, radius, rtol=eta, maxiter=cg_maxiter)
-    p = res.x
-    pnorm = jnp.linalg.norm(p)
-    pred = res.predicted_reduction
-    f_trial = ff(flat + p, *args)
-    valid = jnp.isfinite(f_trial) & (pred > 0)
-    rho = jnp.where(valid, (fx - f_trial) / jnp.where(valid, pred, 1.0), -jnp.inf)
+def _trust_ratio(fx, f_trial, predicted):
+    """:math:`\\rho = (f(x) - f(x + p)) / (m(0) - m(p))`; ``-inf`` unless finite with a predicted decrease."""
+    valid = jnp.isfinite(f_trial) & (predicted > 0)
+    return jnp.where(valid, (fx - f_trial) / jnp.where(valid, predicted, 1.0), -jnp.inf)
+
+
+def _next_radius(rho, res, pnorm, radius, max_radius):
+    """Nocedal & Wright's Alg. 4.1: shrink to :math:`\\tfrac14\\min(\\|p\\|, \\Delta)` when
+    :math:`\\rho < \\tfrac14`, double (up to :math:`\\Delta_{\\max}`) when :math:`\\rho > \\tfrac34` on the
+    boundary, else keep; never 0."""
     on_boundary = (res.status == Status.TRUST_REGION_BOUNDARY) | (res.status == Status.NEGATIVE_CURVATURE)
     on_boundary = on_boundary | (pnorm >= 0.99 * radius)
     new_radius = jnp.where(
@@ -361,21 +399,35 @@ def _tr_step(x, fx, g, radius, eta, max_radius, accept_ratio, args, *, f, mode, 
         0.25 * jnp.minimum(pnorm, radius),
         jnp.where((rho > 0.75) & on_boundary, jnp.minimum(2.0 * radius, max_radius), radius),
     )
-    new_radius = jnp.where(new_radius > 0, new_radius, 0.25 * radius)
+    return jnp.where(new_radius > 0, new_radius, 0.25 * radius)
+
+
+@functools.partial(jax.jit, static_argnames=("f", "mode", "cg_maxiter"))
+def _tr_step(x, fx, g, radius, rtol, max_radius, accept_ratio, args, *, f, mode, cg_maxiter):
+    """One trust-region iteration: Steihaug CG to ``rtol``, ratio, radius update, accept if
+    :math:`\\rho >` ``accept_ratio``."""
+    flat, unravel = ravel_pytree(x)
+    ff = _flat_fn(f, unravel)
+    op = hessian_operator(ff, flat, *args, mode=mode)
+    gnorm = jnp.linalg.norm(g)
+    res = steihaug_cg(op, -g, radius, rtol=rtol, maxiter=cg_maxiter)
+    pnorm = jnp.linalg.norm(res.x)
+    rho = _trust_ratio(fx, ff(flat + res.x, *args), res.predicted_reduction)
     accept = rho > accept_ratio
-    x_new = jnp.where(accept, flat + p, flat)
+    x_new = jnp.where(accept, flat + res.x, flat)
     f_new, g_new = jax.value_and_grad(ff)(x_new, *args)
-    stats = {
-        "cg_iterations": res.num_iterations,
-        "cg_status": res.status,
-        "cg_residual": rel_residual(res, gnorm),
-        "hvps": res.num_iterations,
-        "fun_evals": jnp.asarray(2),
-        "rho": rho,
-        "accepted": accept,
-        "radius": new_radius.astype(dtype),
-        "step_norm": jnp.where(accept, pnorm, 0.0),
-    }
+    stats = _StepStats(
+        cg_iterations=res.num_iterations,
+        cg_status=res.status,
+        cg_residual=rel_residual(res, gnorm),
+        hvps=res.num_iterations,
+        fun_evals=jnp.asarray(2),
+        step_length=jnp.where(accept, 1.0, 0.0),
+        step_norm=jnp.where(accept, pnorm, 0.0),
+        accepted=accept,
+        rho=rho,
+        radius=_next_radius(rho, res, pnorm, radius, max_radius).astype(flat.dtype),
+    )
     return unravel(x_new), f_new, g_new, stats
 
 
@@ -458,10 +510,10 @@ def trust_region_newton(
             f=f, mode=mode, cg_maxiter=cg_maxiter,
         )  # fmt: skip
         stats = jax.device_get(stats)
-        accepted = bool(stats["accepted"])
+        accepted = bool(stats.accepted)
         gnorm = float(jnp.linalg.norm(g))
-        radius = float(stats["radius"])
-        entry = _entry(stats, fx, gnorm, rho=float(stats["rho"]), step_length=float(accepted), radius=radius)
+        radius = float(stats.radius)
+        entry = _entry(stats, fx, gnorm, rho=float(stats.rho), radius=radius)
         scale = max(1.0, float(jnp.linalg.norm(ravel_pytree(x)[0])))
         stop = Status.LINE_SEARCH_FAILED if radius < float(jnp.finfo(dtype).eps) * scale else None
         prev = (c.gnorm, rtol) if accepted else (c.gnorm_prev, c.eta_prev)

@@ -8,31 +8,24 @@ argument of a jitted function and a new operator of the same kind and shapes reu
 the compiled code. Its :attr:`~LinearOperator.tags` say what solvers may assume:
 ``"symmetric"`` (:math:`A = A^\\top`) and ``"psd"`` (:math:`v^\\top A v \\ge 0`).
 
-Curvature operators (:func:`hessian_operator`, :func:`ggn_operator`,
-:func:`fisher_operator`) act on the flattened parameters (``ravel_pytree`` order)
-and provide ``ravel(tree)`` / ``unravel(flat)`` to move between the two. Their
-products are the kernels of :mod:`curvlab._hvp`, written once.
+Curvature operators (Hessian, GGN, empirical Fisher, and their dataset averages)
+are built on this base in :mod:`curvlab._curvature`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
-from curvlab._hvp import HVP_MODES, _fisher_product, _ggn_product, _hessian_product
 from curvlab._validation import (
-    check_like,
     check_matvec_output,
     check_positive_int,
     check_real_floating,
-    check_scalar_output,
     is_concrete,
 )
 
@@ -65,13 +58,6 @@ __all__ = [
     "ScaledOperator",
     "CongruenceOperator",
     "FunctionOperator",
-    "ParameterOperator",
-    "HessianOperator",
-    "GGNOperator",
-    "FisherOperator",
-    "hessian_operator",
-    "ggn_operator",
-    "fisher_operator",
     "as_operator",
 ]
 
@@ -601,201 +587,3 @@ def as_operator(a) -> LinearOperator:
     if hasattr(a, "shape") or isinstance(a, (list, tuple)):
         return DenseOperator(a)
     raise TypeError(f"expected a LinearOperator or a square matrix, got {type(a).__name__}")
-
-
-# ---------------------------------------------------------------------------
-# Curvature operators on parameter pytrees
-# ---------------------------------------------------------------------------
-
-
-class ParameterOperator(LinearOperator):
-    """Operator over the flattened leaves of a parameter pytree ``x`` (a field of the subclass).
-
-    A subclass writes only :meth:`tree_product`: ``linearize -> (v_tree -> A v_tree)``.
-    """
-
-    @property
-    def size(self):
-        return sum(math.prod(np.shape(a)) for a in jax.tree_util.tree_leaves(self.x))
-
-    @property
-    def dtype(self):
-        return jnp.result_type(*jax.tree_util.tree_leaves(self.x))
-
-    def ravel(self, tree: PyTree) -> jax.Array:
-        """Flatten a pytree shaped like the parameters into a 1-D vector."""
-        check_like(self.x, tree, "params", "tree")
-        return ravel_pytree(tree)[0]
-
-    def unravel(self, flat: jax.Array) -> PyTree:
-        """Inverse of :meth:`ravel`."""
-        flat = jnp.asarray(flat)
-        if flat.shape != (self.size,):
-            raise ValueError(f"unravel expects shape ({self.size},), got {tuple(flat.shape)}")
-        return ravel_pytree(self.x)[1](flat)
-
-    def tree_product(self, linearize: bool) -> Callable[[PyTree], PyTree]:
-        """``v_tree -> A v_tree``; with ``linearize`` the shared work is done once, now."""
-        raise NotImplementedError
-
-    def _flat(self, product):
-        unravel = ravel_pytree(self.x)[1]
-        return lambda v: ravel_pytree(product(unravel(v)))[0]
-
-    def matvec(self, v):
-        return self._flat(self.tree_product(False))(v)
-
-    def prepare(self):
-        return self._flat(self.tree_product(True))
-
-
-def _check_batch_pair(batch) -> tuple:
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise ValueError("batch must be a pair (inputs, targets)")
-    return tuple(batch)
-
-
-@pytree_operator
-class HessianOperator(ParameterOperator):
-    """Hessian :math:`\\nabla^2_x f(x, *args)` on flat vectors; symmetric.
-
-    Parameters
-    ----------
-    f : callable
-        Scalar function ``f(x, *args)``.
-    x : pytree
-        The point (e.g. model parameters), real floating leaves.
-    *args
-        Passed through to ``f`` (e.g. a batch); leaves of the operator pytree.
-    mode : {"fwd_rev", "rev_fwd", "rev_rev"}
-        How :meth:`matvec` composes forward and reverse mode.
-    linearize : bool
-        If true, :meth:`prepare` (used by every solver and :meth:`matmat`) linearizes
-        the gradient once and each product replays only the tangent computation.
-    """
-
-    x: PyTree
-    args: tuple
-    f: Callable = static_field()
-    mode: str = static_field()
-    linearize: bool = static_field()
-
-    def __init__(self, f: Callable, x: PyTree, *args, mode: str = "fwd_rev", linearize: bool = True):
-        if mode not in HVP_MODES:
-            raise ValueError(f"mode must be one of {HVP_MODES}, got {mode!r}")
-        check_real_floating("x", x)
-        check_scalar_output(f, x, *args)
-        _set(self, x=x, args=tuple(args), f=f, mode=mode, linearize=bool(linearize))
-
-    def tree_product(self, linearize):
-        return _hessian_product(
-            self.f, self.x, self.args, mode=self.mode, linearize=linearize and self.linearize
-        )
-
-    def gradient(self) -> jax.Array:
-        """Flat gradient :math:`\\nabla f(x)` at the operator's point."""
-        return ravel_pytree(jax.grad(self.f)(self.x, *self.args))[0]
-
-    def value(self) -> jax.Array:
-        """:math:`f(x)` at the operator's point."""
-        return self.f(self.x, *self.args)
-
-
-def hessian_operator(
-    f: Callable, x: PyTree, *args, mode: str = "fwd_rev", linearize: bool = True
-) -> HessianOperator:
-    """Hessian :math:`\\nabla^2_x f(x, *args)` as an operator on flat vectors (:class:`HessianOperator`).
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp
-    >>> H = hessian_operator(lambda x: jnp.sum(x**2), jnp.ones(3))
-    >>> (H @ jnp.array([1.0, 0.0, 0.0])).tolist()
-    [2.0, 0.0, 0.0]
-    """
-    return HessianOperator(f, x, *args, mode=mode, linearize=linearize)
-
-
-@pytree_operator
-class GGNOperator(ParameterOperator):
-    """Generalized Gauss-Newton :math:`J^\\top H_L J`; see :func:`ggn_operator`. Tagged PSD."""
-
-    x: PyTree
-    batch: tuple
-    model_fn: Callable = static_field()
-    output_loss_fn: Callable = static_field()
-
-    def __init__(self, model_fn: Callable, output_loss_fn: Callable, params: PyTree, batch: tuple):
-        batch = _check_batch_pair(batch)
-        check_real_floating("params", params)
-        out = jax.eval_shape(model_fn, params, batch[0])
-        check_scalar_output(output_loss_fn, out, batch[1])
-        _set(self, x=params, batch=batch, model_fn=model_fn, output_loss_fn=output_loss_fn)
-
-    tags = property(lambda self: _SYM_PSD)
-
-    def tree_product(self, linearize):
-        return _ggn_product(self.model_fn, self.output_loss_fn, self.x, self.batch, linearize=linearize)
-
-
-def ggn_operator(model_fn: Callable, output_loss_fn: Callable, params: PyTree, batch: tuple) -> GGNOperator:
-    """Generalized Gauss-Newton operator :math:`G = J^\\top H_L J`.
-
-    ``model_fn(params, inputs) -> outputs`` and ``output_loss_fn(outputs, targets) ->
-    scalar`` with ``batch = (inputs, targets)``; :math:`J = \\partial\\,\\mathrm{outputs} /
-    \\partial\\,\\mathrm{params}` and :math:`H_L = \\nabla^2_{\\mathrm{outputs}}
-    \\ell`. Tagged PSD (it is, for output losses convex in the outputs: squared error,
-    softmax cross-entropy).
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp
-    >>> X = jnp.array([[1.0, 2.0], [3.0, 4.0]]); y = jnp.zeros(2)
-    >>> G = ggn_operator(lambda w, x: x @ w, lambda z, t: 0.5 * jnp.sum((z - t) ** 2), jnp.zeros(2), (X, y))
-    >>> bool(jnp.allclose(G.to_dense(), X.T @ X)), sorted(G.tags)
-    (True, ['psd', 'symmetric'])
-    """
-    return GGNOperator(model_fn, output_loss_fn, params, batch)
-
-
-@pytree_operator
-class FisherOperator(ParameterOperator):
-    """Empirical Fisher :math:`\\frac1N \\sum_i g_i g_i^\\top`; see :func:`fisher_operator`. Tagged PSD."""
-
-    x: PyTree
-    batch: PyTree
-    per_example_loss_fn: Callable = static_field()
-
-    def __init__(self, per_example_loss_fn: Callable, params: PyTree, batch: PyTree):
-        check_real_floating("params", params)
-        out = jax.eval_shape(per_example_loss_fn, params, batch)
-        if getattr(out, "ndim", None) != 1:
-            raise ValueError(
-                "per_example_loss_fn(params, batch) must return a 1-D vector of per-example losses, "
-                f"got shape {getattr(out, 'shape', type(out).__name__)}"
-            )
-        _set(self, x=params, batch=batch, per_example_loss_fn=per_example_loss_fn)
-
-    tags = property(lambda self: _SYM_PSD)
-
-    def tree_product(self, linearize):
-        return _fisher_product(self.per_example_loss_fn, self.x, self.batch, linearize=linearize)
-
-
-def fisher_operator(per_example_loss_fn: Callable, params: PyTree, batch: PyTree) -> FisherOperator:
-    """Empirical Fisher :math:`F = \\frac1N G^\\top G` without forming ``G``.
-
-    ``per_example_loss_fn(params, batch)`` returns the vector of the ``N``
-    per-example losses; row :math:`i` of :math:`G` is :math:`\\nabla \\ell_i`.
-    :math:`F v = \\frac1N G^\\top (G v)` is one JVP and one VJP of the loss
-    vector. Always positive semidefinite (tagged PSD).
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp
-    >>> X = jnp.array([[1.0, 0.0], [0.0, 2.0]])
-    >>> F = fisher_operator(lambda w, b: b @ w, jnp.zeros(2), X)
-    >>> F.to_dense().tolist()
-    [[0.5, 0.0], [0.0, 2.0]]
-    """
-    return FisherOperator(per_example_loss_fn, params, batch)

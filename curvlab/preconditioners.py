@@ -260,7 +260,7 @@ def empirical_fisher_diagonal(
     """Diagonal of the empirical Fisher, :math:`\\frac1N \\sum_{i=1}^N (\\nabla \\ell_i)^2`, flat.
 
     ``per_example_loss_fn(params, batch)`` returns the ``(N,)`` per-example losses (the
-    convention of :func:`curvlab._operators.fisher_operator`); every leaf of ``batch`` (e.g.
+    convention of :func:`curvlab._curvature.fisher_operator`); every leaf of ``batch`` (e.g.
     ``(inputs, targets)``) has the examples along its leading axis, and example ``i``'s loss
     depends on row ``i`` only. The
     per-example gradients are computed ``chunk_size`` at a time as gradients on batches of one

@@ -120,3 +120,30 @@ def compare_operator(op, dense, rtol: float = 1e-12, *, atol: float | None = Non
         u = jnp.asarray(rng.standard_normal(n), dtype)
         uAv, vAu = float(jnp.vdot(u, op @ vj)), float(jnp.vdot(vj, op @ u))
         assert abs(uAv - vAu) <= 4 * atol * float(jnp.linalg.norm(u) * jnp.linalg.norm(vj)), (uAv, vAu)
+
+
+class CountingOperator:
+    """A dense matrix as a :class:`~curvlab.FunctionOperator` whose products are counted as they
+    execute (inside jit, too): ``out, n = c.matvecs(lambda: solver(c.op))``."""
+
+    def __init__(self, A):
+        from curvlab import FunctionOperator
+
+        self.A = np.asarray(A)
+        M = jnp.asarray(A)
+        self.count = 0
+
+        def fn(v):
+            jax.debug.callback(self._tick)
+            return M @ v
+
+        self.op = FunctionOperator(fn, M.shape[0], M.dtype)
+
+    def _tick(self):
+        self.count += 1
+
+    def matvecs(self, call):
+        """``call()`` and the number of products it made."""
+        before = self.count
+        out = call()
+        return out, self.count - before

@@ -742,3 +742,32 @@ def test_complex_operator_and_preconditioner_are_refused():
         cg(A, b, preconditioner=np.ones(6) + 1j)
     with pytest.raises(TypeError, match="complex"):  # a callable whose output is complex, found abstractly
         cg(A, b, preconditioner=lambda r: r * (1 + 1j))
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("plain", (75, 75, Status.CONVERGED)),
+        ("warm", (75, 76, Status.CONVERGED)),
+        ("jacobi_x_true", (70, 141, Status.CONVERGED)),
+        ("martens", (33, 33, Status.RELATIVE_PROGRESS)),
+        ("martens_warm", (30, 31, Status.MAX_ITERATIONS)),
+    ],
+)
+def test_iteration_and_matvec_counts_are_pinned(case, expected):
+    """Counts recorded before CG was split into named phases (init / iteration / stopping tests /
+    history): the same problem gives the same iterations, matvecs and status, and the solution."""
+    A = matrix_with_spectrum(np.geomspace(1.0, 1e3, 40), seed=0)
+    b = np.random.default_rng(1).standard_normal(40)
+    x_star = np.linalg.solve(A, b)
+    kwargs = {
+        "plain": dict(rtol=1e-10),
+        "warm": dict(x0=0.3 * b, rtol=1e-8),
+        "jacobi_x_true": dict(preconditioner=1.0 / np.diag(A), rtol=1e-9, x_true=x_star),
+        "martens": dict(rtol=0.0, stop_rule="martens", martens_eps=1e-3, save_iterates=True, maxiter=60),
+        "martens_warm": dict(x0=0.1 * b, rtol=1e-12, stop_rule="martens", save_iterates=True, maxiter=30),
+    }[case]
+    res = cg(A, b, **kwargs)
+    assert (int(res.num_iterations), int(res.num_matvecs), res.status) == expected
+    if res.status is Status.CONVERGED:
+        np.testing.assert_allclose(res.x, x_star, rtol=1e-5 * 1e3)

@@ -17,9 +17,26 @@ import numpy as np
 import pytest
 
 from curvlab import viz
-from curvlab._diagnostics import CurvatureReport, dataset_operator, diagnose, summary_table
+from curvlab._curvature import dataset_operator
+from curvlab._diagnostics import (
+    CurvatureReport,
+    DensityStats,
+    DiagnoseOptions,
+    Extremes,
+    GradientStats,
+    _lanczos_extremes,
+    assemble_report,
+    block_reports,
+    density_stats,
+    diagnose,
+    extreme_eigenvalues,
+    gradient_stats,
+    summary_table,
+)
+from curvlab._operators import DenseOperator, DiagonalOperator, FunctionOperator
+from curvlab._spectral import Estimate
 from curvlab.app._script import diagnose_script
-from tests.reference import dense_hessian
+from tests.reference import dense_fisher, dense_hessian, matrix_with_spectrum
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -461,3 +478,139 @@ def test_diagnose_script_bad_out_and_missing_file(tmp_path):
         diagnose_script(os.path.join(EXAMPLES, "plain_jax_mlp.py"), tmp_path / "r.txt")
     with pytest.raises(FileNotFoundError, match="not found"):
         diagnose_script(str(tmp_path / "nope.py"), None)
+
+
+# ---------------------------------------------------------------------------
+# the pieces diagnose orchestrates, one by one
+# ---------------------------------------------------------------------------
+
+
+def test_options_validate_fills_defaults_and_names_bad_arguments():
+    opts = DiagnoseOptions(k=3, num_probes=2, max_matvecs=50).validate()
+    assert opts.trace_probes == 4 and opts.block_max_matvecs == 50 and opts.damping == 0.0
+    assert DiagnoseOptions(num_probes=12).validate().trace_probes == 12
+    for field, value, error in [
+        ("k", 0, ValueError),
+        ("num_steps", 2.5, TypeError),
+        ("trace_probes", 3, ValueError),
+        ("max_matvecs", -1, ValueError),
+        ("block_depth", 0, ValueError),
+        ("chunk_size", 0, ValueError),
+        ("damping", float("nan"), ValueError),
+    ]:
+        with pytest.raises(error, match=field):
+            DiagnoseOptions(**{field: value}).validate()
+
+
+def test_gradient_stats_against_dense_and_nonfinite_loss_refused():
+    p = plain_problem(40)
+    op = dataset_operator(p["loss_fn"], p["params"], p["data"], batch_size=16)
+    H = full_batch_hessian(p)
+    g = np.asarray(jax.flatten_util.ravel_pytree(jax.grad(p["loss_fn"])(p["params"], p["data"]))[0])
+    st = gradient_stats(op)
+    np.testing.assert_allclose(st.loss, float(p["loss_fn"](p["params"], p["data"])), rtol=1e-12)
+    np.testing.assert_allclose(st.gradient_norm, np.linalg.norm(g), rtol=1e-12)
+    np.testing.assert_allclose(st.gradient_curvature, g @ H @ g / (g @ g), rtol=1e-10)
+    assert st.num_matvecs == 1
+    bad = jax.tree_util.tree_map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), p["params"])
+    with pytest.raises(ValueError, match="not finite at params"):
+        gradient_stats(dataset_operator(p["loss_fn"], bad, p["data"], batch_size=16))
+
+
+def test_extreme_eigenvalues_eigsh_and_dense_paths():
+    A = DenseOperator(matrix_with_spectrum([-2.0, -1.0, 0.5, 1.0, 3.0, 3.0, 4.0, 6.0], seed=4))
+    e = extreme_eigenvalues(A, 2, rtol=1e-10, max_matvecs=None, key=jax.random.key(0))
+    np.testing.assert_allclose(e.top, [6.0, 4.0], rtol=1e-9)
+    np.testing.assert_allclose(e.bottom, [-2.0, -1.0], rtol=1e-9)
+    assert e.num_matvecs > 0 and np.all(e.top_residuals < 1e-8)
+    d = extreme_eigenvalues(A, 4, rtol=1e-10, max_matvecs=None, key=jax.random.key(0))  # n = 2k: dense
+    np.testing.assert_allclose(d.top, [6.0, 4.0, 3.0, 3.0], rtol=1e-12)  # repeated eigenvalue kept
+    np.testing.assert_allclose(d.bottom, [-2.0, -1.0, 0.5, 1.0], rtol=1e-12)
+    assert d.num_matvecs == 8 and d.message.startswith("exact")
+
+
+def test_extreme_eigenvalues_fall_back_to_lanczos_when_eigsh_fails():
+    A = DenseOperator(matrix_with_spectrum(np.linspace(1.0, 3.0, 30), seed=5))
+    fails = FunctionOperator(lambda v: jnp.full_like(v, jnp.nan), 30)
+    with pytest.raises(ValueError, match="non-finite products"):
+        extreme_eigenvalues(fails, 2, rtol=1e-8, max_matvecs=None, key=jax.random.key(0))
+    fb = _lanczos_extremes(A, 2, 30, jax.random.key(1), "eigsh failed (test)")
+    np.testing.assert_allclose(fb.top, [3.0, np.linspace(1, 3, 30)[-2]], rtol=1e-10)
+    np.testing.assert_allclose(fb.bottom, [1.0, np.linspace(1, 3, 30)[1]], rtol=1e-10)
+    assert fb.num_matvecs == 30 and "Lanczos" in fb.message and np.all(fb.top_residuals < 1e-8)
+
+
+def test_density_stats_mass_and_integral():
+    A = DiagonalOperator(jnp.array([-1.0, -0.5, 1.0, 2.0, 3.0]))
+    d = density_stats(A, num_probes=20, num_steps=5, key=jax.random.key(0), chunk_size=None)
+    np.testing.assert_allclose(np.trapezoid(d.density, d.grid), 1.0, rtol=1e-6)
+    # exact quadrature per probe (5 steps on n = 5): the mass is the mean of z^T 1[A<0] z / n
+    assert abs(d.negative_mass - 0.4) < 0.2 and d.num_matvecs == 100
+
+
+def test_block_reports_against_dense_blocks():
+    p = plain_problem(40)
+    op = dataset_operator(p["loss_fn"], p["params"], p["data"], batch_size=16)
+    H = full_batch_hessian(p)
+    lam = np.linalg.eigvalsh(H)
+    ends = Extremes(lam[::-1][:1], np.zeros(1), lam[:1], np.zeros(1), 0, "")
+    opts = DiagnoseOptions(trace_probes=3 * 38 + 3, rtol=1e-10).validate()
+    blocks, msgs = block_reports(op, opts, ends, jax.random.key(0))
+    start = 0
+    for b in blocks:
+        Hbb = H[start : start + b.size, start : start + b.size]
+        np.testing.assert_allclose(b.top_eigenvalue, np.linalg.eigvalsh(Hbb)[-1], rtol=1e-8)
+        np.testing.assert_allclose(b.trace, np.trace(Hbb), rtol=1e-8)
+        assert f"block {b.name}" in msgs
+        start += b.size
+    assert start == 38 and len(blocks) == 2
+
+
+def test_assemble_report_condition_number_and_counts():
+    p = plain_problem(40)
+    op = dataset_operator(p["loss_fn"], p["params"], p["data"], batch_size=16)
+    grad = GradientStats(1.0, 2.0, 0.5, 1)
+    ends = Extremes(np.array([4.0]), np.zeros(1), np.array([1.0]), np.zeros(1), 10, "ok")
+    dens = DensityStats(np.linspace(0, 1, 3), np.ones(3), np.zeros(3), 0.0, 5, "ok")
+    tr = Estimate(value=7.0, stderr=0.1, num_matvecs=4)
+    args = (op, "hessian", DiagnoseOptions(damping=1.0).validate(), grad, ends, tr, dens, (), {})
+    r = assemble_report(*args, num_operator_products=20, wall_time=0.5)
+    assert r.condition_number == 5.0 / 2.0 and r.trace == 7.0 and r.loss == 1.0
+    assert (r.num_examples, r.num_batches, r.num_hvps) == (40, 3, 60)
+    indefinite = args[:4] + (ends._replace(bottom=np.array([-2.0])),) + args[5:]
+    r = assemble_report(*indefinite, num_operator_products=20, wall_time=0.5)
+    assert np.isnan(r.condition_number)  # lambda_min + damping <= 0: not defined
+
+
+def test_fisher_report_of_softmax_regression_is_finite_and_matches_dense():
+    # the case: eigsh stops on a non-finite value on this singular Fisher; the report must
+    # still give the dense empirical Fisher's extremes, say how, and carry no NaN eigenvalue
+    X = jax.random.normal(jax.random.key(0), (64, 5))
+    y = jax.random.randint(jax.random.key(1), (64,), 0, 3)
+    params = {"W": 0.1 * jax.random.normal(jax.random.key(2), (5, 3)), "b": jnp.zeros(3)}
+
+    def pel(p, b):
+        logp = jax.nn.log_softmax(b[0] @ p["W"] + p["b"][None, :])
+        return -jnp.take_along_axis(logp, b[1][:, None], axis=1)[:, 0]
+
+    loss = lambda p, b: jnp.mean(pel(p, b))
+    opts = dict(k=2, num_probes=4, num_steps=10, progress=False)
+    r = diagnose(loss, params, (X, y), curvature="fisher", per_example_loss_fn=pel, **opts)
+    lam = np.linalg.eigvalsh(dense_fisher(pel, params, (X, y)))
+    np.testing.assert_allclose(r.top_eigenvalues, lam[::-1][:2], rtol=1e-8)
+    np.testing.assert_allclose(r.bottom_eigenvalues, lam[:2], atol=1e-10)
+    d = r.to_dict()
+    assert None not in d["top_eigenvalues"] + d["bottom_eigenvalues"] + d["top_residuals"]
+    assert all(b["top_eigenvalue"] is not None for b in d["blocks"])
+
+
+def test_concurrent_diagnose_calls_count_their_own_products():
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = plain_problem(40)
+    opts = dict(k=1, num_probes=2, num_steps=5, per_block=False, progress=False)
+    alone = diagnose(**p, **opts).num_operator_products
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(diagnose, **p, **opts, trace_probes=t) for t in (4, 40)]
+        counts = [f.result().num_operator_products for f in futures]
+    assert counts[0] == alone and counts[1] == alone - 4 + 40

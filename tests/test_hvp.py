@@ -19,6 +19,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from curvlab import problems
+from curvlab._curvature import ggn_operator
 from curvlab._hvp import (
     FD_SCHEMES,
     HVP_MODES,
@@ -29,7 +30,6 @@ from curvlab._hvp import (
     hvp,
     hvp_fn,
 )
-from curvlab._operators import ggn_operator
 from tests.reference import dense_ggn, dense_hessian, matrix_with_spectrum
 
 RTOL64 = 1e-10

@@ -16,7 +16,8 @@ SCRIPT = r"""
 import json, runpy
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
-from curvlab._diagnostics import diagnose, dataset_operator
+from curvlab._curvature import dataset_operator
+from curvlab._diagnostics import diagnose
 from curvlab.sharding import data_mesh
 
 assert jax.device_count() == 4, jax.devices()
@@ -27,7 +28,7 @@ single = diagnose(**p, **opts)
 mesh = data_mesh()
 multi = diagnose(**p, **opts, mesh=mesh)
 op = dataset_operator(p["loss_fn"], p["params"], p["data"], batch_size=16, mesh="auto")
-group = op.groups[0][0]
+group = op.data.groups[0][0][0]  # a Hessian batch is its argument tuple (batch,); batch = (X, Y)
 out = {
     "single": single.to_dict(),
     "multi": multi.to_dict(),

@@ -7,26 +7,19 @@ the float64 dense reference to ``1e-4 * ||A||_2`` (float32 roundoff is 6e-8; sum
 over examples and layers lose a few digits).
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
-from curvlab import problems
-from curvlab._hvp import HVP_MODES
+from curvlab._curvature import hessian_operator
 from curvlab._operators import (
     DENSE_SIZE_LIMIT,
     BlockDiagonalOperator,
     CongruenceOperator,
     DenseOperator,
     DiagonalOperator,
-    FisherOperator,
     FunctionOperator,
-    GGNOperator,
-    HessianOperator,
     IdentityOperator,
     KroneckerOperator,
     LinearOperator,
@@ -34,15 +27,9 @@ from curvlab._operators import (
     ScaledOperator,
     SumOperator,
     as_operator,
-    fisher_operator,
-    ggn_operator,
-    hessian_operator,
 )
 from tests.reference import (
     compare_operator,
-    dense_fisher,
-    dense_ggn,
-    dense_hessian,
     matrix_with_spectrum,
     random_orthogonal,
 )
@@ -260,200 +247,6 @@ def test_operator_pytree_roundtrip():
 
 
 # ---------------------------------------------------------------------------
-# curvature operators
-# ---------------------------------------------------------------------------
-
-_MLP = {}
-
-
-def mlp_problem(dtype=None):
-    key = str(dtype)
-    if key not in _MLP:
-        _MLP[key] = problems.mlp(hidden=(4,), num_examples=12, dtype=dtype)
-    return _MLP[key]
-
-
-def point(p, seed=0):
-    flat, unravel = ravel_pytree(p.x0)
-    rng = np.random.default_rng(seed)
-    return unravel(flat + 0.3 * jnp.asarray(rng.standard_normal(flat.shape), flat.dtype))
-
-
-_REF = {}
-
-
-def references():
-    """Dense Hessian, GGN and Fisher of the small MLP at a test point (cached)."""
-    if not _REF:
-        p = mlp_problem()
-        x = point(p)
-        _REF.update(
-            x=x,
-            H=dense_hessian(p.f, x),
-            G=dense_ggn(p.model_fn, p.output_loss_fn, x, p.batch),
-            F=dense_fisher(p.per_example_loss_fn, x, p.batch),
-        )
-    return _REF
-
-
-def assert_close_to(M, ref, rtol=1e-10):
-    np.testing.assert_allclose(np.asarray(M), ref, rtol=rtol, atol=rtol * np.linalg.norm(ref, 2))
-
-
-@pytest.mark.parametrize("linearize", [True, False])
-@pytest.mark.parametrize("mode", HVP_MODES)
-def test_hessian_operator_dense(mode, linearize):
-    p, ref = mlp_problem(), references()
-    op = hessian_operator(p.f, ref["x"], mode=mode, linearize=linearize)
-    assert op.dtype == jnp.float64 and op.tags == {"symmetric"}
-    compare_operator(op, ref["H"], rtol=1e-10)
-    v = jnp.asarray(np.random.default_rng(2).standard_normal(op.size))
-    np.testing.assert_allclose(op.prepare()(v), op.matvec(v), rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(
-        jax.jit(lambda o, w: o.prepare()(w))(op, v), op.matvec(v), rtol=1e-10, atol=1e-14
-    )
-
-
-def test_hessian_operator_args_and_loss_form():
-    p, ref = mlp_problem(), references()
-    op = hessian_operator(p.loss, ref["x"], p.batch)
-    assert_close_to(op.to_dense(), ref["H"])
-    np.testing.assert_allclose(float(op.value()), float(p.f(ref["x"])), rtol=1e-14)
-    g = ravel_pytree(jax.grad(p.f)(ref["x"]))[0]
-    np.testing.assert_allclose(op.gradient(), g, rtol=1e-12)
-
-
-def test_ggn_operator_dense_and_psd():
-    p, ref = mlp_problem(), references()
-    op = ggn_operator(p.model_fn, p.output_loss_fn, ref["x"], p.batch)
-    assert op.tags == {"symmetric", "psd"}
-    compare_operator(op, ref["G"], rtol=1e-10)  # psd tag checked against eigvalsh
-    v = jnp.asarray(np.random.default_rng(3).standard_normal(op.size))
-    np.testing.assert_allclose(op.prepare()(v), op.matvec(v), rtol=1e-10, atol=1e-14)
-
-
-def test_fisher_operator_dense_and_psd():
-    p, ref = mlp_problem(), references()
-    op = fisher_operator(p.per_example_loss_fn, ref["x"], p.batch)
-    assert op.tags == {"symmetric", "psd"}
-    compare_operator(op, ref["F"], rtol=1e-10)
-    v = jnp.asarray(np.random.default_rng(4).standard_normal(op.size))
-    np.testing.assert_allclose(op.prepare()(v), op.matvec(v), rtol=1e-10, atol=1e-14)
-    F = ref["F"]
-    # rank at most N: one rank-one term per example
-    assert np.linalg.matrix_rank(F, tol=1e-10 * np.linalg.norm(F, 2)) <= 12
-
-
-def test_mlp_hessian_indefinite_ggn_not():
-    ref = references()
-    w = np.linalg.eigvalsh(ref["H"])
-    assert w.min() < -1e-6 * w.max() < 0, "the MLP Hessian should have negative curvature"
-    assert np.linalg.eigvalsh(ref["G"]).min() >= -1e-10 * np.linalg.norm(ref["G"], 2)
-
-
-def test_ggn_equals_hessian_for_linear_model():
-    p = problems.logistic_regression(num_examples=24, l2=0.0)
-    x = point(p)
-    H = hessian_operator(p.f, x).to_dense()
-    G = ggn_operator(p.model_fn, p.output_loss_fn, x, p.batch).to_dense()
-    assert_close_to(G, np.asarray(H))
-
-
-def test_curvature_operators_float32():
-    """float32 operators within 1e-4 * ||A|| of the float64 references (module docstring)."""
-    p32, ref = mlp_problem(jnp.float32), references()
-    x32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), ref["x"])
-    ops = {
-        "H": hessian_operator(p32.f, x32),
-        "G": ggn_operator(p32.model_fn, p32.output_loss_fn, x32, p32.batch),
-        "F": fisher_operator(p32.per_example_loss_fn, x32, p32.batch),
-    }
-    for k, op in ops.items():
-        assert op.dtype == jnp.float32
-        M = np.asarray(op.to_dense(), np.float64)
-        assert np.linalg.norm(M - ref[k], 2) <= 1e-4 * np.linalg.norm(ref[k], 2), k
-
-
-def test_ravel_unravel_round_trip():
-    p, ref = mlp_problem(), references()
-    op = hessian_operator(p.f, ref["x"])
-    tree = jax.tree_util.tree_map(lambda a: a + 1.0, ref["x"])
-    flat = op.ravel(tree)
-    assert flat.shape == (op.size,)
-    back = op.unravel(flat)
-    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(tree)
-    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(tree)):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(op.ravel(op.unravel(flat)), flat)
-    # the flat product is the pytree HVP, raveled
-    from curvlab._hvp import hvp
-
-    np.testing.assert_allclose(op @ flat, op.ravel(hvp(p.f, ref["x"], tree)), rtol=1e-10, atol=1e-14)
-    for other in (
-        ggn_operator(p.model_fn, p.output_loss_fn, ref["x"], p.batch),
-        fisher_operator(p.per_example_loss_fn, ref["x"], p.batch),
-    ):
-        np.testing.assert_array_equal(other.ravel(other.unravel(flat)), flat)
-
-
-def test_ravel_errors_name_the_leaf():
-    p, ref = mlp_problem(), references()
-    op = hessian_operator(p.f, ref["x"])
-    bad = jax.tree_util.tree_map(lambda a: a, ref["x"])
-    bad[1]["W"] = jnp.ones((3, 3))
-    with pytest.raises(ValueError, match=r"shape mismatch at leaf \[1\]\['W'\]"):
-        op.ravel(bad)
-    with pytest.raises(ValueError, match=r"same pytree structure"):
-        op.ravel(ref["x"][:1])
-    with pytest.raises(ValueError, match=rf"unravel expects shape \({op.size},\)"):
-        op.unravel(jnp.ones(op.size + 1))
-
-
-def test_curvature_operator_errors():
-    p, ref = mlp_problem(), references()
-    with pytest.raises(ValueError, match="mode must be one of"):
-        hessian_operator(p.f, ref["x"], mode="fwd")
-    with pytest.raises(ValueError, match="scalar"):
-        hessian_operator(lambda x: x[0]["W"], ref["x"])
-    with pytest.raises(ValueError, match=r"batch must be a pair"):
-        ggn_operator(p.model_fn, p.output_loss_fn, ref["x"], p.batch[0])
-    with pytest.raises(ValueError, match="scalar"):
-        ggn_operator(p.model_fn, lambda z, t: z, ref["x"], p.batch)
-    with pytest.raises(ValueError, match="1-D vector of per-example losses"):
-        fisher_operator(p.loss, ref["x"], p.batch)
-    with pytest.raises(NotImplementedError):
-        hessian_operator(p.f, ref["x"]).diagonal()
-
-
-def test_hessian_operator_jit_traces_once_and_damped():
-    p, ref = mlp_problem(), references()
-    count = {"n": 0}
-
-    def f(x, inputs, labels):
-        count["n"] += 1
-        return p.loss(x, (inputs, labels))
-
-    @jax.jit
-    def power_step(op, v):
-        mv = op.prepare()
-        w = mv(v)
-        return w / jnp.linalg.norm(w)
-
-    v = jnp.ones(ref["H"].shape[0])
-    op1 = hessian_operator(f, ref["x"], *p.batch)
-    op2 = hessian_operator(f, point(p, seed=5), *p.batch)
-    power_step(op1, v)
-    first = count["n"]
-    out = power_step(op2, v)
-    assert count["n"] == first
-    H2 = dense_hessian(p.f, point(p, seed=5))
-    w = H2 @ np.ones(len(v))
-    np.testing.assert_allclose(out, w / np.linalg.norm(w), rtol=1e-9, atol=1e-12)
-    damped = op1.damped(0.5)
-    assert_close_to(damped.to_dense(), ref["H"] + 0.5 * np.eye(len(v)))
-
-
-# ---------------------------------------------------------------------------
 # tags: what solvers may assume
 # ---------------------------------------------------------------------------
 
@@ -508,50 +301,6 @@ def test_damped_psd_operator_all_eigenvalues_above_damping():
 
 
 # ---------------------------------------------------------------------------
-# registered dataclasses with real __init__s
-# ---------------------------------------------------------------------------
-
-
-def test_curvature_operator_classes_are_constructible():
-    p, ref = mlp_problem(), references()
-    H = HessianOperator(p.loss, ref["x"], p.batch)
-    G = GGNOperator(p.model_fn, p.output_loss_fn, ref["x"], p.batch)
-    F = FisherOperator(p.per_example_loss_fn, ref["x"], p.batch)
-    assert_close_to(H.to_dense(), ref["H"])
-    assert_close_to(G.to_dense(), ref["G"])
-    assert_close_to(F.to_dense(), ref["F"])
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        H.x = None
-
-
-def test_curvature_operators_into_jit_reuse_compiled_code():
-    p, ref = mlp_problem(), references()
-    traces = {"n": 0}
-
-    @jax.jit
-    def apply(op, v):
-        traces["n"] += 1
-        return op @ v
-
-    v = jnp.ones(ref["G"].shape[0])
-    for x in (ref["x"], point(p, seed=7)):
-        out = apply(ggn_operator(p.model_fn, p.output_loss_fn, x, p.batch), v)
-        np.testing.assert_allclose(
-            out, dense_ggn(p.model_fn, p.output_loss_fn, x, p.batch) @ np.ones(len(v)), rtol=1e-9, atol=1e-12
-        )
-    assert traces["n"] == 1
-
-
-def test_matmat_uses_prepared_product():
-    p, ref = mlp_problem(), references()
-    op = ggn_operator(p.model_fn, p.output_loss_fn, ref["x"], p.batch)
-    V = jnp.asarray(np.random.default_rng(8).standard_normal((op.size, 4)))
-    assert_close_to(op.matmat(V), ref["G"] @ np.asarray(V))
-    with pytest.raises(ValueError, match=r"matmat .* needs an array of shape \(\d+, k\)"):
-        op.matmat(V[:, 0])
-
-
-# ---------------------------------------------------------------------------
 # bad input: rejected at construction with a message naming the argument
 # ---------------------------------------------------------------------------
 
@@ -599,35 +348,3 @@ def test_integer_dense_input_is_cast_to_float():
     op = DiagonalOperator(np.array([1, 2, 3]))
     assert jnp.issubdtype(op.dtype, jnp.floating) and op.tags == {"symmetric", "psd"}
     np.testing.assert_array_equal(op.to_dense(), np.diag([1.0, 2.0, 3.0]))
-
-
-# ---------------------------------------------------------------------------
-# one kernel per product: the dataset average uses the same GGN / Fisher / Hessian products
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("curvature", ["hessian", "ggn", "fisher"])
-def test_dataset_operator_matches_dense_average_and_single_batch_operator(curvature):
-    from curvlab._diagnostics import dataset_operator
-    from tests.reference import dense_dataset_curvature
-
-    p, ref = mlp_problem(), references()
-    X, y = p.batch
-    fns = dict(
-        model_fn=p.model_fn, output_loss_fn=p.output_loss_fn, per_example_loss_fn=p.per_example_loss_fn
-    )
-    op = dataset_operator(p.loss, ref["x"], (X, y), curvature=curvature, batch_size=5, **fns)  # 5 + 5 + 2
-    batches = [(X[:5], y[:5]), (X[5:10], y[5:10]), (X[10:], y[10:])]
-    dense = dense_dataset_curvature(curvature, p.loss, ref["x"], batches, **fns)
-    compare_operator(op, dense, rtol=1e-10)
-    assert op.tags == ({"symmetric"} if curvature == "hessian" else {"symmetric", "psd"})
-    whole = dataset_operator(p.loss, ref["x"], (X, y), curvature=curvature, **fns)  # one batch
-    single = {
-        "hessian": hessian_operator(p.loss, ref["x"], (X, y)),
-        "ggn": ggn_operator(p.model_fn, p.output_loss_fn, ref["x"], (X, y)),
-        "fisher": fisher_operator(p.per_example_loss_fn, ref["x"], (X, y)),
-    }[curvature]
-    v = jnp.asarray(np.random.default_rng(9).standard_normal(op.size))
-    np.testing.assert_allclose(
-        whole @ v, single @ v, rtol=1e-12, atol=1e-14 * float(jnp.linalg.norm(single @ v))
-    )

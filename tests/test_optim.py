@@ -15,9 +15,9 @@ from jax.flatten_util import ravel_pytree
 
 from curvlab import problems
 from curvlab._cg import cg
+from curvlab._curvature import hessian_operator
 from curvlab._hessian_free import HFConfig, _HiddenGramOperator, hessian_free, update_damping
 from curvlab._newton import newton_cg, trust_region_newton
-from curvlab._operators import hessian_operator
 from curvlab._optim_loop import HISTORY_KEYS, IterationInfo, OptimizeResult
 from curvlab._status import SolverError, Status
 from tests.reference import matrix_with_spectrum
@@ -817,3 +817,30 @@ def test_hfconfig_validation_names_the_field():
     with pytest.raises(TypeError, match="config"):
         hessian_free(_quad_loss, jnp.zeros(3), (A, b), config={"damping": 1.0})
     assert HFConfig().validate() == HFConfig()
+
+
+@pytest.mark.parametrize(
+    ("opt", "expected"),
+    [(newton_cg, (30, 87, 91)), (trust_region_newton, (35, 111, 71))],
+)
+def test_newton_counts_on_rosenbrock5_are_pinned(opt, expected):
+    """Iterations, HVPs and function evaluations recorded before the steps were split into named
+    phases (direction, line search / ratio, radius update): the refactor changed no iterate."""
+    prob = problems.rosenbrock(5)
+    res = opt(prob.f, prob.x0, gtol=1e-8)
+    assert res.status is Status.CONVERGED
+    assert (res.num_iterations, res.num_hvps, res.num_fun_evals) == expected
+    assert res.num_grad_evals == res.num_iterations + 1
+
+
+def test_hf_counts_on_mlp_are_pinned():
+    """A short HF run on the digits MLP, counts recorded before hessian_free and its step were split
+    into named phases (CG solve, backtracking, rho, damping update, line search)."""
+    prob = problems.mlp(hidden=(16,), num_examples=256)
+    res = _hf(prob, maxiter=6, cg_maxiter=50)
+    assert res.status is Status.MAX_ITERATIONS and res.num_iterations == 6
+    assert (res.num_hvps, res.num_fun_evals, res.num_grad_evals) == (82, 61, 7)
+    np.testing.assert_array_equal(res.history["cg_iterations"], [0, 13, 12, 12, 13, 13, 13])
+    # hvps: each warm-started CG spends one matvec on its initial residual
+    np.testing.assert_array_equal(np.diff(res.history["num_hvps"]), res.history["cg_iterations"][1:] + 1)
+    assert res.fun == pytest.approx(0.46639120292275554, rel=1e-9)

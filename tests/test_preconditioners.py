@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 from curvlab._cg import cg
+from curvlab._curvature import fisher_operator, hessian_operator
 from curvlab._operators import (
     DenseOperator,
     DiagonalOperator,
     FunctionOperator,
     IdentityOperator,
-    fisher_operator,
-    hessian_operator,
 )
 from curvlab._status import Status
 from curvlab.preconditioners import (

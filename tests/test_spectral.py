@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from curvlab._operators import DenseOperator, DiagonalOperator, LowRankOperator, hessian_operator
+from curvlab._curvature import hessian_operator
+from curvlab._operators import DenseOperator, DiagonalOperator, LowRankOperator
 from curvlab._spectral import _slq, _trace, diagonal, moments, spectral_density, trace
 from curvlab._status import SolverError, Status
 from tests.reference import dense_hessian, matrix_with_spectrum, random_orthogonal

@@ -104,7 +104,7 @@ def test_start_and_stop_with_the_button(ex):
     wait_for(lambda: ex.progress.value >= 1)
     assert ex.progress.max == 200
     ex.start_button.value = False  # Stop
-    ex._thread.join(TIMEOUT)
+    assert ex.wait(TIMEOUT)
     assert not ex.running
     assert ex.start_button.description == "Start" and not ex.start_button.value
     r = ex.last_result
@@ -123,7 +123,7 @@ def test_start_and_stop_with_the_button(ex):
 def test_full_run_shows_baselines(ex):
     ex.maxiter.value = 3
     ex.start_button.value = True
-    ex._thread.join(TIMEOUT)
+    assert ex.wait(TIMEOUT)
     assert not ex.running and ex.error.value == ""
     r = ex.last_result
     assert not r.stopped and r.num_iterations == 3 and ex.progress.value == 3
@@ -140,12 +140,12 @@ def test_training_errors_go_to_the_error_area(ex, monkeypatch):
 
     monkeypatch.setattr(ex, "_train", boom)
     ex.start_button.value = True
-    ex._thread.join(TIMEOUT)
+    assert ex.wait(TIMEOUT)
     assert not ex.running and ex.start_button.description == "Start"
     assert "forced training failure" in ex.error.value
     monkeypatch.undo()
     ex.maxiter.value = 1
     ex.baselines.value = False
     ex.start_button.value = True
-    ex._thread.join(TIMEOUT)
+    assert ex.wait(TIMEOUT)
     assert ex.error.value == ""

@@ -1,6 +1,7 @@
 """SpectrumExplorer: set controls in Python, check the figure against the math (no browser)."""
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -9,15 +10,26 @@ import pytest
 pytest.importorskip("ipywidgets")
 pytest.importorskip("plotly")
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from curvlab import viz  # noqa: E402
-from curvlab._lanczos import lanczos  # noqa: E402
-from curvlab._operators import DenseOperator, DiagonalOperator  # noqa: E402
-from curvlab._spectral import spectral_density  # noqa: E402
+from curvlab import (  # noqa: E402
+    DenseOperator,
+    DiagonalOperator,
+    SpectrumCache,
+    ghost_mask,
+    lanczos,
+    problems,
+    spectral_density,
+    viz,
+)
 from curvlab.problems import strakos  # noqa: E402
 from curvlab.widgets import spectrum as spectrum_module  # noqa: E402
-from curvlab.widgets.spectrum import LANCZOS_BUCKETS, SpectrumExplorer  # noqa: E402
+from curvlab.widgets.spectrum import SpectrumExplorer  # noqa: E402
+from tests.reference import CountingOperator
+
+#: the explorer's Lanczos start vector and SLQ probes (documented in SpectrumExplorer.operator)
+LANCZOS_KEY, SLQ_KEY = jax.random.key(0), jax.random.key(1)
 
 CONTROLS = (
     "problem",
@@ -68,6 +80,11 @@ def arr(values):
 def points(tr):
     """``(x, y)`` of a marker trace."""
     return arr(tr.x), arr(tr.y)
+
+
+def Counted(n=100, kappa=1e3):
+    """The Strakoš quadratic the explorer builds, as a custom operator whose products are counted."""
+    return CountingOperator(problems.quadratic(eigenvalues=strakos(n, kappa), key=jax.random.key(n)).matrix)
 
 
 def test_constructs_with_defaults_and_exposes_controls(explorer):
@@ -121,26 +138,21 @@ def test_damping_shifts_ritz_values_and_density_by_lambda(ex):
 
 
 @pytest.mark.parametrize("reorthogonalize", [True, False])
-def test_damping_moves_reuse_the_undamped_runs_and_match_a_fresh_computation(explorer, reorthogonalize):
-    """A damping move shifts the cached Lanczos/SLQ runs on A by λ: same numbers as runs on A + λI."""
-    n, steps, probes = 100, 40, 7  # the run breaks down only at step n > steps: the cache applies
-    kw = dict(problem="strakos", kappa=1e3, n=n, num_steps=steps, num_probes=probes)
+def test_damping_moves_reuse_the_undamped_runs_and_match_a_fresh_computation(reorthogonalize):
+    """A damping move shifts the runs on A by λ (no product): the numbers of runs on A + λI."""
+    n, steps, probes = 100, 40, 7  # the run breaks down only at step n > steps: shifts apply
+    c = Counted(n)
+    explorer = SpectrumExplorer(operator=c.op)
+    kw = dict(problem="custom", kappa=1e3, n=n, num_steps=steps, num_probes=probes)
     kw.update(preconditioned=False, reorthogonalize=reorthogonalize)
     explorer.compute(damping=0.0, **kw)
-    state = explorer._state("strakos", 1e3, n)
-    cached = {key: id(run) for key, run in state.undamped.items()}
-    # Lanczos runs take a bucket of steps (a longer cached run serves fewer); SLQ draws 10 probes for 7
-    lanczos_keys = {key for key in cached if key[0] == "lanczos"}
-    assert all(key[1] in LANCZOS_BUCKETS for key in lanczos_keys)
-    assert any(key[2] == reorthogonalize for key in lanczos_keys)
-    assert {key for key in cached if key[0] == "slq"} == {("slq", 10, 50)}
-    A = state.dense
+    A = c.A
     for lam in (0.37, 4.2):
-        r = explorer.compute(damping=lam, **kw)
-        # nothing recomputed on A, nothing added
-        assert {key: id(run) for key, run in state.undamped.items()} == cached
+        r, n_mv = c.matvecs(lambda lam=lam: explorer.compute(damping=lam, **kw))
+        # reorthogonalized: nothing recomputed; without: a Lanczos run of the 60-step bucket on A + λI
+        assert n_mv == (0 if reorthogonalize else 60)
         op = DenseOperator(jnp.asarray(A + lam * np.eye(n)))
-        sd = spectral_density(op, num_probes=10, num_steps=50, key=explorer._slq_key)
+        sd = spectral_density(op, num_probes=10, num_steps=50, key=SLQ_KEY)  # 10 probes drawn for 7
         scale = float(np.max(np.abs(A))) + lam
         np.testing.assert_allclose(r.grid, arr(sd.grid), rtol=0, atol=1e-13 * scale)
         per_probe = arr(sd.per_probe_density)[:probes]
@@ -149,16 +161,15 @@ def test_damping_moves_reuse_the_undamped_runs_and_match_a_fresh_computation(exp
         s = per_probe.std(axis=0, ddof=1) / np.sqrt(probes)
         np.testing.assert_allclose(r.density_stderr, s, rtol=0, atol=1e-10 * d.max())
         np.testing.assert_allclose(r.exact_eigenvalues, strakos(n, 1e3) + lam, rtol=1e-12)
+        lres = lanczos(op, 60, key=LANCZOS_KEY, reorthogonalize=reorthogonalize, history=True)
+        ref = arr(lres.ritz_history)[:steps, :steps]
+        assert np.array_equal(np.isnan(r.ritz_history), np.isnan(ref))
         if reorthogonalize:
-            lres = lanczos(op, 60, key=explorer._lanczos_key, reorthogonalize=True, history=True)
-            ref = arr(lres.ritz_history)[:steps, :steps]
-            assert np.array_equal(np.isnan(r.ritz_history), np.isnan(ref))
             np.testing.assert_allclose(r.ritz_history, ref, rtol=0, atol=1e-12 * scale)
-            ghosts = viz.ghost_mask(ref, rtol=10 * np.finfo(np.float64).eps ** (2 / 3))
-            assert np.array_equal(r.ghosts, ghosts)
+            assert np.array_equal(r.ghosts, ghost_mask(ref, exact_eigenvalues=r.exact_eigenvalues))
         else:
-            # without reorthogonalization rounding errors grow once orthogonality is lost, so the
-            # Ritz history is recomputed on A + λI; its converged extremes are still λ_i(A) + λ
+            # without reorthogonalization the run on A + λI is redone; its converged extremes
+            # are still λ_i(A) + λ
             np.testing.assert_allclose(r.lambda_max, 1e3 + lam, rtol=1e-10)
 
 
@@ -182,12 +193,9 @@ def test_ritz_values_interlace_and_figure_matches_result(ex):
 
 def test_lanczos_steps_truncation_is_exact(ex):
     """k steps shown from a longer run equal a k-step run: compare with a direct lanczos call."""
-    from curvlab._lanczos import lanczos
-
     ex.num_steps.value = 17
     r = ex.last_result
-    A = DenseOperator(jnp.asarray(ex._state("strakos", 1e3, 50).dense))
-    direct = lanczos(A, 17, key=ex._lanczos_key)
+    direct = lanczos(ex.operator("strakos", 1e3, 50), 17, key=LANCZOS_KEY)
     np.testing.assert_allclose(r.ritz_history, np.asarray(direct.ritz_history), rtol=1e-9, atol=1e-9)
 
 
@@ -208,8 +216,8 @@ def test_ghosts_appear_without_reorthogonalization_only(ex):
     dist = np.min(np.abs(ghosts[:, None] - e[None, :]), axis=1)
     assert np.all(dist <= 1e-6 * e[-1])
     assert "ghosts" in ex.readout.value
-    # the mask agrees with viz.ghost_mask (float64: its default tolerance)
-    assert viz.ghost_mask(off.ritz_history).sum() == ghosts.size == off.ghosts.sum()
+    # the mask is the core's (float64: its default tolerance)
+    assert ghost_mask(off.ritz_history, exact_eigenvalues=e).sum() == ghosts.size == off.ghosts.sum()
 
 
 def test_preconditioned_spectrum_is_jacobi_scaled(ex):
@@ -295,20 +303,6 @@ def test_errors_go_to_the_error_area(ex, monkeypatch):
     assert ex.error.value == ""
 
 
-def test_ghost_marks_respect_the_true_multiplicity():
-    """Near-equal Ritz values are ghosts only when they outnumber the exact eigenvalues there."""
-    from curvlab.viz import ghost_mask
-    from curvlab.widgets.spectrum import _drop_true_multiplicity
-
-    rtol = 1e-6
-    ritz = np.array([[1.0, 1.0, 1.0, 5.0], [1.0, 5.0, 5.0, 5.0]])
-    raw = ghost_mask(ritz, rtol=rtol)
-    assert raw[0, :2].all() and raw[1, 1:3].all()
-    kept = _drop_true_multiplicity(ritz, raw, np.array([1.0, 1.0, 1.0, 5.0]), rtol)
-    assert not kept[0].any()  # 1.0 has multiplicity 3: three Ritz values there are no ghosts
-    assert kept[1, 1:3].all()  # three copies of the simple eigenvalue 5.0: two are ghosts
-
-
 # --- one Lanczos run serves every step count; runs cached per damping with the preconditioner ---
 
 
@@ -318,66 +312,50 @@ def jacobi_b(A, lam):
     return s[:, None] * (A + lam * np.eye(A.shape[0])) * s[None, :]
 
 
-def test_step_moves_are_prefixes_of_one_cached_run(explorer):
-    kw = dict(problem="geometric", kappa=1e2, n=150, num_probes=5, damping=0.0)
+def test_step_moves_are_prefixes_of_one_run():
+    c = Counted(150)
+    explorer = SpectrumExplorer(operator=c.op)
+    kw = dict(problem="custom", kappa=1e2, n=150, num_probes=5, damping=0.0)
     kw.update(preconditioned=False, reorthogonalize=True)
-    state = explorer._state("geometric", 1e2, 150)
-    first = explorer.compute(num_steps=17, **kw)
-    assert [key for key in state.undamped if key[0] == "lanczos"] == [("lanczos", 60, True)]
-    explorer.compute(num_steps=61, **kw)  # past the first run: one run of 200 steps
-    keys = [key for key in state.undamped if key[0] == "lanczos"]
-    assert keys == [("lanczos", 60, True), ("lanczos", 200, True)]
-    runs = {id(state.undamped[key]) for key in keys}
-    op = DenseOperator(jnp.asarray(state.dense))
-    for k in (2, 17, 60, 61, 150, 17):
-        r = explorer.compute(num_steps=k, **kw)
-        direct = lanczos(op, k, key=explorer._lanczos_key)
-        np.testing.assert_allclose(r.ritz_history, arr(direct.ritz_history), rtol=1e-9, atol=1e-9)
-    # no new Lanczos run (only SLQ runs for the SLQ step counts of 2 and 17 steps)
-    assert {id(run) for key, run in state.undamped.items() if key[0] == "lanczos"} == runs
-    # the same 17 steps from the 60-step run and from the 200-step run
+    first = explorer.compute(num_steps=30, **kw)  # one 60-step Lanczos run, SLQ of 50 steps
+    op = DenseOperator(jnp.asarray(c.A))
+    # past 60 steps: one run of 200 steps (it stops at the invariant subspace, step n = 150) serves the rest
+    for k, new_matvecs in ((26, 0), (45, 0), (60, 0), (61, 150), (150, 0), (200, 0), (61, 0), (30, 0)):
+        r, n_mv = c.matvecs(lambda k=k: explorer.compute(num_steps=k, **kw))
+        assert n_mv == new_matvecs, k
+        direct = lanczos(op, k, key=LANCZOS_KEY)
+        m = r.num_steps  # the steps taken: k, or n where the run stops
+        assert m == min(k, 150) == direct.num_steps
+        np.testing.assert_allclose(r.ritz_history, arr(direct.ritz_history)[:m, :m], rtol=1e-9, atol=1e-9)
+    # the same 30 steps from the 60-step run and from the 200-step run
     np.testing.assert_allclose(
-        explorer.compute(num_steps=17, **kw).ritz_history, first.ritz_history, rtol=1e-12
+        explorer.compute(num_steps=30, **kw).ritz_history, first.ritz_history, rtol=1e-12
     )
 
 
-def test_preconditioned_runs_are_cached_per_damping_and_match_the_math(explorer):
+def test_preconditioned_runs_are_kept_per_damping_and_match_the_math():
     n, steps, probes = 100, 40, 7
-    kw = dict(problem="strakos", kappa=1e3, n=n, num_steps=steps, num_probes=probes)
+    c = Counted(n)
+    explorer = SpectrumExplorer(operator=c.op)
+    kw = dict(problem="custom", kappa=1e3, n=n, num_steps=steps, num_probes=probes)
     kw.update(preconditioned=True, reorthogonalize=True)
-    state = explorer._state("strakos", 1e3, n)
-    A = state.dense
     r1 = explorer.compute(damping=0.4, **kw)
     explorer.compute(damping=0.8, **kw)
-    entries = dict(state.damped)
-    assert (0.4, True, None) in entries and (0.8, True, None) in entries
-    again = explorer.compute(damping=0.4, **kw)  # moving back: everything from the cache
-    assert dict(state.damped) == entries
-    assert again.exact_eigenvalues is r1.exact_eigenvalues
+    again, n_mv = c.matvecs(lambda: explorer.compute(damping=0.4, **kw))  # moving back: no product
+    assert n_mv == 0
+    np.testing.assert_array_equal(again.exact_eigenvalues, r1.exact_eigenvalues)
     np.testing.assert_array_equal(again.ritz_history, r1.ritz_history)
     np.testing.assert_array_equal(again.density, r1.density)
     # the numbers are those of B = D^{-1/2} (A + λI) D^{-1/2} computed directly
-    B = jacobi_b(A, 0.4)
+    B = jacobi_b(c.A, 0.4)
     np.testing.assert_allclose(r1.exact_eigenvalues, np.linalg.eigvalsh(B), rtol=1e-12, atol=1e-13)
     opB = DenseOperator(jnp.asarray(B))
-    ref = lanczos(opB, steps, key=explorer._lanczos_key, reorthogonalize=True)
+    ref = lanczos(opB, steps, key=LANCZOS_KEY, reorthogonalize=True)
     np.testing.assert_allclose(r1.ritz_history, arr(ref.ritz_history), rtol=1e-9, atol=1e-9)
-    sd = spectral_density(opB, num_probes=10, num_steps=50, key=explorer._slq_key)
+    sd = spectral_density(opB, num_probes=10, num_steps=50, key=SLQ_KEY)
     np.testing.assert_allclose(r1.grid, arr(sd.grid), rtol=1e-9, atol=1e-12)
     d = arr(sd.per_probe_density)[:probes].mean(axis=0)
     np.testing.assert_allclose(r1.density, d, rtol=0, atol=1e-8 * d.max())
-
-
-def test_eigvalsh_with_one_blas_thread_is_eigvalsh():
-    from threadpoolctl import threadpool_info
-
-    from curvlab.widgets.spectrum import _eigvalsh
-
-    rng = np.random.default_rng(0)
-    M = rng.standard_normal((60, 60))
-    before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
-    np.testing.assert_allclose(_eigvalsh(M), np.linalg.eigvalsh((M + M.T) / 2), rtol=1e-13, atol=1e-13)
-    assert [(i["filepath"], i["num_threads"]) for i in threadpool_info()] == before  # limit lifted
 
 
 # --- slow parts in the background after browser moves ---
@@ -436,7 +414,7 @@ def test_browser_move_shows_ritz_values_at_once_and_the_slow_parts_when_ready(mo
     r = ex.last_result
     assert r.pending == () and r.damping == 0.7
     np.testing.assert_array_equal(r.ritz_history, seen["first"].ritz_history)  # the Ritz values came first
-    B = jacobi_b(ex._state("strakos", 1e3, 50).dense, 0.7)
+    B = jacobi_b(np.asarray(ex.operator("strakos", 1e3, 50).to_dense()), 0.7)
     np.testing.assert_allclose(r.exact_eigenvalues, np.linalg.eigvalsh(B), rtol=1e-12, atol=1e-13)
     direct = ex.compute(**ex.values())  # the complete figure is what compute gives
     np.testing.assert_array_equal(r.density, direct.density)
@@ -457,37 +435,44 @@ def test_browser_move_shows_ritz_values_at_once_and_the_slow_parts_when_ready(mo
     assert ex.last_result.n == 100 and len(trace(ex.figure, "SLQ density").y) == ex.last_result.grid.size
 
 
-def test_stale_background_results_are_cached_but_not_shown(monkeypatch):
-    ex = small_explorer(preconditioned=True)
+def test_stale_background_results_are_kept_but_not_shown(monkeypatch):
+    c = Counted(50)
+    ex = SpectrumExplorer(operator=c.op)
+    with ex.hold_refresh():
+        ex.num_steps.value = 30
+        ex.preconditioned.value = True
     monkeypatch.setattr(spectrum_module, "DEFER_SECONDS", -1.0)
-    jobs = []
-    monkeypatch.setattr(ex._background, "submit", jobs.append)  # run the jobs by hand, in any order
+    # the background's SLQ runs wait for the gate: the first job is still running at the second move
+    gate, started = threading.Event(), threading.Event()
+    density = SpectrumCache.spectral_density
+
+    def gated(self, **kw):
+        if kw.get("compute", True) and threading.current_thread() is not threading.main_thread():
+            started.set()
+            assert gate.wait(60)
+        return density(self, **kw)
+
+    monkeypatch.setattr(SpectrumCache, "spectral_density", gated)
 
     async def drag():
         await browser_move(ex, "damping", 0.5)
+        assert started.wait(60)
         await browser_move(ex, "damping", 0.9)
-        assert len(jobs) == 2 and ex.last_result.damping == 0.9 and ex.pending == ("density", "exact")
+        assert ex.last_result.damping == 0.9 and ex.pending == ("density", "exact")
         n = ex.num_refreshes
-        jobs[0]()  # the job of 0.5 finishes after the move to 0.9: stale
-        for _ in range(5):
-            await asyncio.sleep(0)
-        assert ex.num_refreshes == n and ex.last_result.damping == 0.9 and ex.pending
-        jobs[1]()
-        for _ in range(5):
-            await asyncio.sleep(0)
-        assert ex.num_refreshes == n + 1 and ex.pending == () and ex.last_result.damping == 0.9
+        gate.set()  # the job of 0.5 finishes after the move to 0.9: stale, then the job of 0.9
+        await until_complete(ex)
+        assert ex.num_refreshes == n + 1 and ex.last_result.damping == 0.9
 
     asyncio.run(drag())
-    A = ex._state("strakos", 1e3, 50).dense
+    B = jacobi_b(c.A, 0.9)
+    np.testing.assert_allclose(ex.last_result.exact_eigenvalues, np.linalg.eigvalsh(B), rtol=1e-12)
+    # the stale job's runs were kept: moving back to 0.5 computes nothing, and is complete
+    _, n_mv = c.matvecs(lambda: setattr(ex.damping, "value", 0.5))
+    assert n_mv == 0 and ex.pending == ()
     np.testing.assert_allclose(
-        ex.last_result.exact_eigenvalues, np.linalg.eigvalsh(jacobi_b(A, 0.9)), rtol=1e-12
+        ex.last_result.exact_eigenvalues, np.linalg.eigvalsh(jacobi_b(c.A, 0.5)), rtol=1e-12, atol=1e-13
     )
-    # the stale job's runs went to the cache: moving back to 0.5 computes nothing and is complete
-    entry = ex._state("strakos", 1e3, 50).damped[(0.5, True, None)]
-    np.testing.assert_allclose(entry.exact, np.linalg.eigvalsh(jacobi_b(A, 0.5)), rtol=1e-12, atol=1e-13)
-    ex.damping.value = 0.5
-    assert ex.pending == () and ex.last_result.exact_eigenvalues is entry.exact
-    assert len(jobs) == 2
 
 
 def test_python_changes_and_direct_calls_never_defer(monkeypatch):
@@ -504,9 +489,9 @@ def test_python_changes_and_direct_calls_never_defer(monkeypatch):
     assert r.pending == () and r.exact_eigenvalues is not None and r.density is not None
 
 
-def test_fast_parts_are_not_deferred():
-    ex = small_explorer(preconditioned=True)
-    ex._seconds = dict.fromkeys(ex._seconds, 0.0)  # every kind seen before, and fast
+def test_fast_parts_are_not_deferred(monkeypatch):
+    ex = small_explorer(preconditioned=True)  # every kind of slow part has run once
+    monkeypatch.setattr(spectrum_module, "DEFER_SECONDS", 1e9)  # ... and counts as fast
 
     async def drag():
         await browser_move(ex, "damping", 0.25)

@@ -57,6 +57,8 @@ DEFAULT_PORT = 8866
 #: kernel at once through the shutdown beacon; this reclaims kernels whose page never connected.
 CULL_IDLE_TIMEOUT = 60
 CULL_INTERVAL = 10
+#: JupyterLab extensions never loaded in a dashboard page (they need JupyterLab's shell).
+VOILA_EXTENSION_DENYLIST = ("@jupyter-notebook/lab-extension",)
 #: Memory assumed per dashboard kernel when fitting ``--max-kernels`` to the machine (measured
 #: 260-960 MiB RSS per kernel, about 490 MiB typical).
 KERNEL_MEMORY_BYTES = 600 * 2**20
@@ -124,6 +126,9 @@ def voila_command(
         "--Voila.port_retries=0",
         "--strip_sources=True",
         "--theme=light",
+        # JupyterLab-UI extensions that break a Voila page if installed beside it (Notebook 7's
+        # lab extension fails to load there: "The getter for the shared module is not a function")
+        f"--VoilaConfiguration.extension_denylist={list(VOILA_EXTENSION_DENYLIST)!r}",
     ]
     if preheat:
         cmd += ["--preheat_kernel=True", f"--pool_size={pool_size}"]

@@ -50,9 +50,6 @@ from curvlab.viz._figures import (
     fd_error_figure as fd_error_figure,
 )
 from curvlab.viz._figures import (
-    ghost_mask as ghost_mask,
-)
-from curvlab.viz._figures import (
     hf_data as hf_data,
 )
 from curvlab.viz._figures import (
@@ -103,7 +100,6 @@ __all__ = [
     "directions_bar_figure",
     "slice_figure",
     "update_figure",
-    "ghost_mask",
     "ritz_data",
     "ritz_figure",
     "density_data",

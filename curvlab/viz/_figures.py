@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from curvlab._spectrum_cache import ghost_mask
+
 #: One color per concept, used by every figure.
 COLORS = {
     "point": "#111111",
@@ -648,28 +650,6 @@ def _finite(a) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def ghost_mask(ritz_history, *, rtol: float | None = None) -> np.ndarray:
-    """Mark Ritz values that duplicate the next larger one (ghost copies of a converged eigenvalue).
-
-    Entry ``[j, i]`` is True when ``θ_{j,i+1} − θ_{j,i} ≤ rtol · max|θ_j|``; the default
-    ``rtol = 10 ε^{2/3}`` of the dtype (about ``4e-10`` in float64) is met by ghost copies,
-    which agree to rounding, and not by distinct eigenvalues of well-conditioned test spectra.
-    """
-    R = np.asarray(ritz_history)
-    if rtol is None:
-        eps = float(np.finfo(R.dtype if np.issubdtype(R.dtype, np.floating) else float).eps)
-        rtol = 10 * eps ** (2 / 3)
-    R = R.astype(float)
-    mask = np.zeros(R.shape, dtype=bool)
-    if R.ndim != 2 or R.shape[1] < 2:
-        return mask
-    with np.errstate(invalid="ignore"):
-        scale = np.nanmax(np.abs(np.where(np.isfinite(R), R, np.nan)), axis=1, initial=0.0)
-        gaps = np.diff(R, axis=1)
-        mask[:, :-1] = np.isfinite(gaps) & (gaps <= rtol * scale[:, None])
-    return mask
-
-
 def ritz_data(ritz_history, *, exact_eigenvalues=None, ghosts=None) -> dict[str, dict]:
     """Trace data of :func:`ritz_figure` by trace name (``{"Ritz values": {"x": ..., "y": ...}, ...}``).
 
@@ -704,7 +684,7 @@ def ritz_figure(
     ``j + 1`` (ascending, NaN-padded), as :func:`curvlab._lanczos.lanczos`
     returns it. Traces: ``"Ritz values"``; ``"ghost copies"`` (red crosses:
     Ritz values that duplicate the next one, ``ghosts`` is a boolean mask like
-    :func:`ghost_mask`'s, its default); ``"exact eigenvalues"`` (a rug right of
+    :func:`curvlab.ghost_mask`'s, its default); ``"exact eigenvalues"`` (a rug right of
     the last step, empty if not given). Data: :func:`ritz_data`.
     """
     fig = _new(fig)

@@ -18,7 +18,6 @@ effective :math:`\\kappa` of the operator CG actually sees, :math:`P^{1/2}(A + \
 
 from __future__ import annotations
 
-import collections
 import math
 from typing import NamedTuple
 
@@ -33,6 +32,7 @@ from curvlab._cg import cg, condition_bound
 from curvlab._operators import DenseOperator
 from curvlab.preconditioners import hutchinson_jacobi, jacobi
 from curvlab.widgets._base import Explorer
+from curvlab.widgets._worker import LRU
 
 __all__ = ["CGExplorer", "CGExplorerResult", "PRECONDITIONERS", "PROBLEMS"]
 
@@ -123,7 +123,7 @@ class CGExplorer(Explorer):
             raise ValueError(f"maxiter must be >= 1, got {maxiter}")
         self._n, self._maxiter = int(n), int(maxiter)
         self._all_iterations = np.arange(self._maxiter + 1)
-        self._matrices: collections.OrderedDict = collections.OrderedDict()
+        self._matrices: LRU[_Matrix] = LRU(8)
         rng = np.random.default_rng(0)
         self._scaling = 10.0 ** rng.permutation(np.linspace(-1.5, 1.5, self._n))
         self._key = jax.random.key(3)
@@ -166,10 +166,10 @@ class CGExplorer(Explorer):
 
     # -- problems ---------------------------------------------------------------
     def _matrix(self, problem: str, kappa: float) -> _Matrix:
-        key = (problem, kappa)
-        if key in self._matrices:
-            self._matrices.move_to_end(key)
-            return self._matrices[key]
+        """The dense problem and its eigendecomposition (the last 8 are kept)."""
+        return self._matrices.get((problem, kappa), lambda: self._new_matrix(problem, kappa))
+
+    def _new_matrix(self, problem: str, kappa: float) -> _Matrix:
         p = problems.quadratic(condition_number=kappa, n=self._n, key=jax.random.key(0))
         A = np.asarray(p.matrix, dtype=np.float64)
         if problem == "badly_scaled":
@@ -178,11 +178,7 @@ class CGExplorer(Explorer):
         A = (A + A.T) / 2
         b = np.asarray(p.b, dtype=np.float64)
         w, V = np.linalg.eigh(A)
-        m = _Matrix(A, b, w, V.T @ b, V)
-        self._matrices[key] = m
-        while len(self._matrices) > 8:
-            self._matrices.popitem(last=False)
-        return m
+        return _Matrix(A, b, w, V.T @ b, V)
 
     # -- compute / render -----------------------------------------------------------
     def compute(

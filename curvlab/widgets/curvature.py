@@ -32,7 +32,6 @@ costs one call of the latter plus a figure update.
 
 from __future__ import annotations
 
-import collections
 import functools
 import html
 import math
@@ -49,6 +48,7 @@ from curvlab import problems, viz
 from curvlab._hvp import directional_curvature, hvp
 from curvlab.formula import describe_grammar, parse_formula
 from curvlab.widgets._base import Explorer
+from curvlab.widgets._worker import LRU
 
 __all__ = ["CurvatureExplorer", "CurvatureResult", "HighDimCurvatureResult", "PROBLEMS"]
 
@@ -213,20 +213,17 @@ def _zoo_state(problem: str) -> _TwoD:
     )
 
 
-_CUSTOM_CACHE: collections.OrderedDict[str, _TwoD] = collections.OrderedDict()
+#: the last 8 parsed formulas (a formula that fails to parse is not stored)
+_CUSTOM_STATES: LRU[_TwoD] = LRU(8)
 
 
 def _custom_state(text: str) -> _TwoD:
-    if text in _CUSTOM_CACHE:
-        _CUSTOM_CACHE.move_to_end(text)
-        return _CUSTOM_CACHE[text]
-    f = parse_formula(text)  # FormulaError -> shown in the error area
-    grid = viz.contour_grid(f, CUSTOM_BOUNDS)
-    state = _TwoD(f"f = {text}", f, CUSTOM_BOUNDS, grid, False, _make_local(f))
-    _CUSTOM_CACHE[text] = state
-    while len(_CUSTOM_CACHE) > 8:
-        _CUSTOM_CACHE.popitem(last=False)
-    return state
+    def build() -> _TwoD:
+        f = parse_formula(text)  # FormulaError -> shown in the error area
+        grid = viz.contour_grid(f, CUSTOM_BOUNDS)
+        return _TwoD(f"f = {text}", f, CUSTOM_BOUNDS, grid, False, _make_local(f))
+
+    return _CUSTOM_STATES.get(text, build)
 
 
 class _HighD(NamedTuple):
@@ -246,8 +243,8 @@ class _HighD(NamedTuple):
 def _high_d_state(problem: str) -> _HighD:
     from jax.flatten_util import ravel_pytree
 
+    from curvlab._curvature import hessian_operator
     from curvlab._eigsh import eigsh
-    from curvlab._operators import hessian_operator
 
     if problem != "mlp":
         raise ValueError(f"unknown high-dimensional problem {problem!r}")

@@ -30,6 +30,7 @@ import plotly.graph_objects as go
 from curvlab import problems, viz
 from curvlab._hessian_free import HFConfig, hessian_free
 from curvlab.widgets._base import Explorer, css_class
+from curvlab.widgets._worker import BackgroundWorker
 
 __all__ = ["HessianFreeExplorer", "HFExplorerResult", "MODELS", "BASELINE_LEARNING_RATES"]
 
@@ -90,7 +91,7 @@ class HessianFreeExplorer(Explorer):
         super().__init__()
         self._num_examples = int(num_examples)
         self._problems: dict[str, problems.Problem] = {}
-        self._thread: threading.Thread | None = None
+        self._worker = BackgroundWorker("curvlab-hessian-free")
         self._stop = threading.Event()
         self._live: dict[str, list] = {}
         self._resetting = False
@@ -250,8 +251,8 @@ class HessianFreeExplorer(Explorer):
     # -- start / stop -------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        """True while a training thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while training runs in the background."""
+        return self._worker.busy
 
     def start(self) -> None:
         """Start training in a background thread with the current settings (the Start button)."""
@@ -265,14 +266,18 @@ class HessianFreeExplorer(Explorer):
         self.clear_error()
         self.readout.value = "compiling (first iteration) …"
         self._set_button(True)
-        self._thread = threading.Thread(target=self._thread_main, args=(settings,), daemon=True)
-        self._thread.start()
+        # the thread redraws as it goes (under the draw lock): nothing to deliver afterwards
+        self._worker.submit(lambda: self._thread_main(settings), lambda result, error: None)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Ask the training thread to stop after the current iteration; wait up to ``timeout`` seconds."""
+        """Ask the training to stop after the current iteration; wait up to ``timeout`` seconds."""
         self._stop.set()
-        if timeout is not None and self._thread is not None:
-            self._thread.join(timeout)
+        if timeout is not None:
+            self.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the training to finish; True when it has."""
+        return self._worker.wait(timeout)
 
     def _on_toggle(self, change) -> None:
         if self._resetting:

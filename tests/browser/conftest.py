@@ -351,8 +351,10 @@ def chromium_executable():
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_executable):
+    """One headless Chromium per test module (Playwright's sync API keeps an event loop running in
+    this thread while it is open, so it must not outlive the module: later tests use asyncio)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as err:

@@ -175,20 +175,6 @@ def lab_server(request, tmp_path_factory, chromium_executable):
         log.close()
 
 
-@pytest.fixture(scope="module")
-def lab_browser(chromium_executable):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as err:
-        if in_ci():
-            pytest.fail(f"playwright is not installed: {err}")
-        pytest.skip(f"playwright is not installed: {err}")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium_executable, headless=True, args=LAUNCH_ARGS)
-        yield b
-        b.close()
-
-
 _READ_TRACES = """(el) => el.data.map(t => {
     const conv = (a) => (a === undefined || a === null) ? null : Array.from(a);
     return {name: t.name ?? null, type: t.type ?? null, x: conv(t.x), y: conv(t.y)};
@@ -285,11 +271,11 @@ def _move_slider(page, handle, start: int) -> int:
     return int(float(page.locator(readout).first.text_content()))
 
 
-def test_spectrum_explorer_plots_what_python_computed(lab_server, lab_browser, expected):
+def test_spectrum_explorer_plots_what_python_computed(lab_server, browser, expected):
     """Each SpectrumExplorer trace has its y, as long as x and equal to Python's; again after a slider move"""
     for load in range(1, lab_server.page_loads + 1):
         lab_server.fresh_notebook()
-        context = lab_browser.new_context(viewport={"width": 1400, "height": 1000})
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
         context.set_default_timeout(60_000)
         context.route(_NON_LOCAL, lambda route: route.abort())
         page = context.new_page()

@@ -32,7 +32,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.browser.conftest import _NON_LOCAL, LAUNCH_ARGS, REPO, free_port, http_status, in_ci
+from tests.browser.conftest import _NON_LOCAL, REPO, free_port, http_status, in_ci
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

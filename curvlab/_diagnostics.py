@@ -73,7 +73,7 @@ import numpy as np
 
 from curvlab._curvature import CURVATURES, CurvatureOperator, dataset_operator
 from curvlab._operators import LinearOperator, pytree_operator, static_field
-from curvlab._validation import check_positive_int
+from curvlab._validation import check_not_traced, check_positive_int
 
 PyTree = Any
 
@@ -779,6 +779,12 @@ block_max_matvecs, chunk_size
     """
     from curvlab._spectral import trace
 
+    check_not_traced(
+        "diagnose",
+        "it runs several solvers, each one compiled call, and assembles a report of Python numbers",
+        params=params,
+        data=data if not callable(data) else None,
+    )
     opts = DiagnoseOptions(
         k=k,
         num_probes=num_probes,

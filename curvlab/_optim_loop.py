@@ -28,6 +28,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from curvlab import _validation
 from curvlab._status import Status, check_throw, converged_of, raise_if_failed
 from curvlab._validation import check_real_floating
 
@@ -271,13 +272,12 @@ def run_optimizer(
 
 def check_not_traced(solver: str, **values) -> None:
     """Refuse traced arguments with one clear message (the loop runs in Python, between jitted steps)."""
-    for name, value in values.items():
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value)):
-            raise ValueError(
-                f"{solver} cannot run under jax.jit / vmap ({name} is traced): its outer loop runs in "
-                "Python so that callback sees every iteration, and each iteration is already one "
-                f"compiled call. Call {solver} outside the transformation"
-            )
+    _validation.check_not_traced(
+        solver,
+        "its outer loop runs in Python so that callback sees every iteration, and each iteration is "
+        "already one compiled call",
+        **values,
+    )
 
 
 def check_nonneg_float(name: str, value, *, allow_inf: bool = False) -> float:

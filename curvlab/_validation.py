@@ -143,3 +143,14 @@ def as_key(name: str, key, *, required: bool = True, default_seed: int = 0):
     if dtype is not None and np.shape(key) == (2,) and jnp.issubdtype(dtype, jnp.unsignedinteger):
         return jax.random.wrap_key_data(key)
     raise TypeError(f"{name} must be a PRNG key such as jax.random.key(0), got {type(key).__name__}")
+
+
+def check_not_traced(what: str, why: str, **values) -> None:
+    """Raise one clear ``ValueError`` if any of ``values`` holds a tracer (a call under the user's
+    ``jax.jit`` / ``vmap`` of a routine that runs a Python loop between compiled calls)."""
+    for name, value in values.items():
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value)):
+            raise ValueError(
+                f"{what} cannot run under jax.jit / vmap ({name} is traced): {why}. "
+                f"Call {what} outside the transformation"
+            )

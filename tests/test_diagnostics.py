@@ -614,3 +614,10 @@ def test_concurrent_diagnose_calls_count_their_own_products():
         futures = [pool.submit(diagnose, **p, **opts, trace_probes=t) for t in (4, 40)]
         counts = [f.result().num_operator_products for f in futures]
     assert counts[0] == alone and counts[1] == alone - 4 + 40
+
+
+def test_diagnose_under_the_users_jit_says_what_cannot_be_traced():
+    X, y = jnp.ones((8, 2)), jnp.ones(8)
+    loss = lambda p, b: jnp.mean((b[0] @ p - b[1]) ** 2)
+    with pytest.raises(ValueError, match=r"diagnose cannot run under jax.jit / vmap \(params is traced\)"):
+        jax.jit(lambda w: diagnose(loss, w, (X, y), k=1, progress=False).trace)(jnp.zeros(2))

@@ -106,6 +106,28 @@ def send_batch(fig: go.FigureWidget) -> None:
     sync_widget_state(fig)
 
 
+@contextlib.contextmanager
+def batched(fig: go.FigureWidget):
+    """``fig.batch_update()`` that sends its edits with :func:`send_batch` (no placeholders).
+
+    Inside a caller's batch the edits join that batch; if the body raises, the partial edits
+    are dropped, so the figure keeps its last good state.
+    """
+    if fig._in_batch_mode:
+        yield fig
+        return
+    fig._in_batch_mode = True
+    try:
+        yield fig
+    except BaseException:
+        fig._batch_trace_edits.clear()
+        fig._batch_layout_edits.clear()
+        raise
+    finally:
+        fig._in_batch_mode = False
+    send_batch(fig)
+
+
 def sync_widget_state(fig: go.FigureWidget) -> None:
     """Set ``fig``'s synced ``_widget_data``/``_widget_layout`` to its current data and layout.
 
@@ -288,21 +310,8 @@ class Explorer(ipywidgets.VBox):
 
     def _render_batched(self, result) -> None:
         """``_render`` with the figure in batch mode; its edits are sent as :func:`send_batch` does."""
-        fig = self.figure
-        if fig._in_batch_mode:  # inside a caller's batch_update: that batch sends the edits
+        with batched(self.figure):
             self._render(result)
-            return
-        fig._in_batch_mode = True
-        try:
-            self._render(result)
-        except Exception:
-            # drop the partial edits so the figure keeps its last good state
-            fig._batch_trace_edits.clear()
-            fig._batch_layout_edits.clear()
-            raise
-        finally:
-            fig._in_batch_mode = False
-        send_batch(fig)
 
     def show_error(self, err: Exception | str) -> None:
         """Show ``err`` (an exception or a message) in red in the error area."""

@@ -29,7 +29,7 @@ import plotly.graph_objects as go
 
 from curvlab import problems, viz
 from curvlab._hessian_free import HFConfig, hessian_free
-from curvlab.widgets._base import Explorer, css_class
+from curvlab.widgets._base import Explorer, batched, css_class
 from curvlab.widgets._worker import BackgroundWorker
 
 __all__ = ["HessianFreeExplorer", "HFExplorerResult", "MODELS", "BASELINE_LEARNING_RATES"]
@@ -318,7 +318,7 @@ class HessianFreeExplorer(Explorer):
             f"{info.cg_iterations} CG iterations, {info.num_hvps} curvature products, {info.time:.2f} s"
         )
         try:
-            with self.figure.batch_update():
+            with batched(self.figure):  # not batch_update: its placeholders corrupt later views
                 self._draw(self._live, {})
         except Exception:  # noqa: BLE001, S110 - a failed redraw must not stop the training
             pass

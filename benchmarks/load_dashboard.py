@@ -1,12 +1,14 @@
-"""Load test of the Voila dashboard: N concurrent pages in headless Chromium (N = 1, 2, 4 by default).
+"""Load test of the Voila dashboard: N visitors (1, 4, 8, 16) arriving 2 s apart, in headless Chromium.
 
 For each N a fresh ``curvlab dashboard`` server is started (default settings: one pre-heated
-kernel), N pages are opened at once, and for each page we measure the first render (navigation
-until the first tab's plot and slider show) and the median latency of slider moves (key press
-until plot and readout changed). The total RSS of the kernel processes is read with psutil.
+kernel). Visitors arrive ``--arrival`` seconds apart; for each we measure the first render (from its
+navigation until the first tab's plot and slider show, timed inside the page) and the latency of
+slider moves (key press until plot and readout changed). Kernels and their total RSS (psutil) are
+sampled with everyone on the page and while ``--linger`` seconds pass after the last page closed.
 Prints a table and writes ``benchmarks/results/dashboard_load.json``.
 
-    .venv/bin/python benchmarks/load_dashboard.py [--sessions 1 2 4] [--moves 5]
+    .venv/bin/python benchmarks/load_dashboard.py [--visitors 1 4 8 16] [--moves 5] [--arrival 2] \\
+        [--linger 30]
 """
 
 from __future__ import annotations
@@ -43,47 +45,86 @@ def find_chromium(H) -> str | None:
     return chromium
 
 
-def run(n: int, moves: int, H, browser) -> dict:
+_RENDER_PROBE = """(() => {
+  const sel = ".curvlab-tab-curvature .curvlab-explorer";
+  const timer = setInterval(() => {
+    const plot = document.querySelector(sel + " .js-plotly-plot .main-svg");
+    if (plot && document.querySelector(sel + " .noUi-handle")) {
+      window.__curvlabRendered = performance.now() / 1000;  // seconds since this page's navigation began
+      clearInterval(timer);
+    }
+  }, 50);
+})();"""
+
+
+def _sample(server, H) -> tuple[int, float]:
+    pids = server.kernel_pids()
+    return len(pids), H.rss_mib(pids)
+
+
+def run(n: int, moves: int, H, browser, *, arrival_s: float, linger_s: float) -> dict:
+    """``n`` visitors arriving ``arrival_s`` apart; each renders, moves a slider ``moves`` times, leaves.
+
+    First render is measured in the page itself (``performance.now()`` when the first tab's plot and
+    slider exist), so visitors are timed independently of the order in which we look at them.
+    Kernels and their RSS are sampled at the peak (everyone on the page) and ``linger_s`` after the
+    last page closed (the server keeps its one pre-heated kernel for the next visitor).
+    """
     server = H.start_server(Path(tempfile.mkdtemp(prefix="curvlab-load-")))
     try:
         time.sleep(2.0)  # let the pre-heated kernel start like a server that has been up a moment
-        contexts, pages, starts = [], [], []
-        for _ in range(n):
+        idle_kernels, idle_rss = _sample(server, H)
+        sel = ".curvlab-tab-curvature .curvlab-explorer"
+        contexts, pages = [], []
+        for i in range(n):
+            if i:
+                time.sleep(arrival_s)
             ctx = H.new_context(browser, server)
+            ctx.add_init_script(_RENDER_PROBE)
             dp = H.DashboardPage(ctx.new_page(), server)
-            dp.blocked = ctx.curvlab_blocked
+            dp.page.goto(server.url, timeout=H.NAV_TIMEOUT_MS, wait_until="commit")
             contexts.append(ctx)
             pages.append(dp)
-        for dp in pages:  # navigate all pages at once
-            starts.append(time.perf_counter())
-            dp.page.goto(server.url, timeout=H.NAV_TIMEOUT_MS, wait_until="commit")
-        sel = ".curvlab-tab-curvature .curvlab-explorer"
         renders = []
-        for dp, t0 in zip(pages, starts, strict=True):
-            dp.page.wait_for_selector(f"{sel} .js-plotly-plot .main-svg", timeout=H.NAV_TIMEOUT_MS)
-            dp.page.wait_for_selector(f"{sel} .noUi-handle", timeout=H.NAV_TIMEOUT_MS)
-            renders.append(time.perf_counter() - t0)
-        latencies = []
         for dp in pages:
+            dp.page.wait_for_function("window.__curvlabRendered !== undefined", timeout=H.NAV_TIMEOUT_MS)
+            renders.append(dp.page.evaluate("window.__curvlabRendered"))
+        peak_kernels, peak_rss = _sample(server, H)
+        latencies, all_moves = [], []
+        for dp in pages:  # every visitor interactive: each page's slider answers
             lat = [dp.press_slider(sel, "x")[1] for _ in range(moves)]
             latencies.append(statistics.median(lat))
-        pids = server.kernel_pids()
-        rss = H.rss_mib(pids)
+            all_moves += lat
         errors = sum(len(dp.console_errors) for dp in pages)
         for ctx in contexts:
             for p in ctx.pages:
                 with p.expect_event("close", timeout=30_000):
                     p.close(run_before_unload=True)
             ctx.close()
+        left = time.monotonic()
+        freed_after = None
+        while time.monotonic() - left < linger_s:
+            time.sleep(1.0)
+            k, _ = _sample(server, H)
+            if freed_after is None and k <= idle_kernels:
+                freed_after = time.monotonic() - left
+        after_kernels, after_rss = _sample(server, H)
         return {
-            "sessions": n,
+            "visitors": n,
+            "arrival_s": arrival_s,
             "first_render_s": [round(t, 2) for t in renders],
             "first_render_median_s": round(statistics.median(renders), 2),
-            "slider_latency_median_s": round(statistics.median(latencies), 3),
-            "slider_latency_per_page_s": [round(t, 3) for t in latencies],
-            "kernels": len(pids),
-            "kernel_rss_total_mib": round(rss, 1),
-            "kernel_rss_per_kernel_mib": round(rss / max(1, len(pids)), 1),
+            "first_render_max_s": round(max(renders), 2),
+            "slider_latency_median_s": round(statistics.median(all_moves), 3),
+            "slider_latency_per_visitor_s": [round(t, 3) for t in latencies],
+            "idle_kernels": idle_kernels,
+            "idle_kernel_rss_mib": round(idle_rss, 1),
+            "peak_kernels": peak_kernels,
+            "peak_kernel_rss_mib": round(peak_rss, 1),
+            "rss_per_visitor_mib": round((peak_rss - idle_rss) / n, 1) if n else None,
+            f"kernels_{int(linger_s)}s_after": after_kernels,
+            f"kernel_rss_{int(linger_s)}s_after_mib": round(after_rss, 1),
+            "visitor_kernels_gone_after_s": None if freed_after is None else round(freed_after, 1),
             "console_errors": errors,
         }
     finally:
@@ -92,7 +133,9 @@ def run(n: int, moves: int, H, browser) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--visitors", type=int, nargs="+", default=[1, 4, 8, 16])
+    ap.add_argument("--arrival", type=float, default=2.0, help="seconds between two visitors' arrivals")
+    ap.add_argument("--linger", type=float, default=30.0, help="seconds to watch kernels after")
     ap.add_argument("--moves", type=int, default=5, help="slider moves per page (median reported)")
     args = ap.parse_args(argv)
     H = _helpers()
@@ -104,18 +147,22 @@ def main(argv=None) -> int:
     rows = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=H.LAUNCH_ARGS)
-        for n in args.sessions:
-            rows.append(run(n, args.moves, H, browser))
+        for n in args.visitors:
+            rows.append(run(n, args.moves, H, browser, arrival_s=args.arrival, linger_s=args.linger))
             print(json.dumps(rows[-1]), flush=True)
         browser.close()
     print()
-    head = ("N", "first render median (s)", "slider median (s)", "kernels", "kernel RSS (MiB)")
-    print(f"{head[0]:>3} {head[1]:>24} {head[2]:>18} {head[3]:>8} {head[4]:>17}")
+    head = ("N", "render median/max (s)", "slider median (s)", "kernels peak", "RSS peak (MiB)",
+            "MiB/visitor", f"kernels {int(args.linger)} s after", "freed after (s)")
+    print("  ".join(f"{h:>{max(6, len(h))}}" for h in head))
     for r in rows:
-        print(
-            f"{r['sessions']:>3} {r['first_render_median_s']:>24.2f} {r['slider_latency_median_s']:>18.3f} "
-            f"{r['kernels']:>8} {r['kernel_rss_total_mib']:>17.1f}"
+        cells = (
+            r["visitors"], f"{r['first_render_median_s']:.1f}/{r['first_render_max_s']:.1f}",
+            f"{r['slider_latency_median_s']:.3f}", r["peak_kernels"], f"{r['peak_kernel_rss_mib']:.0f}",
+            r["rss_per_visitor_mib"], r[f"kernels_{int(args.linger)}s_after"],
+            r["visitor_kernels_gone_after_s"],
         )
+        print("  ".join(f"{str(c):>{max(6, len(h))}}" for c, h in zip(cells, head, strict=True)))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "cpus": os.cpu_count(),

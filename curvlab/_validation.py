@@ -112,11 +112,43 @@ def check_real_floating(name: str, tree: Any) -> None:
             raise TypeError(f"{name}{where} has dtype {dtype}; curvlab needs floating-point leaves")
 
 
+#: matvecs already checked by :func:`check_matvec_output`, by structure (bounded; cleared when full)
+_CHECKED_MATVECS: dict = {}
+_MAX_CHECKED = 128
+
+
+def _matvec_key(matvec, n: int, dtype):
+    """A hashable key under which ``matvec``'s output shape is the same, or ``None``.
+
+    A bound method of an operator is keyed by the operator's pytree structure (type and static
+    fields) and its leaves' shapes and dtypes, so a new operator of the same model and batch
+    shapes (a new damping, new parameters) reuses the check; a plain function by identity.
+    """
+    owner = getattr(matvec, "__self__", None)
+    try:
+        if owner is not None:
+            leaves, treedef = jax.tree_util.tree_flatten(owner)
+            if jax.tree_util.treedef_is_leaf(treedef):  # not a registered pytree: nothing to key on
+                return None
+            shapes = tuple((np.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
+            key = (treedef, shapes, matvec.__func__, n, jnp.dtype(dtype))
+        else:
+            key = (matvec, n, jnp.dtype(dtype))
+        hash(key)
+    except TypeError:  # unhashable static data: check every time
+        return None
+    return key
+
+
 def check_matvec_output(what: str, matvec, n: int, dtype) -> None:
     """Raise ``ValueError`` unless ``matvec`` maps an ``(n,)`` vector to an ``(n,)`` vector.
 
-    Evaluated abstractly (``jax.eval_shape``), so no product is computed.
+    Evaluated abstractly (``jax.eval_shape``), so no product is computed; remembered per
+    operator structure (tracing a large model's HVP costs tens of milliseconds per call).
     """
+    key = _matvec_key(matvec, n, dtype)
+    if key is not None and key in _CHECKED_MATVECS:
+        return
     out = jax.eval_shape(matvec, jax.ShapeDtypeStruct((n,), dtype))
     shape = getattr(out, "shape", None)
     if shape != (n,):
@@ -125,6 +157,10 @@ def check_matvec_output(what: str, matvec, n: int, dtype) -> None:
             f"but it returned {shape if shape is not None else type(out).__name__}"
         )
     check_real_floating(f"{what}: the operator's matvec output", out)
+    if key is not None:
+        if len(_CHECKED_MATVECS) >= _MAX_CHECKED:
+            _CHECKED_MATVECS.clear()
+        _CHECKED_MATVECS[key] = True
 
 
 def as_key(name: str, key, *, required: bool = True, default_seed: int = 0):

@@ -27,6 +27,12 @@ Measures
     median time of one torch HVP, built from scratch (forward, gradient with graph, second backward:
     compare with the jitted JAX HVP) and on the retained gradient graph (compare with the linearized one).
 
+Block eigensolver (issue 12; ``eigsh``'s default ``block_size=None`` is block Lanczos):
+  * top-5 to rtol 1e-5 (float32): block ``eigsh`` vs scipy ARPACK (tol 1e-5) on the same jitted HVP
+    and vs single-vector ``eigsh(block_size=1)``, three interleaved rounds, per-round ratios;
+  * HVPs per second: one linearized HVP at a time vs vmapped blocks of 4, 8 and 16;
+  * multiplicity cases (float64, dense): eigenvalues found and matvecs, block / single / ARPACK.
+
 Run::
 
     nice .venv/bin/python benchmarks/bench_krylov_eigen.py [--quick]
@@ -37,6 +43,7 @@ Writes ``benchmarks/results/krylov_eigen.json`` (``krylov_eigen_quick.json`` wit
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -253,6 +260,144 @@ def pytorch_power(params, x, y, v0_tree, lam_ref, t_hvp, t_hvp_lin, t_pow_jax, t
     }
 
 
+def _counting_scipy(op, n, dtype):
+    """A scipy LinearOperator on ``op.to_scipy()`` that counts its matvecs (``counter["n"]``)."""
+    import scipy.sparse.linalg as sla
+
+    base_mv = op.to_scipy().matvec
+    counter = {"n": 0}
+
+    class Counting(sla.LinearOperator):
+        def __init__(self):
+            super().__init__(dtype, (n, n))
+
+        def _matvec(self, x):
+            counter["n"] += 1
+            return base_mv(x)
+
+    return Counting(), counter
+
+
+def block_benchmark(op, op_plain, n, key, top=5, tol=1e-5):
+    """Block eigsh vs ARPACK (same jitted HVP) vs single-vector eigsh; HVPs/s single vs blocks."""
+    import scipy.sparse.linalg as sla
+
+    runs = {
+        "block": lambda: eigsh(op, top, which="LA", rtol=tol, key=key),
+        "block_same_hvp": lambda: eigsh(op_plain, top, which="LA", rtol=tol, key=key),
+        "single": lambda: eigsh(op, top, which="LA", rtol=tol, key=key, block_size=1),
+    }
+    out = {name: jax.block_until_ready(fn()) for name, fn in runs.items()}  # compile
+    cop, counter = _counting_scipy(op_plain, n, np.float32)
+    cop.matvec(np.ones(n, np.float32))
+    v0 = np.asarray(jax.random.normal(key, (n,), jnp.float32))
+    times = {name: [] for name in (*runs, "arpack")}
+    for _ in range(3):
+        for name, fn in runs.items():
+            t, out[name] = timed(fn, repeats=1)
+            times[name].append(t)
+        counter["n"] = 0
+        t0 = time.perf_counter()
+        w_sp, _ = sla.eigsh(cop, k=top, which="LA", tol=tol, v0=v0)
+        times["arpack"].append(time.perf_counter() - t0)
+        sp_mv = counter["n"]
+    w_sp = np.sort(w_sp)[::-1]
+    res = {"tol": tol, "arpack_matvecs": sp_mv, "arpack_eigenvalues": w_sp.tolist()}
+    for name, r in out.items():
+        res[name] = {
+            "seconds": float(np.median(times[name])),
+            "seconds_runs": times[name],
+            "matvecs": int(r.num_matvecs),
+            "restarts": int(r.num_restarts),
+            "status": r.status.name,
+            "eigenvalues": np.asarray(r.eigenvalues).tolist(),
+            "over_arpack_per_round": [a / b for a, b in zip(times[name], times["arpack"], strict=True)],
+        }
+    res["arpack_seconds"] = float(np.median(times["arpack"]))
+    res["arpack_seconds_runs"] = times["arpack"]
+    res["block_over_single_per_round"] = [a / b for a, b in zip(times["block"], times["single"], strict=True)]
+
+    # HVPs per second: the linearized product one vector at a time vs a vmapped block
+    @functools.partial(jax.jit, static_argnames=("b", "reps"))
+    def products(op, V, b, reps):
+        f = op.prepare()
+        g = f if b == 1 else jax.vmap(f)
+
+        def body(_, V):
+            W = g(V)
+            return W / jnp.linalg.norm(W)
+
+        return jax.lax.fori_loop(0, reps, body, V)
+
+    rates = {}
+    for b in (1, 4, 8, 16):
+        V = jax.random.normal(key, (n,) if b == 1 else (b, n), jnp.float32)
+        reps = max(2, 32 // b)
+        t, _ = timed(lambda V=V, b=b, reps=reps: products(op, V, b, reps), repeats=3)
+        rates[str(b)] = b * reps / t
+    res["hvps_per_second"] = rates
+    res["block_speedup_per_vector"] = {b: rates[b] / rates["1"] for b in rates}
+    return res
+
+
+def multiplicity_cases():
+    """The issue's repeated-eigenvalue cases (float64, dense): block / single-vector eigsh vs ARPACK."""
+    import scipy.sparse.linalg as sla
+
+    from curvlab._operators import DenseOperator, DiagonalOperator
+    from curvlab.problems import matrix_with_spectrum
+
+    cases = {}
+    with jax.enable_x64(True):
+        n = 21
+        w21 = np.diag(np.abs(np.arange(n) - 10.0)) + np.eye(n, k=1) + np.eye(n, k=-1)
+        lam3 = np.r_[np.full(3, 10.0), np.linspace(0.0, 9.0, 97)]
+        lam0 = np.r_[np.zeros(100), np.linspace(0.01, 10.0, 100)]
+        problems = {
+            "W21+ k=2 LA": (w21, 2, "LA"),
+            "diag [10,10,10,9..1] k=3 LA": (np.diag([10.0, 10.0, 10.0, *range(9, 0, -1)]), 3, "LA"),
+            "rotated triple top k=3 LA": (np.asarray(matrix_with_spectrum(lam3, dtype=jnp.float64)), 3, "LA"),
+            "singular PSD (100 zeros) k=5 SA": (
+                np.asarray(matrix_with_spectrum(lam0, dtype=jnp.float64)),
+                5,
+                "SA",
+            ),
+        }
+        for name, (A, k, which) in problems.items():
+            ref = np.sort(np.linalg.eigvalsh(A))
+            ref = ref[::-1][:k] if which == "LA" else ref[:k]
+            op = DiagonalOperator(jnp.diag(jnp.asarray(A))) if name.startswith("diag") else DenseOperator(A)
+            row = {"reference": ref.tolist()}
+            for label, b in (("block", None), ("single", 1)):
+                r = eigsh(op, k, which=which, block_size=b)
+                row[label] = {
+                    "eigenvalues": np.asarray(r.eigenvalues).tolist(),
+                    "matvecs": int(r.num_matvecs),
+                    "status": r.status.name,
+                    "max_error": float(np.max(np.abs(np.asarray(r.eigenvalues) - ref))),
+                }
+            count = {"n": 0}
+
+            def mv(x, A=A, count=count):
+                count["n"] += 1
+                return A @ x
+
+            lop = sla.LinearOperator(A.shape, matvec=mv, dtype=np.float64)
+            try:
+                w, note = sla.eigsh(lop, k=k, which=which, tol=1e-6, v0=np.ones(A.shape[0]))[0], "converged"
+            except sla.ArpackNoConvergence as err:  # ARPACK's relative test on zero eigenvalues
+                w, note = err.eigenvalues, f"no convergence ({len(err.eigenvalues)}/{k} converged)"
+            w = np.sort(w)[::-1] if which == "LA" else np.sort(w)
+            row["arpack"] = {
+                "eigenvalues": w.tolist(),
+                "matvecs": count["n"],
+                "status": note,
+                "max_error": float(np.max(np.abs(w - ref[: len(w)]))) if len(w) else None,
+            }
+            cases[name] = row
+    return cases
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small model (64-32-10, batch 128)")
@@ -443,6 +588,9 @@ def main(argv=None):
         "status": r5.status.name,
         "max_relative_error_vs_tol_1e-6": err5,
     }
+    # --- block eigensolver (issue 12) -------------------------------------------
+    results["block"] = block_benchmark(op, op_plain, n, key)
+    results["multiplicity"] = multiplicity_cases()
     results["load_average_at_end"] = os.getloadavg()[0]
 
     # --- report ----------------------------------------------------------------
@@ -517,6 +665,45 @@ def main(argv=None):
             f"{t_top5:.2f} s, {r5.num_matvecs} HVPs, {r5.status.name}, max err {err5:.1e} (vs tol 1e-6)",
         ),
     ]
+    bk = results["block"]
+    rows += [
+        (
+            "block eigsh top-5 rtol 1e-5 (default)",
+            f"{bk['block']['seconds']:.2f} s, {bk['block']['matvecs']} HVPs, {bk['block']['status']}",
+        ),
+        (
+            "  same HVP as ARPACK",
+            f"{bk['block_same_hvp']['seconds']:.2f} s, {bk['block_same_hvp']['matvecs']} HVPs",
+        ),
+        (
+            "  single-vector (block_size=1)",
+            f"{bk['single']['seconds']:.2f} s, {bk['single']['matvecs']} HVPs, {bk['single']['status']}",
+        ),
+        ("  ARPACK tol 1e-5", f"{bk['arpack_seconds']:.2f} s, {bk['arpack_matvecs']} HVPs"),
+        (
+            "  block / ARPACK per round (same HVP)",
+            ", ".join(f"{x:.2f}" for x in bk["block"]["over_arpack_per_round"])
+            + " ("
+            + ", ".join(f"{x:.2f}" for x in bk["block_same_hvp"]["over_arpack_per_round"])
+            + ")",
+        ),
+        ("  block / single per round", ", ".join(f"{x:.2f}" for x in bk["block_over_single_per_round"])),
+        (
+            "HVPs/s single, block 4, 8, 16",
+            ", ".join(f"{bk['hvps_per_second'][b]:.0f}" for b in ("1", "4", "8", "16")),
+        ),
+    ]
+    for name, row in results["multiplicity"].items():
+        rows.append(
+            (
+                name,
+                f"block {np.round(row['block']['eigenvalues'], 4).tolist()} ({row['block']['matvecs']} mv, "
+                f"{row['block']['status']}); single {np.round(row['single']['eigenvalues'], 4).tolist()} "
+                f"({row['single']['matvecs']} mv, {row['single']['status']}); ARPACK "
+                f"{np.round(row['arpack']['eigenvalues'], 4).tolist()} ({row['arpack']['matvecs']} mv, "
+                f"{row['arpack']['status']})",
+            )
+        )
     width = max(len(r[0]) for r in rows)
     for name, val in rows:
         print(f"{name:<{width}}  {val}")

@@ -28,6 +28,7 @@ from curvlab._diagnostics import CurvatureReport as CurvatureReport
 from curvlab._diagnostics import diagnose as diagnose
 from curvlab._eigsh import EigshResult as EigshResult
 from curvlab._eigsh import eigsh as eigsh
+from curvlab._fisher import mc_fisher_operator as mc_fisher_operator
 from curvlab._hessian_free import HFConfig as HFConfig
 from curvlab._hessian_free import hessian_free as hessian_free
 from curvlab._hessian_free import update_damping as update_damping
@@ -37,10 +38,19 @@ from curvlab._hvp import fd_hvp as fd_hvp
 from curvlab._hvp import gnvp as gnvp
 from curvlab._hvp import hvp as hvp
 from curvlab._hvp import hvp_fn as hvp_fn
+from curvlab._inverse import inverse as inverse
+from curvlab._jacobian import jacobian_operator as jacobian_operator
+from curvlab._kfac import KFACOperator as KFACOperator
+from curvlab._kfac import ekfac_operator as ekfac_operator
+from curvlab._kfac import kfac_operator as kfac_operator
 from curvlab._lanczos import LanczosResult as LanczosResult
 from curvlab._lanczos import lanczos as lanczos
 from curvlab._newton import newton_cg as newton_cg
 from curvlab._newton import trust_region_newton as trust_region_newton
+from curvlab._norms import SpectralNorm as SpectralNorm
+from curvlab._norms import frobenius_norm as frobenius_norm
+from curvlab._norms import spectral_norm as spectral_norm
+from curvlab._norms import submatrix as submatrix
 from curvlab._operators import BlockDiagonalOperator as BlockDiagonalOperator
 from curvlab._operators import CongruenceOperator as CongruenceOperator
 from curvlab._operators import DenseOperator as DenseOperator
@@ -55,6 +65,13 @@ from curvlab._operators import SumOperator as SumOperator
 from curvlab._operators import as_operator as as_operator
 from curvlab._optim_loop import IterationInfo as IterationInfo
 from curvlab._optim_loop import OptimizeResult as OptimizeResult
+from curvlab._output_hessians import MeanSquaredError as MeanSquaredError
+from curvlab._output_hessians import OutputLoss as OutputLoss
+from curvlab._output_hessians import SoftmaxCrossEntropy as SoftmaxCrossEntropy
+from curvlab._output_hessians import mean_squared_error as mean_squared_error
+from curvlab._output_hessians import softmax_cross_entropy as softmax_cross_entropy
+from curvlab._sparse_hessian import SparseHessianOperator as SparseHessianOperator
+from curvlab._sparse_hessian import sparse_hessian_operator as sparse_hessian_operator
 from curvlab._spectral import Estimate as Estimate
 from curvlab._spectral import SpectralDensity as SpectralDensity
 from curvlab._spectral import diagonal as diagonal
@@ -91,6 +108,23 @@ __all__ = [
     "hessian_operator",
     "ggn_operator",
     "fisher_operator",
+    "sparse_hessian_operator",
+    "SparseHessianOperator",
+    "kfac_operator",
+    "ekfac_operator",
+    "KFACOperator",
+    "mc_fisher_operator",
+    "jacobian_operator",
+    "OutputLoss",
+    "SoftmaxCrossEntropy",
+    "MeanSquaredError",
+    "softmax_cross_entropy",
+    "mean_squared_error",
+    "inverse",
+    "submatrix",
+    "frobenius_norm",
+    "spectral_norm",
+    "SpectralNorm",
     "as_operator",
     "lanczos",
     "LanczosResult",

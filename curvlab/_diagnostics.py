@@ -71,14 +71,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from curvlab._curvature import CURVATURES, CurvatureOperator, dataset_operator
+from curvlab._curvature import CURVATURES as _EXACT_CURVATURES
+from curvlab._curvature import CurvatureOperator, dataset_operator
 from curvlab._operators import LinearOperator, pytree_operator, static_field
 from curvlab._validation import check_not_traced, check_positive_int
 
 PyTree = Any
 
+#: Curvatures of :func:`diagnose`: the exact ones of :func:`curvlab.dataset_operator` and the
+#: approximations ``"kfac"``, ``"ekfac"`` (:func:`curvlab.kfac_operator`, exact-Fisher type, over
+#: the whole dataset) and ``"fisher_mc"`` (:func:`curvlab.mc_fisher_operator`).
+CURVATURES = _EXACT_CURVATURES + ("kfac", "ekfac", "fisher_mc")
+APPROXIMATIONS = ("kfac", "ekfac", "fisher_mc")
+
+#: Default :math:`\\tau` of the spectral masses: an SLQ node :math:`\\theta` counts as negative only
+#: below :math:`-\\tau s` and as positive only above :math:`\\tau s` (:math:`s` the spectral scale
+#: :math:`\\max(|\\lambda_{\\max}|, |\\lambda_{\\min}|)`); in between it is the zero cluster. ``1e-3``
+#: sits above the rounding floor of float32 Lanczos nodes (a few ``1e-4`` of :math:`s` at worst),
+#: so a node standing for an exactly singular cluster cannot flip its sign, and ten times below
+#: the default smoothing width of the density (1% of the spread), so any mass the plot shows apart
+#: from zero is counted.
+MASS_TOL = 1e-3
+
 __all__ = [
     "CURVATURES",
+    "MASS_TOL",
     "DiagnoseOptions",
     "BlockReport",
     "CurvatureReport",
@@ -87,6 +104,7 @@ __all__ = [
     "gradient_stats",
     "extreme_eigenvalues",
     "density_stats",
+    "spectral_masses",
     "block_reports",
     "assemble_report",
     "summary_table",
@@ -254,9 +272,13 @@ class CurvatureReport(NamedTuple):
     density_grid, density, density_stderr : ndarray
         SLQ spectral density on a grid (integrates to one) and its standard
         error across probes (the band is ``density ± 2 stderr``).
-    negative_mass : float
-        Fraction of spectral mass below zero, :math:`\\frac1m\\sum_j\\sum_i w_{ij}[\\theta_{ij}<0]`
-        from the SLQ nodes :math:`\\theta` and weights :math:`w`.
+    negative_mass, negative_mass_stderr : float
+        Fraction of the spectrum clearly below zero, :math:`\\frac1m\\sum_j\\sum_i
+        w_{ij}[\\theta_{ij} < -\\tau s]` from the SLQ nodes :math:`\\theta` and weights :math:`w`
+        of the :math:`m` probes, and its standard error across probes. :math:`s =
+        \\max(|\\lambda_{\\max}|, |\\lambda_{\\min}|)`, :math:`\\tau` = ``mass_tol``
+        (:data:`MASS_TOL`): eigenvalues within :math:`\\tau s` of zero are the zero cluster,
+        which therefore cannot flip sign on rounding.
     condition_number : float
         :math:`(\\lambda_{\\max}+\\delta)/(\\lambda_{\\min}+\\delta)` of the damped
         operator, ``nan`` when :math:`\\lambda_{\\min}+\\delta \\le 0`.
@@ -277,6 +299,15 @@ class CurvatureReport(NamedTuple):
         Seconds.
     messages : dict
         Status messages of the solvers.
+    zero_mass, zero_mass_stderr, positive_mass, positive_mass_stderr : float
+        The same for :math:`|\\theta| \\le \\tau s` and :math:`\\theta > \\tau s` (the three sum to one).
+    mass_threshold, mass_tol : float
+        :math:`\\tau s` and :math:`\\tau`.
+    approximation : dict or None
+        For ``curvature`` ``"kfac"``, ``"ekfac"``, ``"fisher_mc"`` with ``compare_exact=True``:
+        ``{"exact": "ggn", "exact_top_eigenvalues": [...], "relative_errors": [...]}``, the top
+        eigenvalues of the exact GGN and the relative errors
+        :math:`|\\lambda_i - \\lambda_i^{\\text{exact}}| / |\\lambda_i^{\\text{exact}}|`.
     """
 
     curvature: str
@@ -303,6 +334,14 @@ class CurvatureReport(NamedTuple):
     num_hvps: int
     wall_time: float
     messages: dict
+    negative_mass_stderr: float = float("nan")
+    zero_mass: float = float("nan")
+    zero_mass_stderr: float = float("nan")
+    positive_mass: float = float("nan")
+    positive_mass_stderr: float = float("nan")
+    mass_threshold: float = float("nan")
+    mass_tol: float = MASS_TOL
+    approximation: dict | None = None
 
     # -- serialization ------------------------------------------------
     def to_dict(self) -> dict:
@@ -321,6 +360,15 @@ class CurvatureReport(NamedTuple):
                 "stderr": _fl(self.density_stderr),
             },
             "negative_mass": _f(self.negative_mass),
+            "negative_mass_stderr": _f(self.negative_mass_stderr),
+            "spectral_masses": {
+                "tau": _f(self.mass_tol),
+                "threshold": _f(self.mass_threshold),
+                "negative": {"value": _f(self.negative_mass), "stderr": _f(self.negative_mass_stderr)},
+                "zero": {"value": _f(self.zero_mass), "stderr": _f(self.zero_mass_stderr)},
+                "positive": {"value": _f(self.positive_mass), "stderr": _f(self.positive_mass_stderr)},
+            },
+            "approximation": _approx_dict(self.approximation),
             "condition_number": _f(self.condition_number),
             "damping": _f(self.damping),
             "gradient_curvature": _f(self.gradient_curvature),
@@ -354,6 +402,16 @@ class CurvatureReport(NamedTuple):
         return summary_table(self)
 
 
+def _approx_dict(a):
+    if a is None:
+        return None
+    return {
+        "exact": str(a["exact"]),
+        "exact_top_eigenvalues": _fl(a["exact_top_eigenvalues"]),
+        "relative_errors": _fl(a["relative_errors"]),
+    }
+
+
 def summary_table(report: CurvatureReport) -> str:
     """A plain-text table of a report's main numbers."""
 
@@ -372,12 +430,26 @@ def summary_table(report: CurvatureReport) -> str:
         ("bottom eigenvalues", ", ".join(g(v) for v in report.bottom_eigenvalues)),
         ("  residuals", ", ".join(f"{float(v):.1e}" for v in report.bottom_residuals)),
         ("trace", f"{g(report.trace)} ± {g(report.trace_stderr)}"),
-        ("negative spectral mass", g(report.negative_mass)),
+        (
+            f"spectral mass < -{g(report.mass_threshold)}",
+            f"{g(report.negative_mass)} ± {g(report.negative_mass_stderr)}",
+        ),
+        (
+            f"  |λ| <= {g(report.mass_threshold)} / above",
+            f"{g(report.zero_mass)} ± {g(report.zero_mass_stderr)} / "
+            f"{g(report.positive_mass)} ± {g(report.positive_mass_stderr)}",
+        ),
         (f"condition (damping {g(report.damping)})", g(report.condition_number)),
         ("curvature along gradient", g(report.gradient_curvature)),
         ("operator products / HVPs", f"{report.num_operator_products} / {report.num_hvps}"),
         ("wall time", f"{report.wall_time:.2f} s"),
     ]
+    if report.approximation is not None:
+        a = report.approximation
+        rows.append(
+            (f"exact {a['exact']} top eigenvalues", ", ".join(g(v) for v in a["exact_top_eigenvalues"]))
+        )
+        rows.append(("  relative errors", ", ".join(f"{float(v):.2e}" for v in a["relative_errors"])))
     width = max(len(r[0]) for r in rows)
     lines = [f"{name:<{width}}  {val}" for name, val in rows]
     if report.blocks:
@@ -421,6 +493,8 @@ class DiagnoseOptions(NamedTuple):
     chunk_size : int or None
         Probes of the trace and density estimators in flight at a time (default: all
         below 100,000 parameters, else one).
+    mass_tol : float
+        :math:`\\tau` of the spectral masses (:data:`MASS_TOL`), in ``[0, 1)``.
     """
 
     k: int = 5
@@ -434,6 +508,7 @@ class DiagnoseOptions(NamedTuple):
     per_block: bool = True
     block_depth: int | None = None
     chunk_size: int | None = None
+    mass_tol: float = MASS_TOL
 
     def validate(self) -> DiagnoseOptions:
         """These options with defaults filled in; ``ValueError`` naming a bad argument."""
@@ -442,6 +517,9 @@ class DiagnoseOptions(NamedTuple):
         damping = self.damping
         if not (isinstance(damping, (int, float, np.floating)) and math.isfinite(damping) and damping >= 0):
             raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+        tau = self.mass_tol
+        if not (isinstance(tau, (int, float, np.floating)) and 0 <= tau < 1):
+            raise ValueError(f"mass_tol must be a number in [0, 1), got {tau!r}")
         max_matvecs = opt("max_matvecs", self.max_matvecs)
         block_max = opt("block_max_matvecs", self.block_max_matvecs)
         return self._replace(
@@ -454,6 +532,7 @@ class DiagnoseOptions(NamedTuple):
             block_depth=opt("block_depth", self.block_depth),
             chunk_size=opt("chunk_size", self.chunk_size),
             damping=float(damping),
+            mass_tol=float(tau),
         )
 
 
@@ -584,7 +663,13 @@ def extreme_eigenvalues(
 
 
 class DensityStats(NamedTuple):
-    """SLQ density on a grid, its standard error and the negative spectral mass."""
+    """SLQ density on a grid, its standard error and the spectral masses with their standard errors.
+
+    ``negative_mass``, ``zero_mass``, ``positive_mass`` are the fractions of the spectrum below
+    :math:`-\\tau s`, within :math:`[-\\tau s, \\tau s]` and above :math:`\\tau s`
+    (``mass_threshold`` :math:`= \\tau s`), each the mean over the probes; ``*_stderr`` the standard
+    error of that mean across probes (``nan`` for one probe).
+    """
 
     grid: np.ndarray
     density: np.ndarray
@@ -592,13 +677,50 @@ class DensityStats(NamedTuple):
     negative_mass: float
     num_matvecs: int
     message: str
+    negative_mass_stderr: float = float("nan")
+    zero_mass: float = float("nan")
+    zero_mass_stderr: float = float("nan")
+    positive_mass: float = float("nan")
+    positive_mass_stderr: float = float("nan")
+    mass_threshold: float = 0.0
+    mass_tol: float = MASS_TOL
 
 
-def density_stats(op: LinearOperator, *, num_probes, num_steps, key, chunk_size) -> DensityStats:
-    """:func:`curvlab.spectral_density` and its negative mass.
+def spectral_masses(nodes, weights, threshold: float) -> dict[str, tuple[float, float]]:
+    """``{"negative" | "zero" | "positive": (mean, stderr)}`` of the per-probe SLQ masses.
 
-    The mass is :math:`\\frac1m \\sum_j \\sum_i w_{ij} [\\theta_{ij} < 0]` over the SLQ nodes
-    :math:`\\theta` and weights :math:`w` (0 when the weights vanish).
+    Probe :math:`j` estimates :math:`\\frac1n \\#\\{\\lambda < -t\\}` by
+    :math:`\\sum_i w_{ij} [\\theta_{ij} < -t]` (its weights normalised to one; NaN nodes carry no
+    weight); the mean over the :math:`m` probes is reported with the standard error
+    :math:`\\operatorname{std}_j / \\sqrt m` (``nan`` for :math:`m = 1`). Likewise
+    :math:`|\\theta| \\le t` (zero) and :math:`\\theta > t` (positive).
+    """
+    nodes = np.asarray(nodes, dtype=np.float64)
+    weights = np.where(np.isnan(nodes), 0.0, np.asarray(weights, dtype=np.float64))
+    nodes = np.where(np.isnan(nodes), 0.0, nodes)
+    total = weights.sum(axis=1)
+    keep = total > 0
+    out = {}
+    for name, mask in (
+        ("negative", nodes < -threshold),
+        ("zero", np.abs(nodes) <= threshold),
+        ("positive", nodes > threshold),
+    ):
+        per = (weights * mask).sum(axis=1)[keep] / total[keep]
+        m = per.size
+        mean = float(per.mean()) if m else 0.0
+        err = float(per.std(ddof=1) / math.sqrt(m)) if m > 1 else float("nan")
+        out[name] = (mean, err)
+    return out
+
+
+def density_stats(
+    op: LinearOperator, *, num_probes, num_steps, key, chunk_size, scale=None, mass_tol: float = MASS_TOL
+) -> DensityStats:
+    """:func:`curvlab.spectral_density` and its spectral masses (see :func:`spectral_masses`).
+
+    The threshold is :math:`\\tau s` with :math:`\\tau` ``= mass_tol`` and :math:`s` ``= scale``
+    (default: the largest :math:`|\\theta|` among the nodes); see :data:`MASS_TOL`.
     """
     from curvlab._spectral import spectral_density
 
@@ -606,12 +728,28 @@ def density_stats(op: LinearOperator, *, num_probes, num_steps, key, chunk_size)
         op, num_probes=num_probes, num_steps=min(num_steps, op.size), key=key, chunk_size=chunk_size
     )
     nodes = np.asarray(sd.nodes, dtype=np.float64)
-    weights = np.asarray(sd.weights, dtype=np.float64)
-    total = weights.sum()
-    neg = float((weights * (nodes < 0)).sum() / total) if total > 0 else 0.0
+    if scale is None:
+        scale = float(np.nanmax(np.abs(nodes))) if np.any(np.isfinite(nodes)) else 0.0
+    threshold = float(mass_tol) * abs(float(scale))
+    masses = spectral_masses(nodes, sd.weights, threshold)
     density = np.asarray(sd.density)
     stderr = np.asarray(getattr(sd, "density_stderr", np.zeros_like(density)))
-    return DensityStats(np.asarray(sd.grid), density, stderr, neg, int(sd.num_matvecs), sd.message)
+    (neg, neg_e), (zero, zero_e), (pos, pos_e) = masses["negative"], masses["zero"], masses["positive"]
+    return DensityStats(
+        np.asarray(sd.grid),
+        density,
+        stderr,
+        neg,
+        int(sd.num_matvecs),
+        sd.message,
+        neg_e,
+        zero,
+        zero_e,
+        pos,
+        pos_e,
+        threshold,
+        float(mass_tol),
+    )
 
 
 def _block_top(op, mask, shift, size, s, *, rtol, max_matvecs, key):
@@ -669,6 +807,7 @@ def assemble_report(
     *,
     num_operator_products: int,
     wall_time: float,
+    approximation: dict | None = None,
 ) -> CurvatureReport:
     """The :class:`CurvatureReport` of the pieces; the condition number of the damped operator."""
     lmax, lmin, d = float(ends.top[0]), float(ends.bottom[0]), opts.damping
@@ -697,7 +836,95 @@ def assemble_report(
         num_hvps=num_operator_products * op.num_batches,
         wall_time=wall_time,
         messages=messages,
+        negative_mass_stderr=dens.negative_mass_stderr,
+        zero_mass=dens.zero_mass,
+        zero_mass_stderr=dens.zero_mass_stderr,
+        positive_mass=dens.positive_mass,
+        positive_mass_stderr=dens.positive_mass_stderr,
+        mass_threshold=dens.mass_threshold,
+        mass_tol=dens.mass_tol,
+        approximation=approximation,
     )
+
+
+@pytree_operator
+class ApproximateCurvature(LinearOperator):
+    """An approximate curvature ``approx`` (K-FAC, EK-FAC) over an exact operator's dataset.
+
+    Products are ``approx``'s; the loss, gradient, parameters and dataset sizes are the exact
+    operator's (what :func:`diagnose` reports beside the spectrum). Tagged as ``approx``.
+    """
+
+    approx: LinearOperator
+    exact: CurvatureOperator
+
+    size = property(lambda self: self.approx.size)
+    dtype = property(lambda self: self.approx.dtype)
+    tags = property(lambda self: self.approx.tags)
+    x = property(lambda self: self.exact.x)
+    num_examples = property(lambda self: self.exact.num_examples)
+    num_batches = property(lambda self: self.exact.num_batches)
+
+    def matvec(self, v):
+        return self.approx.matvec(v)
+
+    def prepare(self):
+        return self.approx.prepare()
+
+    def value_and_gradient(self):
+        return self.exact.value_and_gradient()
+
+
+def approximate_operator(curvature: str, ggn: CurvatureOperator, *, key, num_samples: int = 1):
+    """The ``"kfac"``, ``"ekfac"`` or ``"fisher_mc"`` operator over the dataset of a GGN operator."""
+    if curvature == "fisher_mc":
+        from curvlab._fisher import MCFisherOperator
+
+        return MCFisherOperator(
+            ggn.model_fn,
+            ggn.output_loss_fn,
+            ggn.x,
+            data=ggn.data,
+            num_samples=num_samples,
+            key=key,
+            loss_fn=ggn.loss_fn,
+        )
+    from curvlab._kfac import _constructor
+
+    approx = _constructor(
+        curvature,
+        ggn.model_fn,
+        ggn.output_loss_fn,
+        ggn.x,
+        None,
+        fisher_type="exact",
+        damping=0.0,
+        key=key,
+        num_samples=1,
+        likelihood=None,
+        reduction="mean",
+        data=ggn.data,
+    )
+    return ApproximateCurvature(approx, ggn)
+
+
+def compare_with_exact(top, exact: LinearOperator, *, rtol, key):
+    """Top ``len(top)`` eigenvalues of ``exact`` and the relative errors of ``top``.
+
+    Returns ``(approximation dict, matvecs used, eigsh message)``.
+    """
+    from curvlab._eigsh import eigsh
+
+    k = len(top)
+    if 2 * k >= exact.size:
+        dense = np.asarray(exact.to_dense(), dtype=np.float64)
+        lam, used, msg = np.linalg.eigvalsh((dense + dense.T) / 2)[::-1][:k], exact.size, "exact: dense"
+    else:
+        res = eigsh(exact, k=k, which="LA", rtol=rtol, key=key)
+        lam, used, msg = np.asarray(res.eigenvalues, dtype=np.float64), int(res.num_matvecs), res.message
+    top = np.asarray(top, dtype=np.float64)
+    err = np.abs(top - lam) / np.where(lam != 0, np.abs(lam), 1.0)
+    return {"exact": "ggn", "exact_top_eigenvalues": lam, "relative_errors": err}, used, msg
 
 
 def diagnose(
@@ -726,6 +953,9 @@ def diagnose(
     checkpoint: bool = False,
     mesh=None,
     data_axis: str = "data",
+    mass_tol: float = MASS_TOL,
+    compare_exact: bool = False,
+    num_samples: int = 1,
 ) -> CurvatureReport:
     """Curvature report of ``loss_fn`` at ``params`` over a dataset.
 
@@ -740,10 +970,21 @@ def diagnose(
     data : pytree of arrays, list of batches, function returning batches, or re-iterable loader
         See :mod:`curvlab._data`. The operator is the batch-size-weighted average of
         per-batch curvature.
-    curvature : {"hessian", "ggn", "fisher"}
+    curvature : {"hessian", "ggn", "fisher", "kfac", "ekfac", "fisher_mc"}
         ``"fisher"`` is the empirical Fisher :math:`\\frac1N \\sum_i \\nabla\\ell_i
         \\nabla\\ell_i^\\top` (1/N of the sum of per-example gradient outer products), the
-        same operator as :func:`curvlab.fisher_operator` on the whole dataset.
+        same operator as :func:`curvlab.fisher_operator` on the whole dataset. ``"kfac"`` /
+        ``"ekfac"``: :func:`curvlab.kfac_operator` / :func:`curvlab.ekfac_operator` of the GGN
+        (``fisher_type="exact"``) with factors averaged over the dataset; ``"fisher_mc"``:
+        :func:`curvlab.mc_fisher_operator` (``output_loss_fn`` a curvlab ``OutputLoss``,
+        ``num_samples`` labels per example). All three need ``model_fn`` and ``output_loss_fn``;
+        loss, gradient and the curvature along the gradient's denominator are the exact ones.
+    mass_tol : float
+        :math:`\\tau` of the spectral masses (default :data:`MASS_TOL`): eigenvalues within
+        :math:`\\tau \\max(|\\lambda_{\\max}|, |\\lambda_{\\min}|)` of zero form the zero cluster.
+    compare_exact : bool
+        With an approximate ``curvature``: also compute the top ``k`` eigenvalues of the exact
+        GGN and report them with the relative errors (``report.approximation``).
     batch_size : int, optional
         For array ``data``: batch size (the remainder forms a smaller batch).
     model_fn, output_loss_fn : callable, optional
@@ -798,12 +1039,20 @@ block_max_matvecs, chunk_size
         block_depth=block_depth,
         chunk_size=chunk_size,
     ).validate()
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    if compare_exact and curvature not in APPROXIMATIONS:
+        raise ValueError(
+            f"compare_exact=True needs an approximate curvature {APPROXIMATIONS}, got {curvature!r}"
+        )
+    opts = opts._replace(mass_tol=DiagnoseOptions(mass_tol=mass_tol).validate().mass_tol)
     t0 = time.perf_counter()
+    keys = jax.random.split(jax.random.key(0) if key is None else key, 6)
     op = dataset_operator(
         loss_fn,
         params,
         data,
-        curvature=curvature,
+        curvature="ggn" if curvature in APPROXIMATIONS else curvature,
         batch_size=batch_size,
         model_fn=model_fn,
         output_loss_fn=output_loss_fn,
@@ -812,11 +1061,13 @@ block_max_matvecs, chunk_size
         mesh=mesh,
         data_axis=data_axis,
     )
+    exact = op
+    if curvature in APPROXIMATIONS:
+        op = approximate_operator(curvature, op, key=keys[5], num_samples=num_samples)
     if opts.k >= op.size:
         raise ValueError(f"k = {opts.k} must be smaller than the number of parameters ({op.size})")
     if opts.chunk_size is None and op.size >= 100_000:
         opts = opts._replace(chunk_size=1)
-    keys = jax.random.split(jax.random.key(0) if key is None else key, 6)
     prog = _Progress(progress, f"curvlab.diagnose ({curvature}, {op.size:,} params)")
     try:
         prog.phase("gradient")
@@ -830,10 +1081,22 @@ block_max_matvecs, chunk_size
         prog.add(tr.num_matvecs)
         prog.phase("spectral density")
         dens = density_stats(
-            op, num_probes=opts.num_probes, num_steps=opts.num_steps, key=keys[3], chunk_size=opts.chunk_size
+            op,
+            num_probes=opts.num_probes,
+            num_steps=opts.num_steps,
+            key=keys[3],
+            chunk_size=opts.chunk_size,
+            scale=max(abs(float(ends.top[0])), abs(float(ends.bottom[0]))),
+            mass_tol=opts.mass_tol,
         )
         prog.add(dens.num_matvecs)
         blocks, block_msgs = block_reports(op, opts, ends, keys[4], prog) if opts.per_block else ((), {})
+        approximation = None
+        if compare_exact:
+            prog.phase("exact top eigenvalues")
+            approximation, used, msg = compare_with_exact(ends.top, exact, rtol=opts.rtol, key=keys[1])
+            block_msgs["exact ggn"] = msg
+            prog.add(used)
     finally:
         prog.close()
     messages = {"eigsh": ends.message, "density": dens.message, **block_msgs}
@@ -849,4 +1112,5 @@ block_max_matvecs, chunk_size
         messages,
         num_operator_products=prog.passes,
         wall_time=time.perf_counter() - t0,
+        approximation=approximation,
     )

@@ -1,7 +1,12 @@
-"""A thick-restart Lanczos eigensolver: :func:`eigsh`.
+"""Eigenpairs of a symmetric operator: :func:`eigsh`.
 
-:func:`eigsh` finds ``k`` wanted eigenpairs with bounded memory by thick-restart
-Lanczos (Wu & Simon, SIAM J. Matrix Anal. Appl. 22, 2000): after ``ncv`` steps
+By default :func:`eigsh` runs thick-restart **block** Lanczos
+(:mod:`curvlab._block_lanczos`): a block of ``b >= 2`` vectors per step, one batched
+(vmapped) product per block, locking of converged pairs and a final check that no wanted
+eigenvalue is missing, so that every copy of a repeated eigenvalue is found.
+
+``block_size=1`` runs the single-vector thick-restart Lanczos of this module (Wu & Simon,
+SIAM J. Matrix Anal. Appl. 22, 2000): after ``ncv`` steps
 it keeps the ``l`` most wanted Ritz vectors, whose projected matrix is
 :math:`\\operatorname{diag}(\\theta_1..\\theta_l)` bordered by the residual
 couplings :math:`\\beta_m s_{m,i}`, and continues the Lanczos process from the
@@ -11,10 +16,12 @@ convergence test; the final residuals are recomputed with true matvecs.
 Each step is :func:`curvlab._lanczos.lanczos_step` (the one Lanczos step), whose
 known couplings are the three-term recurrence or, right after a restart, the arrow
 row; after an invariant subspace the process continues from a fresh random direction
-orthogonal to the basis (a repeated eigenvalue may have copies still to be found).
+orthogonal to the basis. A single-vector Krylov space holds one direction per distinct
+eigenvalue, so this path can skip copies of a repeated eigenvalue (it has no
+missing-eigenvalue check).
 The projected matrices are diagonalized by :func:`curvlab._tridiagonal.projected_eigh`.
 
-The loop is one ``lax.while_loop`` over :class:`_EigshState`; each iteration runs the phases
+The single-vector loop is one ``lax.while_loop`` over :class:`_EigshState`; each iteration runs the phases
 :func:`_compress` (thick restart of a full basis), :func:`_extend` (Lanczos steps) and
 :func:`_verify` (true residuals when the estimates converged or the run stops). One budget guard,
 :func:`_room_for_a_step`, lets a step start only while it and the ``k``-matvec verification fit.
@@ -31,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from curvlab import _tridiagonal
+from curvlab import _block_lanczos, _tridiagonal
+from curvlab._block_lanczos import convergence_floor, priority
 from curvlab._lanczos import (
     _orthogonalize,
     _row_blocks,
@@ -48,7 +56,9 @@ __all__ = ["EigshResult", "eigsh"]
 
 _WHICH = ("LA", "SA", "LM", "BE")
 #: restarts allowed after the Ritz estimates converged but a true residual did not
-_MAX_VERIFY = 3
+_MAX_VERIFY = _block_lanczos.MAX_VERIFY
+#: largest automatic block size (the batched product's gain per vector levels off past it)
+_MAX_AUTO_BLOCK = 8
 
 
 class EigshResult(NamedTuple):
@@ -67,10 +77,12 @@ class EigshResult(NamedTuple):
         Matvecs used, the final residual check included.
     pair_converged : Array of bool, shape (k,)
         :math:`\\|A y_i - \\theta_i y_i\\| \\le
-        \\max(\\mathrm{rtol}\\cdot\\max(|\\theta_i|, \\varepsilon^{2/3}\\|A\\|), \\mathrm{atol})`.
+        \\max(\\mathrm{rtol}\\cdot\\max(|\\theta_i|, \\gamma\\|A\\|), \\mathrm{atol})` (see :func:`eigsh`).
     status : Status
-        ``CONVERGED``, ``MAX_ITERATIONS`` (the ``max_matvecs`` budget ran out), ``INACCURATE``
-        (the estimates converged, a true residual did not) or ``NONFINITE``.
+        ``CONVERGED`` (every pair converged and, block path, the missing-eigenvalue check found no
+        wanted eigenvalue missing), ``MAX_ITERATIONS`` (the ``max_matvecs`` budget ran out, also
+        before that check completed), ``INACCURATE`` (the estimates converged, a true residual did
+        not) or ``NONFINITE``.
     num_restarts : int
         Restarts performed (0: the first ``ncv`` steps sufficed).
     ritz_history : Array, shape (max_passes, k)
@@ -100,17 +112,7 @@ class EigshResult(NamedTuple):
         return converged_of(self.status)
 
 
-def _priority(theta, which_id, size=None):
-    """Higher = more wanted; ``theta`` ascending (NaN-free); ``which_id`` indexes ``_WHICH`` (traced).
-
-    ``size``: only the first ``size`` entries are real Ritz values (the rest rank below them).
-    """
-    m = theta.shape[0]
-    size = m if size is None else size
-    i = jnp.arange(m)
-    # BE: alternate largest, smallest, second largest, second smallest, ...
-    both = -jnp.minimum(2 * (size - 1 - i), 2 * i + 1).astype(theta.dtype)
-    return jnp.stack([theta, -theta, jnp.abs(theta), both])[which_id]
+_priority = priority
 
 
 # ---------------------------------------------------------------------------
@@ -133,6 +135,8 @@ class _Setup(NamedTuple):
     rtol: jax.Array
     #: ``atol / rtol``: the relative test's floor, so that a residual ``<= atol`` also passes
     atol_rel: jax.Array
+    #: :func:`~curvlab._block_lanczos.convergence_floor` of ``rtol``
+    floor: jax.Array
     breakdown_tol: jax.Array
     which_id: jax.Array
     budget: jax.Array
@@ -167,7 +171,7 @@ class _Estimates(NamedTuple):
     residuals: jax.Array  # (k,) |beta s_{size-1, i}|
     S: jax.Array  # (ncv, k) their eigenvectors of T[:size, :size]
     #: floor of :math:`|\\theta|` in the relative test,
-    #: :math:`\\max(\\varepsilon^{2/3}\\|A\\|, \\mathrm{atol}/\\mathrm{rtol})`
+    #: :math:`\\max(\\gamma\\|A\\|, \\mathrm{atol}/\\mathrm{rtol})` (:func:`convergence_floor`)
     tiny: jax.Array
     converged: jax.Array
 
@@ -226,9 +230,8 @@ def _estimate(setup: _Setup, basis: _Basis) -> _Estimates:
     """
     theta, S, res, order = _ritz_pairs(setup, basis.T, basis.size)
     wanted = order[: setup.k]
-    eps = jnp.finfo(theta.dtype).eps
     real = jnp.where(jnp.arange(setup.ncv) < basis.size, jnp.abs(theta), 0)
-    tiny = jnp.maximum(eps ** (2 / 3) * jnp.maximum(basis.anorm, jnp.max(real)), setup.atol_rel)
+    tiny = jnp.maximum(setup.floor * jnp.maximum(basis.anorm, jnp.max(real)), setup.atol_rel)
     tw, rw = theta[wanted], res[wanted]
     converged = jnp.all(rw <= setup.rtol * jnp.maximum(jnp.abs(tw), tiny))
     return _Estimates(tw, rw, S[:, wanted], tiny, converged)
@@ -446,6 +449,7 @@ def _make_setup(
         blocks=_row_blocks(ncv + 1, True),
         rtol=rtol,
         atol_rel=jnp.asarray(atol, dtype) / rtol,
+        floor=convergence_floor(rtol, dtype),
         breakdown_tol=jnp.asarray(breakdown_tol, dtype),
         which_id=which_id,
         budget=budget,
@@ -465,6 +469,31 @@ def _eigsh_loop(op, v0, key, rtol, atol, breakdown_tol, which_id, budget, *, k, 
 
 
 _eigsh_jit = jax.jit(_eigsh_loop, static_argnames=("k", "ncv", "keep", "max_passes"))
+
+
+def _block_loop(
+    op, v0, key, rtol, atol, breakdown_tol, which_id, budget, *, k, b, ncv, keep, max_passes, max_probes
+):
+    """The block solve (:func:`curvlab._block_lanczos.block_eigsh`) as an :class:`EigshResult`."""
+    sizes = dict(k=k, b=b, ncv=ncv, keep=keep, max_passes=max_passes, max_probes=max_probes)
+    setup = _block_lanczos.make_setup(
+        op.prepare(), rtol, atol, breakdown_tol, which_id, budget, dtype=v0.dtype, **sizes
+    )
+    state, (theta, Y, resid, converged, status) = _block_lanczos.block_eigsh(setup, v0, key)
+    return EigshResult(
+        theta,
+        Y.T,
+        resid,
+        state.num_matvecs,
+        converged,
+        status,
+        state.num_restarts,
+        state.ritz_history,
+        state.residual_history,
+    )
+
+
+_block_jit = jax.jit(_block_loop, static_argnames=("k", "b", "ncv", "keep", "max_passes", "max_probes"))
 
 
 def _check_tolerance(name: str, value, positive: bool):
@@ -494,9 +523,23 @@ class _Arguments(NamedTuple):
     #: rows of the history buffers (an upper bound on the Lanczos passes)
     max_passes: int
     breakdown_tol: float
+    #: block size (1: single-vector Lanczos)
+    block_size: int = 1
+    #: missing-eigenvalue checks allowed (block path)
+    max_probes: int = 0
 
 
-def _check_arguments(op, k, which, rtol, atol, max_matvecs, ncv, breakdown_tol) -> _Arguments:
+def _check_block_size(block_size, k: int, n: int) -> int:
+    """``None``: automatic, :math:`b = \\min(\\max(2, k), 8, n)` (1 only when ``n = 1``)."""
+    if block_size is None:
+        return max(1, min(max(2, k), _MAX_AUTO_BLOCK, n))
+    b = check_positive_int("block_size", block_size)
+    if b > n:
+        raise ValueError(f"block_size must be <= n = {n}, got {b}")
+    return b
+
+
+def _check_arguments(op, k, which, rtol, atol, max_matvecs, ncv, breakdown_tol, block_size=1) -> _Arguments:
     """Every argument check of :func:`eigsh` (before any tracing), naming the argument."""
     op = check_operator(op, "eigsh")
     n = op.size
@@ -514,6 +557,9 @@ def _check_arguments(op, k, which, rtol, atol, max_matvecs, ncv, breakdown_tol) 
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
     rtol = _check_tolerance("rtol", rtol, positive=True)
     atol = _check_tolerance("atol", atol, positive=False)
+    b = _check_block_size(block_size, k, n)
+    if b > 1:
+        return _check_block_arguments(op, k, rtol, atol, max_matvecs, ncv, breakdown_tol, b)
     if ncv is None:
         # small k: a smaller basis costs less reorthogonalization per step (memory traffic (ncv + 1) n)
         # and thick restarts keep the convergence of the unrestarted process closely
@@ -524,7 +570,7 @@ def _check_arguments(op, k, which, rtol, atol, max_matvecs, ncv, breakdown_tol) 
             raise ValueError(f"ncv must satisfy k < ncv <= n (k = {k}, n = {n}), got {ncv}")
     keep = min(ncv - 1, k + (ncv - k) // 2)
     if max_matvecs is None:
-        max_matvecs = ncv + 300 * (ncv - keep) + (_MAX_VERIFY + 1) * k
+        max_matvecs = max(ncv + 300 * (ncv - keep), 20 * n) + (_MAX_VERIFY + 1) * k
     else:
         max_matvecs = check_positive_int("max_matvecs", max_matvecs)
         if max_matvecs < 2 * k + 2:
@@ -535,6 +581,41 @@ def _check_arguments(op, k, which, rtol, atol, max_matvecs, ncv, breakdown_tol) 
     max_passes = 2 + _MAX_VERIFY + math.ceil(max(max_matvecs - ncv, 0) / (ncv - keep))
     breakdown_tol = check_breakdown_tol(breakdown_tol, op.dtype)
     return _Arguments(op, k, rtol, atol, max_matvecs, ncv, keep, max_passes, breakdown_tol)
+
+
+def _check_max_matvecs(max_matvecs, k: int, default: int) -> int:
+    if max_matvecs is None:
+        return default
+    max_matvecs = check_positive_int("max_matvecs", max_matvecs)
+    if max_matvecs < 2 * k + 2:
+        raise ValueError(
+            f"max_matvecs must be >= 2k + 2 = {2 * k + 2} (k + 1 Lanczos steps and the k-matvec "
+            f"residual check), got {max_matvecs}"
+        )
+    return max_matvecs
+
+
+def _check_block_arguments(op, k, rtol, atol, max_matvecs, ncv, breakdown_tol, b) -> _Arguments:
+    """Sizes of the block path: ``ncv`` rows, ``keep = ncv - q b`` kept at a restart (``q`` block steps)."""
+    n = op.size
+    if ncv is None:
+        # a block Krylov space of ncv rows has degree ncv / b: at least 8 blocks deep
+        ncv = max(k + b, min(n, b * -(-max(20, 2 * k + 2 * b, 8 * b) // b)))
+    else:
+        ncv = check_positive_int("ncv", ncv)
+        if not (k + b <= ncv and ncv <= max(n, k + b)):
+            raise ValueError(
+                f"ncv must satisfy k + block_size <= ncv <= n (k = {k}, block_size = {b}, n = {n}), got {ncv}"
+            )
+    steps = min(-(-(ncv - k) // (2 * b)), (ncv - k) // b)
+    keep = ncv - steps * b
+    max_probes = 1 + -(-k // b)
+    # default: 300 restarts, or 20 n products for slowly converging spectra (the 1-D Laplacian)
+    default = max(ncv + 300 * (ncv - keep), 20 * n) + (_MAX_VERIFY + 1 + max_probes) * (ncv + k)
+    max_matvecs = _check_max_matvecs(max_matvecs, k, default)
+    max_passes = 2 + math.ceil(max_matvecs / (ncv - keep)) + (_MAX_VERIFY + 2) * (max_probes + 1)
+    breakdown_tol = check_breakdown_tol(breakdown_tol, op.dtype)
+    return _Arguments(op, k, rtol, atol, max_matvecs, ncv, keep, max_passes, breakdown_tol, b, max_probes)
 
 
 def eigsh(
@@ -550,18 +631,32 @@ def eigsh(
     v0: jax.typing.ArrayLike | None = None,
     ncv: int | None = None,
     breakdown_tol: float | None = None,
+    block_size: int | None = None,
 ) -> EigshResult:
-    """``k`` eigenpairs of a symmetric operator by thick-restart Lanczos.
+    """``k`` eigenpairs of a symmetric operator by thick-restart block Lanczos.
 
     A pair is converged when :math:`\\|A y - \\theta y\\|_2 \\le \\max\\big(\\mathrm{rtol} \\cdot
-    \\max(|\\theta|, \\varepsilon^{2/3}\\|A\\|), \\mathrm{atol}\\big)` (the guard avoids an impossible
-    relative test for :math:`\\theta \\approx 0`). Memory is ``(ncv + 1) n``; the whole algorithm,
-    restarts included, is one jit-compiled ``lax.while_loop``. Full
-    reorthogonalization keeps the basis orthonormal to working precision, so no
-    spurious copies of converged eigenvalues appear. The Ritz estimates
-    :math:`|\\beta_j s_{j,i}|` are also checked inside a pass, so the run stops near
-    the step where they converge; the wanted pairs are then refined by Rayleigh-Ritz on
-    their span and verified with true residuals (``k`` matvecs).
+    \\max(|\\theta|, \\gamma\\|A\\|), \\mathrm{atol}\\big)` with
+    :math:`\\gamma = \\operatorname{clip}(1000\\varepsilon/\\mathrm{rtol}, \\varepsilon^{2/3}, 1)`: the
+    relative test, except that an eigenvalue at or near zero (below :math:`\\gamma\\|A\\|`) is converged
+    at the rounding floor :math:`\\min(\\mathrm{rtol}, 1000\\varepsilon)\\|A\\|` of a true residual, so the
+    zero eigenvalues of a singular operator converge with the default ``rtol``. :math:`\\|A\\|` is
+    estimated by :math:`\\max(\\max_i \\|A q_i\\|, \\max|\\theta|)` over the basis. Memory is
+    ``(ncv + b) n``; the whole algorithm, restarts included, is one jit-compiled ``lax.while_loop``.
+
+    Default (``block_size=None``): thick-restart block Lanczos (:mod:`curvlab._block_lanczos`) with
+    ``b = min(max(2, k), 8)`` vectors per step, each block one batched product (``jax.vmap`` of the
+    prepared product), full reorthogonalization, locking of converged pairs, and, once the ``k``
+    wanted pairs are verified with true residuals (``k`` products), a missing-eigenvalue check: a
+    fresh random block orthogonal to them fills the basis again (``ncv - k`` products); the status is
+    ``CONVERGED`` only if no Ritz value of that basis enters the wanted set. ``block_size=1``: the
+    single-vector thick-restart Lanczos (no missing-eigenvalue check).
+
+    Limitation: the check finds a missing eigenvalue once a few block Krylov steps from a random
+    start resolve it; a copy hidden behind a relative gap of order ``rtol`` (or one of an eigenvalue
+    of multiplicity above ``b`` whose extra copies a random block does not reveal within the budget)
+    can still be missed; such a set is then the wanted one to within the tolerance or the status is
+    not ``CONVERGED``. Larger ``block_size`` (at least the multiplicity you expect) makes it reliable.
 
     Parameters
     ----------
@@ -583,7 +678,8 @@ def eigsh(
     max_matvecs : int, optional
         The budget: every matvec (Lanczos steps and the ``k``-matvec residual checks) counts,
         and ``num_matvecs <= max_matvecs``. At least ``2k + 2``. Default: one pass of ``ncv``
-        steps, 300 restarts and four residual checks.
+        steps and 300 restarts, or ``20 n`` products if more (slowly converging spectra such as the
+        1-D Laplacian), and room for the residual (and missing-eigenvalue) checks.
     key : PRNG key, optional
         Start vector (and fresh directions after an invariant subspace); default ``jax.random.key(0)``.
     throw : bool
@@ -591,10 +687,16 @@ def eigsh(
     v0 : array, optional
         Start vector (real, nonzero).
     ncv : int, optional
-        Basis size ``m`` with ``k < m <= n``; default ``min(n, max(2k + 1, min(20, 8 + 4k)))``
-        (12 for ``k = 1``, 16 for ``k = 2``, 20 for ``3 <= k <= 9``).
+        Basis size ``m``. Block path: ``k + b <= m <= n``, default ``max(20, 2k + 2b, 8b)`` rounded up to
+        a multiple of ``b`` (at most ``n``, at least ``k + b``)
+        (a restart keeps about ``(m + k) / 2`` Ritz vectors, ``m - keep`` a multiple of ``b``).
+        ``block_size=1``: ``k < m <= n``, default ``min(n, max(2k + 1, min(20, 8 + 4k)))``.
     breakdown_tol : float, optional
-        Invariant-subspace threshold relative to :math:`\\max\\|A q\\|` (default :math:`\\varepsilon^{2/3}`).
+        Invariant-subspace threshold relative to :math:`\\max\\|A q\\|` (default :math:`\\varepsilon^{2/3}`);
+        block path: singular values of a new block below it are rank deficiency.
+    block_size : int, optional
+        Vectors per block step, ``1 <= b <= n``; default (``None``) ``min(max(2, k), 8, n)``; ``1`` runs
+        single-vector Lanczos.
 
     Returns
     -------
@@ -609,10 +711,10 @@ def eigsh(
     ('CONVERGED', [100.0, 99.0])
     """
     throw = check_throw("eigsh", throw)
-    args = _check_arguments(op, k, which, rtol, atol, max_matvecs, ncv, breakdown_tol)
+    args = _check_arguments(op, k, which, rtol, atol, max_matvecs, ncv, breakdown_tol, block_size)
     key, sub = jax.random.split(as_key("key", key, required=False))
     v0 = start_vector(args.op, sub, v0, "eigsh")
-    res = _eigsh_jit(
+    common = (
         args.op,
         v0,
         key,
@@ -621,11 +723,12 @@ def eigsh(
         args.breakdown_tol,
         jnp.asarray(_WHICH.index(which), jnp.int32),
         jnp.asarray(args.max_matvecs, jnp.int32),
-        k=args.k,
-        ncv=args.ncv,
-        keep=args.keep,
-        max_passes=args.max_passes,
     )
+    sizes = dict(k=args.k, ncv=args.ncv, keep=args.keep, max_passes=args.max_passes)
+    if args.block_size > 1:
+        res = _block_jit(*common, b=args.block_size, max_probes=args.max_probes, **sizes)
+    else:
+        res = _eigsh_jit(*common, **sizes)
     if is_concrete(res.status):
         res = res._replace(num_matvecs=int(res.num_matvecs), num_restarts=int(res.num_restarts))
     res = res._replace(status=as_status(res.status))

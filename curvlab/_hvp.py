@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from curvlab._output_hessians import OutputLoss
 from curvlab._validation import check_like, check_real_floating, check_scalar_output, tree_vdot
 
 PyTree = Any
@@ -94,11 +95,18 @@ def _ggn_product(
     :math:`H_L` the Hessian of ``output_loss_fn(outputs, targets)`` in the outputs;
     ``batch = (inputs, targets)``. One JVP, one HVP of the output loss, one VJP; with
     ``linearize`` the model and the output-loss gradient are linearized once.
+
+    Memory-lean path: when ``output_loss_fn`` is a :class:`curvlab.OutputLoss` (e.g.
+    :data:`curvlab.softmax_cross_entropy`), :math:`H_L u` is its closed form
+    (:meth:`~curvlab.OutputLoss.output_hessian`), with no second derivative through the loss.
     """
     inputs, targets = batch
 
     def model(p):
         return model_fn(p, inputs)
+
+    if isinstance(output_loss_fn, OutputLoss):
+        return _lean_ggn_product(model, output_loss_fn, params, targets, linearize)
 
     loss_grad = jax.grad(lambda z: output_loss_fn(z, targets))
     if linearize:
@@ -110,6 +118,22 @@ def _ggn_product(
     def product(v):
         z, jv = jax.jvp(model, (params,), (v,))
         hjv = jax.jvp(loss_grad, (z,), (jv,))[1]
+        return jax.vjp(model, params)[1](hjv)[0]
+
+    return product
+
+
+def _lean_ggn_product(model, loss: OutputLoss, params, targets, linearize):
+    """``v -> J^T H_L J v`` with the output loss's closed-form ``H_L`` (one JVP, one VJP)."""
+    if linearize:
+        z, jvp_lin = jax.linearize(model, params)
+        _, vjp_fn = jax.vjp(model, params)
+        hl = loss.output_hessian(z, targets)
+        return lambda v: vjp_fn(hl(jvp_lin(v)))[0]
+
+    def product(v):
+        z, jv = jax.jvp(model, (params,), (v,))
+        hjv = loss.output_hessian(z, targets)(jv)
         return jax.vjp(model, params)[1](hjv)[0]
 
     return product

@@ -13,6 +13,10 @@ Grammar
 * variables ``x`` and ``y``; constants ``pi`` and ``e``;
 * ``+ - * / **`` and unary ``+ -``; ``^`` also means power (``x^2`` is
   ``x**2``, with the precedence of ``**``: ``-x^2 = -(x^2)``, ``2^3^2 = 2^9``);
+* superscript powers as written in labels: ``x²`` is ``x**2``, ``x⁻¹`` is ``x**(-1)``,
+  ``x¹⁰`` is ``x**10`` (digits ``⁰¹²³⁴⁵⁶⁷⁸⁹`` with an optional leading ``⁺``/``⁻``, binding like
+  ``**``); a name, number or ``(`` right after a superscript multiplies, as in writing
+  (``x²y`` is ``x**2*y``, ``x²(y + 1)`` is ``x**2*(y + 1)``);
 * parentheses; calls of the functions in :data:`ALLOWED_FUNCTIONS`
   (``min``/``max``/``atan2`` take two arguments, the others one);
 * at most :data:`MAX_LENGTH` characters and :data:`MAX_DEPTH` levels of nesting;
@@ -32,6 +36,8 @@ Examples
 >>> f = parse_formula("x^2*y + sin(y)")
 >>> round(float(f(jnp.array([1.0, 0.0]))), 6)
 0.0
+>>> round(float(parse_formula("x²y + sin(y)")(jnp.array([2.0, 1.0]))), 6)  # 4 + sin 1
+4.841471
 >>> parse_formula("z + 1")
 Traceback (most recent call last):
 ...
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 import types
 from collections.abc import Callable
 
@@ -169,8 +176,9 @@ def describe_grammar() -> str:
     one = sorted(k for k, n in ALLOWED_FUNCTIONS.items() if n == 1)
     two = sorted(k for k, n in ALLOWED_FUNCTIONS.items() if n == 2)
     return (
-        "A formula in x and y, e.g. x^2*y + sin(y) or (1 - x)**2 + 100*(y - x**2)**2.\n"
-        "Operators: + - * / and ** or ^ for powers (-x^2 means -(x^2)); parentheses.\n"
+        "A formula in x and y, e.g. x^2*y + sin(y), x²y + sin(y) or (1 - x)**2 + 100*(y - x**2)**2.\n"
+        "Operators: + - * / and ** or ^ or superscripts (x², x⁻¹) for powers (-x^2 means -(x^2)); "
+        "parentheses.\n"
         "Constants: pi, e, and numbers such as 2, 0.5, 1e-3 "
         f"(at most {MAX_LITERAL:.0e} in magnitude).\n"
         f"Functions of one argument: {', '.join(one)}.\n"
@@ -178,6 +186,34 @@ def describe_grammar() -> str:
         f"At most {MAX_LENGTH} characters and {MAX_DEPTH} levels of nesting. "
         "Nothing else (no attributes, indexing, comparisons, strings or other names) is accepted."
     )
+
+
+_SUPERSCRIPTS = {"⁰": "0", "¹": "1", "²": "2", "³": "3", "⁴": "4", "⁵": "5", "⁶": "6", "⁷": "7",
+                 "⁸": "8", "⁹": "9", "⁺": "+", "⁻": "-"}  # fmt: skip
+_SUPERSCRIPT_RUN = re.compile("[" + "".join(_SUPERSCRIPTS) + "]+")
+
+
+def _expand_superscripts(text: str) -> str:
+    """``x²y`` -> ``x**(2)*y``: each run of superscripts becomes a parenthesized power.
+
+    A run is an optional sign and at least one digit; a name, number or ``(`` right after it
+    multiplies (juxtaposition after a power, as in written formulas). Plain string rewriting
+    before :func:`ast.parse`: the result is checked by the same whitelist as typed text.
+    """
+
+    def power(match: re.Match) -> str:
+        run = "".join(_SUPERSCRIPTS[c] for c in match.group())
+        if not re.fullmatch(r"[+-]?[0-9]+", run):
+            raise FormulaError(
+                f"superscript {match.group()!r} at column {match.start() + 1} is not a power: use digits "
+                "with an optional leading ⁻ (x², x⁻¹)"
+            )
+        rest = text[match.end() :]
+        nxt = rest[:1]
+        times = "*" if nxt and (nxt.isalnum() or nxt in "_(.") else ""
+        return f"**({run}){times}"
+
+    return _SUPERSCRIPT_RUN.sub(power, text)
 
 
 def _depth(tree: ast.AST) -> int:
@@ -346,7 +382,7 @@ def parse_formula(text: str) -> Callable[[jax.Array], jax.Array]:
         raise FormulaError("empty formula: type an expression in x and y, e.g. x^2 + y^2")
     if "\x00" in text:
         raise FormulaError("the formula contains a null character")
-    source = text.strip().replace("^", "**")
+    source = _expand_superscripts(text.strip()).replace("^", "**")
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as err:

@@ -202,7 +202,7 @@ def test_dashboard_builds_first_tab_then_on_selection():
     )
     assert [t.key for t in dashboard.TABS] == list(dash.explorers) + [t.key for t in dashboard.TABS[1:]]
     assert _Fake.built == [dashboard.TABS[0].key]
-    assert len(dash.tab.children) == 5
+    assert len(dash.tab.children) == len(dashboard.TABS) == 6
     assert dash.tab.titles == tuple(t.title for t in dashboard.TABS)
     assert "curvlab-dashboard-ready" not in dash._dom_classes
     dash.tab.selected_index = 2

@@ -621,3 +621,101 @@ def test_diagnose_under_the_users_jit_says_what_cannot_be_traced():
     loss = lambda p, b: jnp.mean((b[0] @ p - b[1]) ** 2)
     with pytest.raises(ValueError, match=r"diagnose cannot run under jax.jit / vmap \(params is traced\)"):
         jax.jit(lambda w: diagnose(loss, w, (X, y), k=1, progress=False).trace)(jnp.zeros(2))
+
+
+# ---------------------------------------------------------------------------
+# spectral masses with uncertainty (issue 12) and approximate curvatures (issue 15)
+# ---------------------------------------------------------------------------
+
+
+def test_spectral_masses_known_spectrum_and_zero_cluster():
+    # 5 clearly negative eigenvalues, a zero cluster of 45 (40 exact zeros, 5 rounding-size negatives
+    # -1e-9), 10 positive: 17 distinct values, so 30 Lanczos steps integrate each probe exactly
+    lam = np.r_[-np.linspace(1, 3, 5), np.zeros(40), -1e-9 * np.ones(5), np.linspace(1, 10, 10)]
+    A = DenseOperator(matrix_with_spectrum(lam, seed=3))
+    d = density_stats(A, num_probes=30, num_steps=30, key=jax.random.key(2), chunk_size=None, scale=10.0)
+    assert d.mass_threshold == pytest.approx(1e-3 * 10.0) and d.mass_tol == 1e-3
+    for value, err, truth in (
+        (d.negative_mass, d.negative_mass_stderr, 5 / 60),
+        (d.zero_mass, d.zero_mass_stderr, 45 / 60),
+        (d.positive_mass, d.positive_mass_stderr, 10 / 60),
+    ):
+        assert 0 < err < 0.1 and abs(value - truth) < 4 * err
+    np.testing.assert_allclose(d.negative_mass + d.zero_mass + d.positive_mass, 1.0, rtol=1e-12)
+    # without the threshold the rounding-size negatives are counted as negative curvature
+    d0 = density_stats(A, num_probes=30, num_steps=30, key=jax.random.key(2), chunk_size=None, mass_tol=0.0)
+    assert d0.negative_mass > d.negative_mass + 2 * d.negative_mass_stderr
+    # one probe: no standard error
+    d1 = density_stats(A, num_probes=1, num_steps=30, key=jax.random.key(2), chunk_size=None)
+    assert np.isnan(d1.negative_mass_stderr)
+    with pytest.raises(ValueError, match="mass_tol"):
+        DiagnoseOptions(mass_tol=1.5).validate()
+
+
+def _ce(z, t):
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), t[:, None], axis=1))
+
+
+def _mlp(p, x):
+    return jnp.tanh(x @ p["w1"] + p["b1"][None, :]) @ p["w2"]
+
+
+def _mlp_problem():
+    k = jax.random.split(jax.random.key(4), 3)
+    p = {"b1": jnp.zeros(4), "w1": jax.random.normal(k[0], (3, 4)), "w2": jax.random.normal(k[1], (4, 3))}
+    x = jax.random.normal(k[2], (9, 3))
+    return p, (x, jnp.arange(9) % 3)
+
+
+def test_diagnose_ekfac_compare_exact_and_report_text():
+    from curvlab import ekfac_operator
+
+    p, batch = _mlp_problem()
+    opts = dict(k=2, num_probes=4, num_steps=10, rtol=1e-10, per_block=False, progress=False)
+    r = diagnose(
+        None, p, batch, curvature="ekfac", model_fn=_mlp, output_loss_fn=_ce, compare_exact=True, **opts
+    )
+    E = ekfac_operator(_mlp, _ce, p, batch)
+    np.testing.assert_allclose(r.top_eigenvalues, np.asarray(E.eigenvalues())[:2], rtol=1e-8)
+    G = np.asarray(
+        dataset_operator(None, p, batch, curvature="ggn", model_fn=_mlp, output_loss_fn=_ce).to_dense()
+    )
+    exact = np.linalg.eigvalsh(G)[::-1][:2]
+    np.testing.assert_allclose(r.approximation["exact_top_eigenvalues"], exact, rtol=1e-8)
+    np.testing.assert_allclose(r.approximation["relative_errors"], np.abs(r.top_eigenvalues - exact) / exact)
+    np.testing.assert_allclose(r.loss, float(_ce(_mlp(p, batch[0]), batch[1])), rtol=1e-12)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["approximation"]["exact"] == "ggn" and len(d["approximation"]["relative_errors"]) == 2
+    m = d["spectral_masses"]
+    assert m["tau"] == 1e-3 and set(m) == {"tau", "threshold", "negative", "zero", "positive"}
+    assert m["negative"]["value"] == 0.0  # PSD: no mass below -tau s
+    page = viz.report_html(r)
+    assert "Spectral masses" in page and "zero cluster" in page and "curvlab-report-approximation" in page
+    assert "spectral mass <" in r.summary() and "relative errors" in r.summary()
+    with pytest.raises(ValueError, match="compare_exact"):
+        diagnose(
+            None, p, batch, curvature="ggn", model_fn=_mlp, output_loss_fn=_ce, compare_exact=True, **opts
+        )
+
+
+def test_diagnose_kfac_over_batches_and_fisher_mc():
+    from curvlab import kfac_operator, softmax_cross_entropy
+
+    p, batch = _mlp_problem()
+    opts = dict(k=2, num_probes=3, num_steps=8, rtol=1e-10, per_block=False, progress=False)
+    # mean reduction: the dataset average of per-batch factors is the full batch's K-FAC
+    r = diagnose(None, p, batch, curvature="kfac", batch_size=4, model_fn=_mlp, output_loss_fn=_ce, **opts)
+    K = kfac_operator(_mlp, _ce, p, batch)
+    np.testing.assert_allclose(r.top_eigenvalues, np.asarray(K.eigenvalues())[:2], rtol=1e-8)
+    assert r.num_batches == 3 and r.curvature == "kfac"
+    mc = diagnose(
+        None,
+        p,
+        batch,
+        curvature="fisher_mc",
+        model_fn=_mlp,
+        output_loss_fn=softmax_cross_entropy,
+        num_samples=2,
+        **opts,
+    )
+    assert mc.curvature == "fisher_mc" and mc.top_eigenvalues[0] > 0 and mc.approximation is None

@@ -306,3 +306,65 @@ def test_power_towers_are_refused_before_compiling():
     np.testing.assert_allclose(float(parse_formula("x^y")(jnp.array([2.0, 3.0]))), 8.0)
     # constant exponents cost nothing: long polynomials stay accepted
     parse_formula("+".join(f"{i}*x^{i % 5}*y^(2^{i % 3})" for i in range(30)))
+
+
+SUPERSCRIPTS = [
+    ("x²", lambda x, y: x**2),
+    ("x²y + sin(y)", lambda x, y: x**2 * y + jnp.sin(y)),  # the seed label, as the menus write it
+    ("-x²", lambda x, y: -(x**2)),  # binds like **
+    ("x⁻¹ + y³", lambda x, y: 1 / x + y**3),
+    ("x¹⁰", lambda x, y: x**10),
+    ("x²y²", lambda x, y: x**2 * y**2),
+    ("x²(y + 1)", lambda x, y: x**2 * (y + 1)),
+    ("(x + y)³ - 2*x² ", lambda x, y: (x + y) ** 3 - 2 * x**2),
+    ("e^x²", lambda x, y: jnp.exp(x**2)),  # a superscript inside a power: e^(x²)
+    ("x²*y", lambda x, y: x**2 * y),
+]
+
+
+@pytest.mark.parametrize(("text", "ref"), SUPERSCRIPTS)
+def test_superscript_powers(text, ref):
+    f = parse_formula(text)
+    np.testing.assert_allclose(float(f(POINT)), float(ref(*POINT)), rtol=1e-12)
+    expected = jax.hessian(lambda p: ref(p[0], p[1]))(POINT)
+    np.testing.assert_allclose(jax.hessian(f)(POINT), expected, rtol=1e-10)
+
+
+def test_widget_labels_parse():
+    """Every 2-D function label of the explorers' menus is a formula the parser accepts."""
+    from curvlab import problems
+    from curvlab.widgets.curvature import PROBLEMS
+    from curvlab.widgets.finite_difference import FUNCTIONS
+
+    seed = problems.TWO_D_PROBLEMS["seed"]()
+    for label in (PROBLEMS["seed"], FUNCTIONS["seed"]):
+        text = label.split(" (")[0]
+        np.testing.assert_allclose(float(parse_formula(text)(POINT)), float(seed.f(POINT)), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("x⁻", "is not a power"), ("x²⁻¹", "is not a power"), ("x⁺", "is not a power"), ("²x", "syntax error")],
+)
+def test_bad_superscripts_are_rejected(text, fragment):
+    with pytest.raises(FormulaError, match=fragment):
+        parse_formula(text)
+
+
+def test_superscripts_keep_the_whitelist_and_the_cost_budget():
+    # rewriting never opens a door: what follows a superscript still goes through the whitelist
+    with pytest.raises(FormulaError, match="unknown name"):
+        parse_formula("x²__import__")
+    with pytest.raises(FormulaError, match="attribute access"):
+        parse_formula("(x²).real")
+    # a superscript exponent is constant: free; a variable exponent above it still counts
+    parse_formula("+".join(["x²y³"] * 30))
+    from curvlab.formula import MAX_VARIABLE_POWERS
+
+    with pytest.raises(FormulaError, match="powers with a variable exponent"):
+        parse_formula("+".join(["x^y²"] * (MAX_VARIABLE_POWERS + 1)))
+
+
+def test_division_by_zero_is_infinite_not_an_error():
+    """``1/0`` parses (IEEE arithmetic); the explorer, not the parser, says why nothing is drawn."""
+    assert math.isinf(float(parse_formula("1/0")(POINT)))

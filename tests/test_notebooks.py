@@ -14,8 +14,10 @@ import pytest
 
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-#: one teaching notebook per topic, numbered 01..09
-EXPECTED_PREFIXES = [f"{i:02d}-" for i in range(1, 10)]
+#: one teaching notebook per topic: 01..09, 10 (sharpness during training), 11 (structural damping)
+EXPECTED_PREFIXES = [f"{i:02d}-" for i in range(1, 12)]
+#: notebooks that must carry "check yourself" cells (all of them)
+CHECKED_PREFIXES = list(EXPECTED_PREFIXES)
 CELL_TIMEOUT_S = 180
 
 pytestmark = pytest.mark.notebooks
@@ -47,6 +49,26 @@ def test_committed_notebook_is_clean(path):
     markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
     words = sum(len(s.split()) for s in markdown)
     assert len(markdown) >= 3 and words >= 150, f"{len(markdown)} markdown cells, {words} words"
+
+
+def check_cells(nb) -> list:
+    """The "check yourself" exercises: code cells tagged ``check`` (cell metadata ``tags``)."""
+    return [c for c in nb.cells if c.cell_type == "code" and "check" in c.metadata.get("tags", [])]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
+def test_check_yourself_cells_verify_the_answer(path):
+    """Convention: a check cell holds the student's ``answer`` (marked ✏️, committed correct), asserts it
+    against a value the notebook computed live, and prints "✓ right" when it passes; the execution test
+    below then runs every check with the committed answer."""
+    nb = nbformat.read(path, as_version=4)
+    checks = check_cells(nb)
+    if path.name[:3] in CHECKED_PREFIXES:
+        assert checks, "no 'check yourself' cell: add a code cell tagged 'check'"
+    for c in checks:
+        src = c.source
+        missing = [k for k in ("answer", "✏️", "assert ", "✓ right") if k not in src]
+        assert not missing, f"check cell without {missing}:\n{src}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)

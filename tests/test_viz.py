@@ -133,3 +133,64 @@ def test_spectrum_figure_legend_below_the_plots():
     assert [a.text for a in fig.layout.annotations][:2] == ["Ritz values per Lanczos step", "SLQ density"]
     assert fig.layout.legend.yref == "container" and fig.layout.legend.y == 0
     assert fig.layout.width is None and fig.layout.autosize is True
+
+
+def _report(**kw):
+    from curvlab._diagnostics import CurvatureReport
+
+    base = dict(
+        curvature="kfac",
+        top_eigenvalues=np.array([2.0, 1.0]),
+        top_residuals=np.zeros(2),
+        bottom_eigenvalues=np.array([-0.5, 0.0]),
+        bottom_residuals=np.zeros(2),
+        trace=3.0,
+        trace_stderr=0.1,
+        density_grid=np.linspace(-1, 2, 5),
+        density=np.ones(5) / 3,
+        density_stderr=np.zeros(5),
+        negative_mass=0.1,
+        condition_number=float("nan"),
+        damping=0.0,
+        gradient_curvature=1.0,
+        gradient_norm=1.0,
+        loss=0.5,
+        blocks=(),
+        num_params=10,
+        num_examples=4,
+        num_batches=1,
+        num_operator_products=7,
+        num_hvps=7,
+        wall_time=0.1,
+        messages={},
+        negative_mass_stderr=0.02,
+        zero_mass=0.6,
+        zero_mass_stderr=0.05,
+        positive_mass=0.3,
+        positive_mass_stderr=0.04,
+        mass_threshold=2e-3,
+    )
+    base.update(kw)
+    return CurvatureReport(**base)
+
+
+def test_report_masses_and_approximation_sections():
+    from curvlab.viz._report import approximation_html, masses_html
+
+    r = _report()
+    page = masses_html(r)
+    assert "below −0.002" in page and "± 0.02" in page and "τ = 0.001" in page and "zero cluster" in page
+    assert approximation_html(r) == ""  # no comparison requested
+    a = {
+        "exact": "ggn",
+        "exact_top_eigenvalues": np.array([2.5, 1.0]),
+        "relative_errors": np.array([0.2, 0.0]),
+    }
+    table = approximation_html(r._replace(approximation=a))
+    assert "kfac against the exact ggn" in table and table.count("<tr>") == 3 and "2.00e-01" in table
+    full = viz.report_html(r._replace(approximation=a))
+    assert "curvlab-report-masses" in full and "curvlab-report-approximation" in full
+    d = r._replace(approximation=a).to_dict()
+    assert d["spectral_masses"]["zero"] == {"value": 0.6, "stderr": 0.05}
+    assert d["approximation"]["relative_errors"] == [0.2, 0.0]
+    assert _report(negative_mass_stderr=float("nan")).to_dict()["negative_mass_stderr"] is None

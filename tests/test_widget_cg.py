@@ -1,5 +1,8 @@
 """CGExplorer: set controls in Python, check the figure against the math (no browser)."""
 
+import re
+
+import jax
 import numpy as np
 import pytest
 
@@ -7,9 +10,9 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("plotly")
 
 from curvlab._cg import condition_bound  # noqa: E402
-from curvlab.widgets.cg_explorer import CGExplorer  # noqa: E402
+from curvlab.widgets.cg_explorer import PROBE_GRID, CGExplorer  # noqa: E402
 
-VALUE_CONTROLS = ("problem", "kappa", "damping", "preconditioner", "num_probes", "rtol")
+VALUE_CONTROLS = ("problem", "kappa", "clusters", "damping", "preconditioner", "num_probes", "rtol")
 RES, ERR, BOUND = "‖r_k‖/‖b‖", "‖e_k‖_A/‖e_0‖_A", "bound 2((√κ−1)/(√κ+1))^k"
 
 
@@ -25,6 +28,7 @@ def ex(explorer):
     with explorer.hold_refresh():
         explorer.problem.value = "well_scaled"
         explorer.kappa.value = 1e3
+        explorer.clusters.value = 0
         explorer.damping.value = 0.0
         explorer.preconditioner.value = "none"
         explorer.num_probes.value = 20
@@ -182,3 +186,89 @@ def test_errors_go_to_the_error_area(ex, monkeypatch):
     monkeypatch.undo()
     ex.kappa.value = 60.0
     assert ex.error.value == ""
+
+
+def test_default_settings_respect_the_bound_without_x64():
+    """The dashboard runs with x64 off: the teaching histories are still float64 and under the bound."""
+    with jax.enable_x64(False):
+        ex = CGExplorer()
+        r = ex.last_result
+    assert ex.error.value == "" and r.converged
+    err, bound = arr(trace(ex.figure, ERR).y), arr(trace(ex.figure, BOUND).y)
+    assert err.shape == bound.shape == (r.num_iterations + 1,)
+    # float32 stalled near 3e-6 and crossed the bound at 57 of 267 iterations; float64 goes on down
+    assert err[-1] < 1e-8
+    assert np.all(err <= bound) and r.bound_violations == 0
+    assert r.rounding_margin < 1e-9  # the stated margin (1e3 u κ) is far below every plotted value
+    assert "≤ bound at every iteration" in ex.readout.value
+
+
+@pytest.mark.parametrize("kappa", [10.0, 1e3])
+@pytest.mark.parametrize("rtol", [1e-8, 1e-12])
+@pytest.mark.parametrize("preconditioner", ["none", "jacobi"])
+def test_error_under_bound_beyond_rounding_margin(ex, kappa, rtol, preconditioner):
+    base = {**ex.values(), "kappa": kappa, "rtol": rtol, "preconditioner": preconditioner}
+    for problem in ("well_scaled", "badly_scaled"):
+        r = ex.compute(**{**base, "problem": problem})
+        assert np.all(r.anorm_errors <= r.bound + r.rounding_margin), (problem, r.bound_violations)
+        assert r.bound_violations == int(np.sum(r.anorm_errors > r.bound))
+
+
+@pytest.mark.parametrize("clusters", [1, 2, 3, 5])
+def test_clustered_spectrum_finishes_in_about_as_many_steps_as_clusters(ex, clusters):
+    with ex.hold_refresh():
+        ex.kappa.value = 1e4
+        ex.clusters.value = clusters
+    r = ex.last_result
+    assert ex.error.value == "" and r.converged and r.clusters == clusters
+    assert r.num_iterations <= clusters + 2, r.num_iterations
+    # the log-spaced spectrum with the same κ needs far more
+    ex.clusters.value = 0
+    assert ex.last_result.num_iterations > 10 * (clusters + 2)
+    ex.clusters.value = clusters
+    assert f"{clusters} distinct eigenvalues" in ex.readout.value
+    assert r.kappa == pytest.approx(1e4 if clusters > 1 else 1.0)
+
+
+def test_hutchinson_readout_says_why_and_how_many_probes(ex):
+    with ex.hold_refresh():
+        ex.problem.value = "badly_scaled"
+        ex.preconditioner.value = "hutchinson"  # κ = 1e3, 20 probes
+    r = ex.last_result
+    h = r.hutchinson
+    assert h is not None and h["num_probes"] == 20
+    # 20 probes leave the preconditioned κ far above exact Jacobi's: the noisy small entries
+    assert r.kappa_effective > 10 * h["kappa_jacobi"]
+    assert h["probes_near_jacobi"] is None or h["probes_near_jacobi"] > 20
+    assert h["num_floored"] >= 1 and h["median_rel_error"] > 0.1
+    assert set(h["kappa_by_probes"]) == set(PROBE_GRID)
+    helps = [m for m in PROBE_GRID if h["kappa_by_probes"][m] < h["kappa_none"]]
+    assert h["probes_to_help"] == (min(helps) if helps else None)
+    text = ex.readout.value
+    assert "floored" in text and "variance" in text and "Probes to beat no preconditioner" in text
+    ex.preconditioner.value = "none"
+    assert ex.last_result.hutchinson is None and "Hutchinson" not in ex.readout.value
+
+
+def _named_controls(intro: str) -> list[str]:
+    """The control names an intro writes in bold (``<b>…</b>`` not ending in ':')."""
+    return [m for m in re.findall(r"<b>(.*?)</b>", intro) if not m.rstrip().endswith(":")]
+
+
+def _descriptions(widget) -> set[str]:
+    out, stack = set(), [widget]
+    while stack:
+        w = stack.pop()
+        if w.has_trait("description") and w.description:
+            out.add(w.description)
+        stack.extend(getattr(w, "children", ()))
+    return out
+
+
+def test_intro_names_only_controls_that_exist(explorer):
+    from curvlab.app.dashboard import TABS
+
+    intro = next(t.intro for t in TABS if t.explorer == "CGExplorer")
+    names = _named_controls(intro)
+    assert "clusters" in names  # the intro's promise is a real control
+    assert set(names) <= _descriptions(explorer), set(names) - _descriptions(explorer)

@@ -180,3 +180,61 @@ def test_layout_keeps_titles_clear_of_the_legend_and_the_polar_labels():
     ex.problem.value = "mlp"
     assert isinstance(ex.last_result, HighDimCurvatureResult)
     _legend_at_the_bottom(ex.figure.layout)
+
+
+def test_superscript_formula_is_accepted(ex):
+    """``x²`` is a power, as the menu labels write it (the seed label itself parses)."""
+    ex.problem.value = "custom"
+    ex.formula.value = "x²y + sin(y)"
+    assert ex.error.value == "", ex.error.value
+    with ex.hold_refresh():
+        ex.x.value, ex.y.value = 1.0, 0.5
+    _, H, _ = dense("seed", 1.0, 0.5)
+    np.testing.assert_allclose(ex.last_result.hessian, H, rtol=1e-12, atol=1e-13)
+    ex.problem.value = "seed"
+
+
+def test_non_finite_value_says_why(ex):
+    ex.problem.value = "custom"
+    ex.formula.value = "1/0"
+    msg = ex.error.value
+    assert "not finite" in msg and "f = inf" in msg and "division by zero" in msg
+    ex.formula.value = "1/x"  # infinite only on the line x = 0
+    with ex.hold_refresh():
+        ex.x.value, ex.y.value = 0.0, 1.0
+    assert "not finite at (0, 1)" in ex.error.value
+    ex.x.value = 1.0
+    assert ex.error.value == "" and ex.last_result.value == pytest.approx(1.0)
+    ex.problem.value = "seed"
+
+
+def test_readout_follows_the_sliders_while_an_error_is_shown(ex):
+    ex.problem.value = "custom"
+    ex.formula.value = "x^2 + z"
+    assert "Error" in ex.error.value
+    for angle in (10.0, 75.0):
+        ex.angle.value = angle
+        assert f"θ = {angle:.0f}°" in ex.readout.value and "not available" in ex.readout.value
+    ex.x.value = 0.25
+    assert "(0.25, " in ex.readout.value
+    ex.formula.value = "x^2 + y^2"  # valid again: the readout recovers with numbers
+    assert ex.error.value == "" and "not available" not in ex.readout.value
+    assert "vᵀHv/vᵀv" in ex.readout.value.replace(" ", "")
+    ex.problem.value = "seed"
+
+
+def test_intro_names_only_controls_that_exist(ex):
+    import re
+
+    from curvlab.app.dashboard import TABS
+
+    intro = next(t.intro for t in TABS if t.explorer == "CurvatureExplorer")
+    names = [m for m in re.findall(r"<b>(.*?)</b>", intro) if not m.rstrip().endswith(":")]
+    assert names, "the intro names no control"
+    descriptions, stack = set(), [ex]
+    while stack:
+        w = stack.pop()
+        if w.has_trait("description") and w.description:
+            descriptions.add(w.description)
+        stack.extend(getattr(w, "children", ()))
+    assert set(names) <= descriptions, set(names) - descriptions

@@ -133,3 +133,55 @@ def test_float64_works_with_global_x64_off():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("function", ["seed", "rosenbrock", "himmelblau"])
+def test_float32_axis_shows_both_branches_with_their_slopes(ex, function):
+    """The rounding branch O(u/ε) and the truncation branch O(ε^p) are both on the chart."""
+    with ex.hold_refresh():
+        ex.function.value = function
+        ex.dtype.value = "float32"
+        ex.x.value, ex.y.value, ex.angle.value = 1.0, 0.5, 30.0  # the defaults (other tests move them)
+    r = ex.last_result
+    (x_lo, x_hi), (y_lo, y_hi) = ex.figure.layout.xaxis.range, ex.figure.layout.yaxis.range
+    e = np.log10(r.eps)
+    visible = e >= x_lo
+    assert x_hi >= e[-1] and visible.sum() >= 20
+    for scheme, order in (("forward", 1), ("central", 2)):
+        y = np.log10(r.errors[scheme][visible])
+        assert np.all((y >= y_lo) & (y <= y_hi)), scheme  # every drawn point is on the chart
+        best = int(np.argmin(y))
+        left, right = e[visible][: best + 1], e[visible][best:]
+        assert left.size >= 4 and right.size >= 2, (scheme, left.size, right.size)
+        # least-squares slopes: rounding about -1 on the left (before the plateau at error 1),
+        # truncation about +order on the right
+        rounding = (y[: best + 1] < -0.05) & (left >= left[0] - 1)
+        slope_left = np.polyfit(left[rounding], y[: best + 1][rounding], 1)[0]
+        assert -2.0 < slope_left < -0.4, (scheme, slope_left)
+        if right.size >= 3:
+            slope_right = np.polyfit(right, y[best:], 1)[0]
+            assert 0.3 < slope_right < order + 1.0, (scheme, slope_right)
+    # the plateau where x + εv rounds to x is cut to about a decade (4 steps per decade)
+    assert np.sum(r.errors["central"][visible] >= 1 - 1e-6) <= 5
+    assert np.sum(r.errors["forward"][visible] >= 1 - 1e-6) <= 9
+    # float64 keeps its wider range
+    ex.dtype.value = "float64"
+    assert ex.figure.layout.yaxis.range[0] < -10
+    ex.function.value = "seed"
+
+
+def test_intro_names_only_controls_that_exist(ex):
+    import re
+
+    from curvlab.app.dashboard import TABS
+
+    intro = next(t.intro for t in TABS if t.explorer == "FiniteDifferenceExplorer")
+    names = [m for m in re.findall(r"<b>(.*?)</b>", intro) if not m.rstrip().endswith(":")]
+    assert "dtype" in names
+    descriptions, stack = set(), [ex]
+    while stack:
+        w = stack.pop()
+        if w.has_trait("description") and w.description:
+            descriptions.add(w.description)
+        stack.extend(getattr(w, "children", ()))
+    assert set(names) <= descriptions, set(names) - descriptions

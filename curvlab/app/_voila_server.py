@@ -11,6 +11,14 @@
    403 (DNS rebinding).
 4. **A bounded number of kernels.** Past ``max_kernels`` page kernels a new visitor gets a
    small "busy, retry in a moment" page (HTTP 503, reloads itself) instead of a new kernel.
+5. **Faults are visible.** Voila's page shows nothing when its kernel dies (the server
+   restarts it without the page's widgets: broken-link icons, a frozen readout) or when the
+   server goes away. The page handler adds :data:`FAULT_SCRIPT` to the page's ``<head>``: it
+   waits for Voila's front end (``window.jupyterapp``, its widget manager's
+   ``KernelConnection``) and, when the kernel's status becomes ``restarting`` /
+   ``autorestarting`` / ``dead`` or its websocket stays disconnected for
+   :data:`DISCONNECT_GRACE_MS`, covers the page with "The connection to the computing kernel
+   was lost" and a *Reload* button (``.curvlab-connection-lost``).
 
 Settings come from the environment (set by ``curvlab dashboard``): ``CURVLAB_ALLOWED_HOSTS``
 (comma-separated names) and ``CURVLAB_MAX_KERNELS``.
@@ -95,6 +103,92 @@ def _patch_settings() -> None:
     cls.init_settings = init_settings
 
 
+#: Milliseconds the kernel's websocket may stay disconnected before the page says so.
+DISCONNECT_GRACE_MS = 3000
+
+FAULT_SCRIPT = """<script>/* curvlab: show a lost kernel or server instead of a silently frozen page */
+(function () {
+  "use strict";
+  var shown = false, timer = null, unloading = false;
+  window.addEventListener("beforeunload", function () { unloading = true; });
+  function show(detail) {
+    if (shown || unloading || !document.body) return;
+    shown = true;
+    var box = document.createElement("div");
+    box.className = "curvlab-connection-lost";
+    box.setAttribute("role", "alertdialog");
+    box.setAttribute("aria-live", "assertive");
+    box.style.cssText = "position:fixed;inset:0;z-index:10000;display:flex;align-items:center;" +
+      "justify-content:center;background:rgba(255,255,255,0.75);font-family:system-ui,sans-serif";
+    var card = document.createElement("div");
+    card.style.cssText = "max-width:34em;padding:20px 24px;background:#fff;border:2px solid #c62828;" +
+      "border-radius:8px;box-shadow:0 4px 18px rgba(0,0,0,0.25);color:#222;font-size:15px";
+    var title = document.createElement("div");
+    title.style.cssText = "font-weight:bold;color:#c62828;font-size:17px;margin-bottom:8px";
+    title.textContent = "The connection to the computing kernel was lost";
+    var text = document.createElement("p");
+    text.className = "curvlab-connection-lost-detail";
+    text.textContent = detail + " The controls on this page no longer compute anything. " +
+      "Reload the page to start a fresh session.";
+    var button = document.createElement("button");
+    button.className = "curvlab-reload";
+    button.type = "button";
+    button.textContent = "Reload";
+    button.style.cssText = "font-size:15px;padding:6px 18px;cursor:pointer";
+    button.onclick = function () { window.location.reload(); };
+    card.appendChild(title); card.appendChild(text); card.appendChild(button);
+    box.appendChild(card);
+    document.body.appendChild(box);
+    document.body.classList.add("curvlab-kernel-lost");
+    button.focus();
+  }
+  function watch(kernel) {
+    kernel.statusChanged.connect(function (_, status) {
+      if (status === "restarting" || status === "autorestarting") {
+        show("The computing kernel stopped (it was restarted without this page's state).");
+      } else if (status === "dead") {
+        show("The computing kernel stopped.");
+      }
+    });
+    kernel.connectionStatusChanged.connect(function (_, status) {
+      if (status === "connected") {
+        if (timer !== null) { clearTimeout(timer); timer = null; }
+      } else if (timer === null) {
+        timer = setTimeout(function () {
+          show("The dashboard server cannot be reached (it may have stopped or restarted).");
+        }, __GRACE__);
+      }
+    });
+  }
+  var tries = 0;
+  (function poll() {
+    var app = window.jupyterapp;
+    if (app && app.widgetManagerPromise) {
+      app.widgetManagerPromise.promise.then(function (manager) {
+        if (manager && manager.kernel) watch(manager.kernel);
+      });
+      return;
+    }
+    if (++tries < 2400) setTimeout(poll, 250);
+  })();
+})();
+</script>""".replace("__GRACE__", str(DISCONNECT_GRACE_MS))
+
+
+def _inject_fault_script(handler) -> None:
+    """Make ``handler.write`` add :data:`FAULT_SCRIPT` before the page's first ``</head>``."""
+    original_write = handler.write
+    state = {"done": False}
+
+    def write(chunk):
+        if not state["done"] and isinstance(chunk, str) and "</head>" in chunk:
+            state["done"] = True
+            chunk = chunk.replace("</head>", FAULT_SCRIPT + "</head>", 1)
+        return original_write(chunk)
+
+    handler.write = write
+
+
 def _patch_page_handler() -> None:
     from voila.tornado.handler import TornadoVoilaHandler
 
@@ -105,6 +199,7 @@ def _patch_page_handler() -> None:
 
     async def get(self, path=None):
         self.xsrf_token  # noqa: B018 - sets the _xsrf cookie that the page's shutdown beacon sends back
+        _inject_fault_script(self)
         if limit > 0:
             manager = self.kernel_manager
             pool = getattr(manager, "get_pool_size", lambda _: 0)

@@ -3,7 +3,7 @@
 Sub-commands
 ------------
 ``curvlab dashboard [--port 8866] [--open] [--no-preheat]``
-    Serve the Voila dashboard (the five explorers in tabs) on 127.0.0.1 and
+    Serve the Voila dashboard (the explorers in tabs) on 127.0.0.1 and
     print its URL once it answers. Idle kernels of closed pages are culled.
 ``curvlab notebooks`` (alias ``curvlab lab``)
     Open JupyterLab on the teaching notebooks.
@@ -477,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--curvature",
-        choices=("hessian", "ggn", "fisher"),
+        choices=("hessian", "ggn", "fisher", "kfac", "ekfac", "fisher_mc"),
         default=None,
         help="curvature matrix (default: the script's, else hessian)",
     )

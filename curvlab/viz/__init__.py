@@ -4,6 +4,36 @@ Needs the ``viz`` extra (plotly). Notebooks call these directly; the explorers i
 :mod:`curvlab.widgets` wrap their output in a ``FigureWidget`` and update trace data.
 """
 
+from curvlab.viz._course import (
+    agreement_figure as agreement_figure,
+)
+from curvlab.viz._course import (
+    cost_bars_figure as cost_bars_figure,
+)
+from curvlab.viz._course import (
+    hvp_motion_figure as hvp_motion_figure,
+)
+from curvlab.viz._course import (
+    lines_figure as lines_figure,
+)
+from curvlab.viz._course import (
+    methods_error_figure as methods_error_figure,
+)
+from curvlab.viz._course import (
+    model_vs_loss_figure as model_vs_loss_figure,
+)
+from curvlab.viz._course import (
+    quadratic_paths_figure as quadratic_paths_figure,
+)
+from curvlab.viz._course import (
+    slope_curvature_figure as slope_curvature_figure,
+)
+from curvlab.viz._course import (
+    spectra_side_by_side_figure as spectra_side_by_side_figure,
+)
+from curvlab.viz._course import (
+    storage_figure as storage_figure,
+)
 from curvlab.viz._figures import (
     COLORS as COLORS,
 )
@@ -85,6 +115,15 @@ from curvlab.viz._report import (
 from curvlab.viz._report import (
     sharpness_figure as sharpness_figure,
 )
+from curvlab.viz._sharpness import (
+    EOS_TRACES as EOS_TRACES,
+)
+from curvlab.viz._sharpness import (
+    edge_of_stability_data as edge_of_stability_data,
+)
+from curvlab.viz._sharpness import (
+    edge_of_stability_figure as edge_of_stability_figure,
+)
 
 __all__ = [
     "COLORS",
@@ -114,4 +153,17 @@ __all__ = [
     "report_html",
     "save_report",
     "sharpness_figure",
+    "EOS_TRACES",
+    "edge_of_stability_data",
+    "edge_of_stability_figure",
+    "agreement_figure",
+    "cost_bars_figure",
+    "hvp_motion_figure",
+    "lines_figure",
+    "methods_error_figure",
+    "model_vs_loss_figure",
+    "quadratic_paths_figure",
+    "slope_curvature_figure",
+    "spectra_side_by_side_figure",
+    "storage_figure",
 ]

@@ -907,6 +907,9 @@ def cg_figure(
     return apply_theme(fig, title=title, height=height)
 
 
+#: Display range of the reduction ratio ρ in :func:`hf_data` (the LM rule acts at 1/4 and 3/4).
+RHO_RANGE = (-1.0, 2.0)
+
 #: Trace names of :func:`hf_training_figure`, in order (baselines: ``"<name> loss vs time"``).
 HF_TRACES = ("HF loss", "HF loss vs time", "damping λ", "ρ", "CG iterations")
 
@@ -928,11 +931,14 @@ def hf_data(history: Mapping[str, Sequence[float]], baselines: Mapping | None = 
     k = col("iteration") if "iteration" in history else np.arange(loss.size, dtype=float)
     t = col("time")
     step = k >= 1  # entry 0 (the start) has no damping, ρ or CG run
+    # ρ is drawn clipped to RHO_RANGE (a rejected step can have ρ = -inf; plotly cannot draw it);
+    # an undefined ρ (NaN: no predicted reduction) is left out
+    rho_shown = ~np.isnan(col("rho")[step])
     out = {
         "HF loss": dict(x=k, y=loss),
         "HF loss vs time": dict(x=t, y=loss),
         "damping λ": dict(x=k[step], y=col("damping")[step]),
-        "ρ": dict(x=k[step], y=col("rho")[step]),
+        "ρ": dict(x=k[step][rho_shown], y=np.clip(col("rho")[step][rho_shown], *RHO_RANGE)),
         "CG iterations": dict(x=k[step], y=col("cg_iterations")[step]),
     }
     for name, (bt, bl) in (baselines or {}).items():
@@ -968,7 +974,8 @@ def hf_training_figure(
             "CG iterations per step",
         ),
         vertical_spacing=0.16,
-        horizontal_spacing=0.1,
+        # wide: the ρ axis (right of the damping plot) and the "CG iterations" axis title keep apart
+        horizontal_spacing=0.18,
     )
     d = hf_data(history, baselines)
     hf = dict(color=COLORS["direction"], width=2.5)

@@ -113,15 +113,85 @@ def report_html(report: CurvatureReport, title: str = "curvlab curvature report"
         parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
     table = _html.escape(report.summary())
     return (
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-        f"<title>{_html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em} pre{background:#f6f6f6;padding:1em}</style>"
-        f"</head><body><h1>{_html.escape(title)}</h1>\n"
+        _html_head(title)
         + "\n".join(parts)
         + f"\n<h2>Summary</h2><pre>{table}</pre>\n"
+        + masses_html(report)
+        + approximation_html(report)
         + "<h2>Data (JSON)</h2><pre id='curvlab-report-json'>"
         + _html.escape(json.dumps(report.to_dict(), indent=1))
         + "</pre></body></html>\n"
+    )
+
+
+def _num(x, fmt=".4g") -> str:
+    x = float(x)
+    return format(x, fmt) if np.isfinite(x) else "n/a"
+
+
+def masses_html(report: CurvatureReport) -> str:
+    """The spectral masses with their uncertainty, and what they mean (an HTML section)."""
+    rows = "".join(
+        f"<tr><td>{name}</td><td>{_num(v)}</td><td>± {_num(e, '.2g')}</td></tr>"
+        for name, v, e in (
+            (
+                f"below −{_num(report.mass_threshold, '.3g')}",
+                report.negative_mass,
+                report.negative_mass_stderr,
+            ),
+            (f"within ±{_num(report.mass_threshold, '.3g')}", report.zero_mass, report.zero_mass_stderr),
+            (
+                f"above {_num(report.mass_threshold, '.3g')}",
+                report.positive_mass,
+                report.positive_mass_stderr,
+            ),
+        )
+    )
+    return (
+        "<h2>Spectral masses</h2><div id='curvlab-report-masses'>"
+        "<table><tr><th>eigenvalues</th><th>fraction of the spectrum</th><th>standard error</th></tr>"
+        f"{rows}</table>"
+        "<p>Each number is the fraction of the operator's eigenvalues in that range, estimated by "
+        "stochastic Lanczos quadrature: every random probe gives one estimate (the quadrature weights of "
+        "its nodes in the range) and the report shows their mean with its standard error across the "
+        "probes (about two standard errors either side is a 95% "
+        "interval). The ranges are relative to the spectral scale "
+        "s = max(|λ<sub>max</sub>|, |λ<sub>min</sub>|): an eigenvalue counts as negative only below "
+        f"−τ·s, with τ = {_num(report.mass_tol, '.3g')}. Eigenvalues closer to zero than that are the "
+        "zero cluster (the flat directions of the loss, very large in over-parametrized networks): "
+        "the quadrature node that stands for that cluster lies a rounding error away from zero on either "
+        "side, and without the threshold it would carry the whole cluster into the negative (or positive) "
+        "mass. A negative mass well above its standard error means directions of clearly negative "
+        "curvature (a saddle or non-convex region); zero within the uncertainty means none that the "
+        "estimator can see at this resolution.</p></div>\n"
+    )
+
+
+def approximation_html(report: CurvatureReport) -> str:
+    """An approximate curvature compared with the exact GGN: top eigenvalues against the exact ones."""
+    a = report.approximation
+    if a is None:
+        return ""
+    rows = "".join(
+        f"<tr><td>{i + 1}</td><td>{_num(x)}</td><td>{_num(y)}</td><td>{_num(e, '.2e')}</td></tr>"
+        for i, (x, y, e) in enumerate(
+            zip(report.top_eigenvalues, a["exact_top_eigenvalues"], a["relative_errors"])
+        )
+    )
+    return (
+        f"<h2>{_html.escape(report.curvature)} against the exact {_html.escape(str(a['exact']))}</h2>"
+        "<table id='curvlab-report-approximation'><tr><th>i</th><th>approximation λ<sub>i</sub></th>"
+        f"<th>exact λ<sub>i</sub></th><th>relative error</th></tr>{rows}</table>\n"
+    )
+
+
+def _html_head(title: str) -> str:
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{_html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em} pre{background:#f6f6f6;padding:1em}"
+        " td,th{padding:0 1em;text-align:right}</style>"
+        f"</head><body><h1>{_html.escape(title)}</h1>\n"
     )
 
 

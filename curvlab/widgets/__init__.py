@@ -28,6 +28,7 @@ _EXPORTS = {
     "CGExplorer": "curvlab.widgets.cg_explorer",
     "FiniteDifferenceExplorer": "curvlab.widgets.finite_difference",
     "HessianFreeExplorer": "curvlab.widgets.hessian_free",
+    "SharpnessExplorer": "curvlab.widgets.sharpness",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -40,6 +40,24 @@ Use ``with explorer.hold_refresh(): ...`` to change several controls (or slider
 ranges) with a single refresh at the end, and override
 ``_control_changed(name, change)`` to adjust other controls when one changes
 (it runs before the refresh, and changes it makes trigger no extra refresh).
+
+Slow work is visible
+--------------------
+While a refresh runs (and while a :class:`~curvlab.widgets._worker.BackgroundWorker`
+registered with :meth:`Explorer.watch_worker` has work), the explorer carries the CSS
+class ``curvlab-busy``: its status line (``curvlab-status``) says "computing…" and the
+figure is dimmed. Both appear only after :data:`BUSY_DELAY_S` (a CSS transition delay),
+so fast slider moves never flicker. A refresh that compiles something for the first time
+(a subclass names it in :meth:`Explorer.first_compile`, e.g. the MLP model) says so at
+once: "compiling the MLP, about N s the first time", N being the time that first refresh
+took when last measured (kept in ``$CURVLAB_CACHE_DIR/compile_seconds.json``, default
+``~/.cache/curvlab``), or the subclass's guess before any measurement. The kernel sends
+these state changes before it starts computing, so the browser shows them while the
+kernel is busy.
+
+Labels are never cut: every control's description gets its natural width
+(``description_width="initial"``), a checkbox drops its indent, and the description is
+also the control's tooltip.
 """
 
 from __future__ import annotations
@@ -48,8 +66,12 @@ import asyncio
 import collections
 import contextlib
 import html
+import json
+import math
+import os
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 try:
@@ -62,7 +84,97 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
         "pip install curvlab[viz]"
     ) from _err
 
-__all__ = ["Explorer", "css_class", "send_batch", "sync_widget_state"]
+__all__ = ["Explorer", "css_class", "send_batch", "sync_widget_state", "BUSY_DELAY_S", "EXPLORER_CSS"]
+
+#: Seconds a refresh must run before its "computing…" line shows and its figure dims.
+BUSY_DELAY_S = 0.3
+
+#: The explorers' style sheet (a ``<style>`` element in a hidden HTML widget of each explorer).
+EXPLORER_CSS = f"""
+.curvlab-explorer {{ width: 100%; }}
+.curvlab-explorer .curvlab-figure {{ width: 100%; min-width: 0; transition: opacity 0.15s; }}
+.curvlab-explorer .curvlab-figure .js-plotly-plot {{ width: 100%; }}
+.curvlab-explorer.curvlab-busy .curvlab-figure {{ opacity: 0.45; transition: opacity 0.2s {BUSY_DELAY_S}s; }}
+.curvlab-explorer.curvlab-compiling .curvlab-figure {{ opacity: 0.45; transition: none; }}
+.curvlab-explorer .curvlab-status {{ min-height: 1.5em; margin: 2px 0; color: #795500; visibility: hidden; }}
+.curvlab-explorer.curvlab-busy .curvlab-status {{
+  visibility: visible; transition: visibility 0s {BUSY_DELAY_S}s; }}
+.curvlab-explorer.curvlab-compiling .curvlab-status {{ visibility: visible; transition: none; }}
+.curvlab-explorer .widget-toggle-buttons {{ align-items: center; }}
+"""
+
+#: Guessed seconds of a first compile before one was measured.
+DEFAULT_COMPILE_GUESS_S = 30.0
+
+
+def compile_seconds_path() -> Path:
+    """File of the measured first-compile times: ``$CURVLAB_CACHE_DIR`` or ``$XDG_CACHE_HOME/curvlab``."""
+    env = os.environ.get("CURVLAB_CACHE_DIR")
+    if env:
+        base = Path(env)
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "curvlab"
+    return base / "compile_seconds.json"
+
+
+def _read_compile_seconds() -> dict[str, float]:
+    try:
+        data = json.loads(compile_seconds_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def _write_compile_seconds(key: str, seconds: float) -> None:
+    """Store one measurement (best effort: a read-only cache directory only loses the estimate)."""
+    data = _read_compile_seconds()
+    data[key] = round(float(seconds), 2)
+    path = compile_seconds_path()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)
+
+
+def _flatten_layout(layout: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"legend": {"x": 1}}`` -> ``{"legend.x": 1}`` (plotly property paths)."""
+    out: dict[str, Any] = {}
+    for key, value in layout.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten_layout(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+#: First compiles done in this process (keys of :meth:`Explorer.first_compile`).
+_COMPILED: set[str] = set()
+
+
+def fit_label(widget) -> None:
+    """Give ``widget``'s description its natural width and make it the tooltip (labels never cut).
+
+    A description left at ipywidgets' default width (80 px) is cut with an ellipsis
+    ("Lanczos s…"); a checkbox's label sits in a 300 px box behind a 80 px indent.
+    """
+    description = getattr(widget, "description", "") if widget.has_trait("description") else ""
+    if not description:
+        return
+    style = getattr(widget, "style", None)
+    if style is not None and style.has_trait("description_width") and not style.description_width:
+        style.description_width = "initial"
+    if widget.has_trait("tooltip") and not widget.tooltip:
+        widget.tooltip = description
+    if isinstance(widget, ipywidgets.Checkbox):
+        widget.indent = False
+        if not widget.layout.width:
+            widget.layout.width = "auto"
+    if isinstance(widget, ipywidgets.Dropdown) and not widget.layout.width:
+        widget.layout.width = "auto"  # as wide as its longest option: the chosen one is never cut
 
 
 def css_class(name: str) -> str:
@@ -155,6 +267,10 @@ class Explorer(ipywidgets.VBox):
         message in red.
     readout : ipywidgets.HTML
         The numbers shown under the controls (subclasses set ``readout.value``).
+    status : ipywidgets.HTML
+        "computing…" / "compiling …" while work runs (see *Slow work is visible*).
+    busy : bool
+        Whether a refresh or a watched background worker is running.
     controls : dict[str, ipywidgets.Widget]
         The controls by name; each is also an attribute of the explorer.
     last_result : NamedTuple or None
@@ -170,11 +286,17 @@ class Explorer(ipywidgets.VBox):
     explorer (``css_name`` defaults to the kebab-cased class name without
     "Explorer", e.g. ``curvlab-finite-difference``), ``curvlab-control-<name>``
     on each control, ``curvlab-figure``, ``curvlab-readout`` and
-    ``curvlab-error`` on the figure, readout and error area.
+    ``curvlab-error`` on the figure, readout and error area, ``curvlab-status`` on the
+    status line; ``curvlab-busy`` (and ``curvlab-compiling`` during a first compile) on the
+    explorer while it works.
     """
 
     #: Suffix of the per-explorer CSS class; ``None`` derives it from the class name.
     css_name: str | None = None
+
+    #: Layout properties applied after every render (legend placement, spacing: what keeps
+    #: titles, legends and axis titles apart in this explorer's figure at any width).
+    figure_layout: dict = {}
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -184,6 +306,15 @@ class Explorer(ipywidgets.VBox):
         self.error.add_class("curvlab-error")
         self.readout = ipywidgets.HTML(value="")
         self.readout.add_class("curvlab-readout")
+        self.status = ipywidgets.HTML(value="")
+        self.status.add_class("curvlab-status")
+        self._style = ipywidgets.HTML(
+            value=f"<style>{EXPLORER_CSS}</style>", layout=ipywidgets.Layout(display="none")
+        )
+        self._style.add_class("curvlab-style")
+        self._refreshing = False
+        self._watched: list = []
+        self._busy_shown: tuple[bool, bool] = (False, False)
         self.last_result = None
         self.last_error: Exception | None = None
         self.last_refresh_seconds = 0.0
@@ -230,11 +361,15 @@ class Explorer(ipywidgets.VBox):
                 raise ValueError(f"attribute {name!r} is already set to a different object")
             setattr(self, name, widget)
             widget.add_class(f"curvlab-control-{css_class(name)}")
+            fit_label(widget)
         self.controls = dict(controls)
         self._control_names = {id(w): n for n, w in controls.items()}
         self.figure = figure
         with contextlib.suppress(AttributeError):
             figure.add_class("curvlab-figure")
+        if figure.layout.width is None:  # follow the container's width, also when the window is resized
+            figure.layout.autosize = True
+            figure._config = {**(figure._config or {}), "responsive": True}
         self._trace_edits_seen: collections.deque = collections.deque(maxlen=64)
         figure.observe(self._on_trace_deltas, names="_js2py_traceDeltas")
         self.add_class("curvlab-explorer")
@@ -243,6 +378,12 @@ class Explorer(ipywidgets.VBox):
             row = ipywidgets.HBox(list(controls.values()), layout=ipywidgets.Layout(flex_flow="row wrap"))
             row.add_class("curvlab-controls")
             layout_children = [row, self.error, self.readout, figure]
+        layout_children = list(layout_children)
+        if self.status not in layout_children:
+            at = layout_children.index(self.error) + 1 if self.error in layout_children else 0
+            layout_children.insert(at, self.status)
+        if self._style not in layout_children:
+            layout_children.append(self._style)
         self.children = tuple(layout_children)
         for widget in controls.values():
             if widget.has_trait("value"):
@@ -285,17 +426,83 @@ class Explorer(ipywidgets.VBox):
         """Current control values by name (controls that have a ``value``)."""
         return {name: w.value for name, w in self.controls.items() if w.has_trait("value")}
 
+    def first_compile(self, **controls: Any) -> tuple[str, str, float] | None:
+        """What a refresh with these control values compiles for the first time, if anything.
+
+        Override to return ``(key, what, guess_s)``: ``key`` names the compile (unique across
+        explorers, e.g. ``"curvature/mlp/float32"``), ``what`` is shown as "compiling <what>"
+        and ``guess_s`` is the estimate before any measurement. Default: ``None``.
+        """
+        return None
+
+    @staticmethod
+    def compile_estimate(key: str) -> float | None:
+        """Seconds the first refresh that compiled ``key`` took when last measured (``None`` if never)."""
+        return _read_compile_seconds().get(key)
+
+    def status_message(self, values: dict[str, Any]) -> tuple[str, str | None]:
+        """The status line for a refresh with ``values``: ``(text, compile key or None)``."""
+        try:
+            first = self.first_compile(**values)
+        except Exception:  # noqa: BLE001 - a broken hook only loses the message
+            first = None
+        if first is None or first[0] in _COMPILED:
+            return "computing\u2026", None
+        key, what, guess = first
+        estimate = self.compile_estimate(key)
+        seconds = max(1, round(guess if estimate is None else estimate))
+        return f"compiling {what}, about {seconds} s the first time\u2026", key
+
+    @property
+    def busy(self) -> bool:
+        """Whether a refresh runs or a watched worker has work."""
+        return self._refreshing or any(w.busy for w in self._watched)
+
+    def watch_worker(self, worker, message: str = "computing\u2026") -> None:
+        """Show the busy state while ``worker`` (a ``BackgroundWorker``) has work, with ``message``."""
+        self._watched.append(worker)
+
+        def changed(busy: bool) -> None:
+            if busy and not self._refreshing:
+                self._set_status(message)
+            self._show_busy()
+
+        worker.add_listener(changed)
+
+    def _set_status(self, text: str) -> None:
+        value = f"<i>{html.escape(text)}</i>"
+        if self.status.value != value:
+            self.status.value = value
+
+    def _show_busy(self, compiling: bool = False) -> None:
+        """Sync the CSS classes with :attr:`busy` (only changes are sent to the browser)."""
+        state = (self.busy, compiling and self._refreshing)
+        if state == self._busy_shown:
+            return
+        self._busy_shown = state
+        for cls, on in (("curvlab-busy", state[0]), ("curvlab-compiling", state[1])):
+            if on:
+                self.add_class(cls)
+            else:
+                self.remove_class(cls)
+
     def refresh(self):
         """``compute(**values())`` then ``_render``; errors go to :attr:`error`, never raise.
 
         Returns the result, or ``None`` if compute or render failed (the figure
-        then keeps its last good state).
+        then keeps its last good state). The explorer shows its busy state meanwhile.
         """
         self._dirty = False
         self.num_refreshes += 1
         start = time.perf_counter()
+        values = self.values()
+        text, compile_key = self.status_message(values)
+        outer = self._refreshing
+        self._refreshing = True
+        self._set_status(text)
+        self._show_busy(compiling=compile_key is not None)
         try:
-            result = self.compute(**self.values())
+            result = self.compute(**values)
             self._render_batched(result)
         except Exception as err:  # noqa: BLE001 - shown to the user, never propagated
             self.last_error = err
@@ -303,6 +510,12 @@ class Explorer(ipywidgets.VBox):
             return None
         finally:
             self.last_refresh_seconds = time.perf_counter() - start
+            self._refreshing = outer
+            if not outer:
+                self._show_busy()
+        if compile_key is not None:
+            _COMPILED.add(compile_key)
+            _write_compile_seconds(compile_key, self.last_refresh_seconds)
         self.last_result = result
         self.last_error = None
         self.clear_error()
@@ -312,6 +525,36 @@ class Explorer(ipywidgets.VBox):
         """``_render`` with the figure in batch mode; its edits are sent as :func:`send_batch` does."""
         with batched(self.figure):
             self._render(result)
+            self._apply_figure_layout()
+
+    def _apply_figure_layout(self) -> None:
+        """Apply :attr:`figure_layout` over whatever ``_render`` set (also inside a batch).
+
+        In batch mode plotly records an edit only if it differs from the figure's state before
+        the batch, so a builder's reset followed by the override would send the reset alone:
+        the override's paths replace any queued edit of the same or a deeper path instead.
+        """
+        fig = self.figure
+        flat = _flatten_layout(self.figure_layout)
+        if not flat:
+            return
+        if not fig._in_batch_mode:
+            fig.update_layout({path.replace(".", "_"): value for path, value in flat.items()})
+            return
+        edits = fig._batch_layout_edits
+        for path, value in flat.items():
+            queued = [k for k in edits if k == path or k.startswith(path + ".") or path.startswith(k + ".")]
+            current = fig.layout[path]
+            if isinstance(value, (list, tuple)) and current is not None:
+                current, value = tuple(current), list(value)
+                if current == tuple(value) and not queued:
+                    continue
+            elif not queued and current == value:
+                continue
+            for k in queued:
+                if k == path or k.startswith(path + "."):
+                    del edits[k]
+            edits[path] = value
 
     def show_error(self, err: Exception | str) -> None:
         """Show ``err`` (an exception or a message) in red in the error area."""

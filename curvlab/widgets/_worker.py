@@ -70,6 +70,11 @@ class BackgroundWorker:
     ``loop.call_soon_threadsafe`` (``error`` the exception ``job`` raised, else ``None``), or on
     the thread itself when ``loop`` is ``None`` (code that guards its own state). ``deliver`` is
     skipped when :meth:`invalidate` or another :meth:`submit` was called after this submit.
+
+    Listeners added with :meth:`add_listener` are called with ``True`` when a submit makes
+    an idle worker busy (on the submitting thread) and with ``False`` when it runs out of
+    work (on ``loop`` of the last job, or on the worker thread without one): an explorer
+    shows its busy state from them.
     """
 
     def __init__(self, name: str = "curvlab-worker"):
@@ -80,6 +85,18 @@ class BackgroundWorker:
         self._generation = 0
         self._idle = threading.Event()
         self._idle.set()
+        self._listeners: list[Callable[[bool], None]] = []
+
+    def add_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(busy)`` when the worker becomes busy or idle (see the class docstring)."""
+        self._listeners.append(listener)
+
+    def _notify(self, busy: bool) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(busy)
+            except Exception:  # noqa: BLE001 - a display hook must never stop the worker
+                pass
 
     @property
     def busy(self) -> bool:
@@ -94,12 +111,15 @@ class BackgroundWorker:
     def submit(self, job: Callable[[], Any], deliver: Callable[[Any, BaseException | None], None], loop=None):
         """Queue ``job``; see the class docstring."""
         with self._lock:
+            became_busy = self._idle.is_set()
             self._generation += 1
             self._next = (job, deliver, loop, self._generation)
             self._idle.clear()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._drain, name=self._name, daemon=True)
                 self._thread.start()
+        if became_busy:
+            self._notify(True)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no job runs or waits (at most ``timeout`` seconds); True when idle."""
@@ -110,19 +130,41 @@ class BackgroundWorker:
             return generation == self._generation
 
     def _drain(self) -> None:
+        loop = None
         while True:
             with self._lock:
-                if self._next is None:
+                done = self._next is None
+                if done:
                     self._thread = None
                     self._idle.set()
-                    return
-                (job, deliver, loop, generation), self._next = self._next, None
+                else:
+                    (job, deliver, loop, generation), self._next = self._next, None
+            if done:
+                self._notify_idle(loop)
+                return
             result, error = None, None
             try:
                 result = job()
             except Exception as err:  # noqa: BLE001 - handed to deliver
                 error = err
             self._deliver(deliver, loop, generation, result, error)
+
+    def _notify_idle(self, loop) -> None:
+        """Tell the listeners the worker is idle (on ``loop`` when given), unless it is busy again."""
+        if not self._listeners:
+            return
+
+        def on_loop():
+            if not self.busy:
+                self._notify(False)
+
+        if loop is None:
+            on_loop()
+            return
+        try:
+            loop.call_soon_threadsafe(on_loop)
+        except RuntimeError:  # pragma: no cover - the event loop is closed (kernel shutting down)
+            pass
 
     def _deliver(self, deliver, loop, generation: int, result, error) -> None:
         def on_loop():

@@ -54,7 +54,7 @@ __all__ = ["CurvatureExplorer", "CurvatureResult", "HighDimCurvatureResult", "PR
 
 #: Dropdown choices: value -> label.
 PROBLEMS = {
-    "seed": "x²y + sin y (seed example)",
+    "seed": "x²y + sin(y) (seed example)",
     "rosenbrock": "Rosenbrock",
     "himmelblau": "Himmelblau",
     "custom": "custom formula",
@@ -449,6 +449,10 @@ class CurvatureExplorer(Explorer):
             self.x.value = float(np.clip(points.xs[0], self.x.min, self.x.max))
             self.y.value = float(np.clip(points.ys[0], self.y.min, self.y.max))
 
+    def first_compile(self, problem="seed", **_):
+        """The MLP's curvature functions compile on its first selection (tens of seconds)."""
+        return ("curvature/mlp", "the MLP", 40.0) if problem == "mlp" else None
+
     # -------------------------------------------------------------- compute
 
     def compute(
@@ -481,6 +485,14 @@ class CurvatureExplorer(Explorer):
         xy = jnp.asarray([x, y], dtype)
         v = jnp.asarray([math.cos(theta), math.sin(theta)], dtype)
         value, grad, hcols, hv, curv = jax.device_get(state.local(xy, v))
+        if not math.isfinite(float(value)):
+            raise ValueError(
+                f"f is not finite at ({x:.3g}, {y:.3g}): f = {float(value)} (a division by zero, the log or "
+                "square root of a negative number, or an overflow); there is no curvature to show here: "
+                "move the point or change the formula"
+            )
+        if not np.any(np.isfinite(np.asarray(state.grid[2], dtype=float))):
+            raise ValueError(f"{state.label} is not finite anywhere on the plotted window: nothing to draw")
         H = np.asarray(hcols, dtype=float)
         Hs = 0.5 * (H + H.T)
         if not np.all(np.isfinite(Hs)):
@@ -588,6 +600,10 @@ class CurvatureExplorer(Explorer):
             # the polar plot's 90° label sits above its domain: lift its title clear of it
             fig.layout.annotations[1].yshift = 22
             fig.update_layout(margin_t=fig.layout.margin.t + 22)
+            # equal scale: one unit of x as long as one of y, so angles and eigen-directions look right
+            # (constrain="range": plotly.js widening a range, not moving the domain, which the widget
+            # model would then send back beside the whole axis: "cannot set xaxis.domain and a parent")
+            fig.update_yaxes(scaleanchor="x", scaleratio=1, row=1, col=1)
             self._rebuild(fig, mode)
         self._update_two_d_traces(r)
         self.readout.value = self._two_d_readout(r)
@@ -626,6 +642,25 @@ class CurvatureExplorer(Explorer):
             tr.customdata = [float(r.eigenvalues[i])] * 3
         tr = fig.data[idx["current v"]]
         tr.r, tr.theta, tr.customdata = [abs(r.curvature)], [r.angle], [r.curvature]
+
+    def show_error(self, err: Exception | str) -> None:
+        """Show the error, and a readout that follows the controls and says why it has no numbers.
+
+        Without this the readout would keep the numbers of the last good point while the sliders
+        move (it looked frozen); it shows the current point and direction instead.
+        """
+        super().show_error(err)
+        v = self.values()
+        if v.get("problem") in TWO_D:
+            rows = [
+                ("point", f"({float(v['x']):.3g}, {float(v['y']):.3g})"),
+                ("direction", f"θ = {float(v['angle']):.0f}°"),
+                ("f, ∇f, Hv, vᵀHv", "not available: see the error above"),
+            ]
+        else:
+            rows = [("values", "not available: see the error above")]
+        body = "".join(f"<tr><td>{k}</td><td><b>{html.escape(t)}</b></td></tr>" for k, t in rows)
+        self.readout.value = f'<table class="curvlab-readout-table curvlab-readout-error">{body}</table>'
 
     @staticmethod
     def _two_d_readout(r: CurvatureResult) -> str:

@@ -59,11 +59,11 @@ from curvlab import problems, viz
 from curvlab._hvp import FD_SCHEMES, HVP_MODES, fd_default_eps, fd_hvp, hvp
 from curvlab.widgets._base import Explorer
 
-__all__ = ["FiniteDifferenceExplorer", "FDResult", "FUNCTIONS", "EPS_GRID"]
+__all__ = ["FiniteDifferenceExplorer", "FDResult", "FUNCTIONS", "EPS_GRID", "axis_ranges"]
 
 #: Dropdown choices: value -> label.
 FUNCTIONS = {
-    "seed": "x²y + sin y (seed example)",
+    "seed": "x²y + sin(y) (seed example)",
     "rosenbrock": "Rosenbrock",
     "himmelblau": "Himmelblau",
     "mlp": "small MLP on digits (a 2-D slice of its parameters)",
@@ -217,6 +217,11 @@ class FiniteDifferenceExplorer(Explorer):
 
     css_name = "finite-difference"
 
+    #: a vertical legend right of the plot (plotly widens the right margin to fit it): never over the title
+    figure_layout = {
+        "legend": dict(orientation="v", x=1.02, xanchor="left", y=1.0, yanchor="top", yref="paper"),
+    }
+
     def __init__(self, function: str = "seed", *, dtype: str = "float32"):
         super().__init__()
         if function not in FUNCTIONS:
@@ -267,6 +272,10 @@ class FiniteDifferenceExplorer(Explorer):
             w.min, w.max = min(w.min, lo), max(w.max, hi)
             w.value = float(np.clip(w.value, lo, hi))
             w.min, w.max = lo, hi
+
+    def first_compile(self, function="seed", dtype="float32", **_):
+        """The MLP's HVPs compile on its first selection in each dtype (tens of seconds)."""
+        return (f"finite-difference/mlp/{dtype}", f"the MLP ({dtype})", 40.0) if function == "mlp" else None
 
     def compute(
         self,
@@ -343,7 +352,8 @@ class FiniteDifferenceExplorer(Explorer):
             fig.data[idx[a]].update(x=r.eps, y=clip(r.asymptotes[a]))
         for m in HVP_MODES:
             fig.data[idx[f"AD {m}"]].update(x=[r.eps[0], r.eps[-1]], y=clip([r.ad_errors[m]] * 2))
-        fig.layout.yaxis.range = [-18.5, 1.5]
+        xrange, yrange = axis_ranges(r)
+        fig.layout.xaxis.range, fig.layout.yaxis.range = xrange, yrange
         fig.layout.title = dict(
             text=f"{r.label}: finite-difference HVP error in {r.dtype}", x=0.5, xanchor="center"
         )
@@ -360,6 +370,37 @@ class FiniteDifferenceExplorer(Explorer):
         rows.append(("AD modes", ", ".join(f"{m}: {v:.1e}" for m, v in r.ad_errors.items())))
         body = "".join(f"<tr><td>{k}</td><td><b>{html.escape(v)}</b></td></tr>" for k, v in rows)
         self.readout.value = f'<table class="curvlab-readout-table">{body}</table>'
+
+
+def axis_ranges(r: FDResult) -> tuple[list[float], list[float]]:
+    """Log10 axis ranges that show both branches of the V with their slopes.
+
+    x: from one decade left of the last step where both differences vanish (``x + εv`` rounds
+    to ``x``: relative error exactly 1, a plateau that teaches nothing more) to the largest
+    step. y: from half a decade under the smallest positive error drawn (FD or AD) to a decade
+    above the plateau at 1, so the rounding branch :math:`O(u/\\varepsilon)` (slope -1) and the
+    truncation branches :math:`O(\\varepsilon)`, :math:`O(\\varepsilon^2)` (slopes 1, 2) are all
+    on the chart (float32's used to sit squeezed in the top fifth of a fixed 20-decade axis,
+    its rounding guide line off it). Exact zeros (drawn at 1e-18) widen y to show them.
+    """
+    e = np.asarray(r.eps, dtype=float)
+    errs = np.stack([np.asarray(r.errors[s], dtype=float) for s in FD_SCHEMES])
+    plateau = np.all(errs >= 1.0 - 1e-6, axis=0)
+    first = int(np.max(np.nonzero(plateau)[0])) if np.any(plateau) else 0
+    x_lo = max(float(np.log10(e[0])), float(np.log10(e[first])) - 1.0) - 0.1
+    x_hi = float(np.log10(e[-1])) + 0.1
+    shown = np.log10(e) >= x_lo
+    values = np.concatenate(
+        [errs[:, shown].ravel(), np.asarray(list(r.ad_errors.values()), dtype=float),
+         np.asarray([err for _, err in r.default_eps.values()], dtype=float)]
+    )  # fmt: skip
+    values = values[np.isfinite(values)]
+    positive = values[values > 0]
+    y_lo = float(np.log10(positive.min())) - 0.5 if positive.size else -18.5
+    if np.any(values == 0):
+        y_lo = -18.5
+    y_hi = max(1.0, float(np.log10(values.max())) + 1.0) if values.size else 1.5
+    return [x_lo, x_hi], [y_lo, y_hi]
 
 
 def _fmt_point(p: np.ndarray) -> str:

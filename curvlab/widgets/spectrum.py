@@ -253,6 +253,7 @@ class SpectrumExplorer(Explorer):
         self._job: _Job | None = None  # slow parts the last compute left pending
         self._token = 0  # refresh counter: a background result is shown only if no refresh followed
         self._background = BackgroundWorker("curvlab-spectrum")
+        self.watch_worker(self._background, "computing the spectral density\u2026")
         self._seconds: dict[tuple, float] = {}  # fastest run seen per kind of slow part
         self._shown_context = None  # (problem label, preconditioned) of the figure's traces
         self._opacity: dict[str, float] = {}  # trace name -> opacity when not pending

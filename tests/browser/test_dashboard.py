@@ -205,7 +205,7 @@ def test_hessian_free_tab(page, timings):
     assert_no_console_errors(dp)
 
 
-def test_bad_formula_shows_error_and_page_keeps_working(page):
+def test_bad_formula_shows_error_and_page_keeps_working(page, timings):
     dp = page
     scope = dp.select_tab("curvature", "Curvature")
     dp.page.select_option(f"{scope} .curvlab-control-problem select", label="custom formula")
@@ -218,8 +218,22 @@ def test_bad_formula_shows_error_and_page_keeps_working(page):
     dp.page.locator(f"{scope} .curvlab-control-apply").first.click()
     dp.page.wait_for_selector(f"{scope} .curvlab-error", state="visible")
     assert "rror" in dp.error_text(scope)
+    # a valid but ruinously expensive formula (47-high power towers: XLA compile time grows with the
+    # chain) is refused by the cost budget with a message, before anything is compiled
+    tower = "*".join("(" + "^".join([v] * 47) + ")" for v in "xy")
+    box.fill(tower)
+    start = time.perf_counter()
+    box.press("Enter")
+    dp.page.locator(f"{scope} .curvlab-control-apply").first.click()
+    dp.page.wait_for_function(
+        "(s) => { const e = document.querySelector(s + ' .curvlab-error');"
+        " return e && e.offsetParent !== null && /power|tower/i.test(e.innerText); }",
+        arg=scope,
+    )
+    timings["power_tower_formula_message_s"] = round(time.perf_counter() - start, 3)
+    assert "tower" in dp.error_text(scope).lower() or "power" in dp.error_text(scope).lower()
     # back to a good function: the error goes and a slider updates the plot again
-    dp.page.select_option(f"{scope} .curvlab-control-problem select", label="x²y + sin y (seed example)")
+    dp.page.select_option(f"{scope} .curvlab-control-problem select", label="x²y + sin(y) (seed example)")
     dp.page.wait_for_selector(f"{scope} .curvlab-error", state="hidden")
     x, _ = dp.press_slider(scope, "x")
     dp.wait_trace(scope, "x", "x", [x])

@@ -1,0 +1,692 @@
+"""Figure builders for the teaching notebooks (the curvature course).
+
+Same conventions as :mod:`curvlab.viz._figures`: pure functions, numbers in (computed live
+by curvlab in the notebook), ``plotly.graph_objects.Figure`` out; colors from
+:data:`~curvlab.viz.COLORS`, layout from :func:`~curvlab.viz.apply_theme`, unicode axis titles,
+stable trace names so that a notebook control can redraw a ``FigureWidget`` in place with
+:func:`~curvlab.viz.update_figure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from curvlab.viz._figures import COLORS, PALETTE, apply_theme
+
+__all__ = [
+    "hvp_motion_figure",
+    "slope_curvature_figure",
+    "methods_error_figure",
+    "storage_figure",
+    "cost_bars_figure",
+    "quadratic_paths_figure",
+    "lines_figure",
+    "model_vs_loss_figure",
+    "spectra_side_by_side_figure",
+    "agreement_figure",
+]
+
+
+def _arr(a, name, ndim=1):
+    a = np.asarray(a, dtype=float)
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array, got shape {a.shape}")
+    return a
+
+
+def _color(name: str, i: int) -> str:
+    return COLORS.get(name, PALETTE[i % len(PALETTE)])
+
+
+def hvp_motion_figure(
+    eps,
+    points,
+    grads,
+    hv,
+    *,
+    eps_now: float,
+    contour=None,
+    title: str | None = None,
+) -> go.Figure:
+    """The HVP as the velocity of ∇f: :math:`Hv = \\partial_\\varepsilon\\nabla f(x + \\varepsilon v)`
+    at :math:`\\varepsilon = 0`.
+
+    Left, the input plane: the path :math:`x + \\varepsilon v` (trace ``"x + εv"``) on the contours of
+    :math:`f`. Right, the gradient plane: the curve :math:`\\varepsilon \\mapsto \\nabla f(x +
+    \\varepsilon v)` (``"∇f(x + εv)"``), its tangent :math:`\\nabla f(x) + \\varepsilon Hv` (``"∇f(x) +
+    ε Hv"``) and the arrow :math:`Hv` from :math:`\\nabla f(x)` (``"Hv (velocity)"``). Both panels
+    mark the current :math:`\\varepsilon` (``"ε now"``, ``"∇f now"``).
+
+    Parameters
+    ----------
+    eps : (m,) array
+        Increasing steps, containing 0.
+    points, grads : (m, 2) arrays
+        :math:`x + \\varepsilon v` and :math:`\\nabla f(x + \\varepsilon v)` for each step.
+    hv : (2,) array
+        :math:`Hv` at :math:`x` (computed by autodiff).
+    eps_now : float
+        The step to highlight (the slider's value).
+    contour : (xs, ys, Z), optional
+        Grid of :math:`f` for the left panel (from :func:`~curvlab.viz.contour_grid`).
+    """
+    e = _arr(eps, "eps")
+    P, G = _arr(points, "points", 2), _arr(grads, "grads", 2)
+    hv = _arr(hv, "hv")
+    if not (P.shape == G.shape == (e.size, 2)) or hv.shape != (2,):
+        raise ValueError(
+            f"points and grads must be ({e.size}, 2) and hv (2,), got {P.shape}, {G.shape}, {hv.shape}"
+        )
+    i0 = int(np.argmin(np.abs(e)))
+    j = int(np.argmin(np.abs(e - eps_now)))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("input plane: walk x + εv", "gradient plane: ∇f moves")
+    )
+    if contour is not None:
+        xs, ys, Z = contour
+        fig.add_trace(
+            go.Contour(
+                x=xs,
+                y=ys,
+                z=Z,
+                name="f",
+                showscale=False,
+                ncontours=24,
+                colorscale="Viridis",
+                opacity=0.6,
+                contours=dict(coloring="lines"),
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=P[:, 0], y=P[:, 1], mode="lines", name="x + εv", line=dict(color=COLORS["direction"], width=3)
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[P[j, 0]],
+            y=[P[j, 1]],
+            mode="markers",
+            name="ε now",
+            marker=dict(color=COLORS["point"], size=11),
+            hovertemplate=f"ε = {e[j]:.3g}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    g0 = G[i0]
+    lin = g0[None, :] + e[:, None] * hv[None, :]
+    fig.add_trace(
+        go.Scatter(
+            x=G[:, 0],
+            y=G[:, 1],
+            mode="lines",
+            name="∇f(x + εv)",
+            line=dict(color=COLORS["gradient"], width=3),
+        ),
+        row=1,
+        col=2,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=lin[:, 0],
+            y=lin[:, 1],
+            mode="lines",
+            name="∇f(x) + ε Hv",
+            line=dict(color=COLORS["model"], width=2, dash="dash"),
+        ),
+        row=1,
+        col=2,
+    )
+    scale = 0.5 * float(np.max(np.abs(e))) if e.size else 1.0  # drawn at half the range, beside the tangent
+    tip = g0 + scale * hv
+    fig.add_trace(
+        go.Scatter(
+            x=[g0[0], tip[0]],
+            y=[g0[1], tip[1]],
+            mode="lines+markers",
+            name="Hv (velocity)",
+            line=dict(color=COLORS["hv"], width=4),
+            marker=dict(symbol=["circle", "arrow"], angleref="previous", size=[6, 16]),
+            customdata=[hv, hv],
+            hovertemplate="Hv = (%{customdata[0]:.4f}, %{customdata[1]:.4f})<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[G[j, 0]],
+            y=[G[j, 1]],
+            mode="markers",
+            name="∇f now",
+            marker=dict(color=COLORS["point"], size=11),
+            hovertemplate=f"ε = {e[j]:.3g}<br>∇f = ({G[j, 0]:.4f}, {G[j, 1]:.4f})<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
+    fig.update_xaxes(title_text="x", row=1, col=1)
+    fig.update_yaxes(title_text="y", scaleanchor="x", row=1, col=1)
+    fig.update_xaxes(title_text="∂f/∂x", row=1, col=2)
+    fig.update_yaxes(title_text="∂f/∂y", row=1, col=2)
+    apply_theme(fig, title=title, height=440, legend="bottom", subplot_titles=True)
+    return fig
+
+
+def slope_curvature_figure(
+    t, phi, dphi, *, slope: float, curvature: float, title: str | None = None
+) -> go.Figure:
+    """Slope, change of slope and curvature along a direction, for :math:`\\varphi(t) = f(x + tv)`.
+
+    Top: :math:`\\varphi` (``"f(x + tv)"``), its tangent :math:`\\varphi(0) + t\\,\\nabla f^\\top v`
+    (``"tangent (slope)"``) and quadratic model :math:`\\ldots + \\tfrac12 t^2 v^\\top Hv`
+    (``"quadratic model"``). Bottom: the slope :math:`\\varphi'(t) = \\nabla f(x+tv)^\\top v`
+    (``"slope φ′(t)"``) and its tangent :math:`\\nabla f^\\top v + t\\, v^\\top H v` (``"change of
+    slope vᵀHv"``): the curvature is the slope of the slope.
+    """
+    t, phi, dphi = _arr(t, "t"), _arr(phi, "phi"), _arr(dphi, "dphi")
+    if not (t.shape == phi.shape == dphi.shape):
+        raise ValueError(f"t, phi and dphi must have the same length, got {t.size}, {phi.size}, {dphi.size}")
+    i0 = int(np.argmin(np.abs(t)))
+    f0 = phi[i0]
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.09,
+        subplot_titles=("value φ(t) = f(x + tv)", "slope φ′(t) = ∇f(x + tv)ᵀv"),
+    )
+    fig.add_trace(
+        go.Scatter(x=t, y=phi, mode="lines", name="f(x + tv)", line=dict(color=COLORS["direction"], width=3)),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=t,
+            y=f0 + slope * t,
+            mode="lines",
+            name="tangent (slope)",
+            line=dict(color=COLORS["gradient"], width=2, dash="dot"),
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=t,
+            y=f0 + slope * t + 0.5 * curvature * t**2,
+            mode="lines",
+            name="quadratic model",
+            line=dict(color=COLORS["model"], width=2, dash="dash"),
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=t, y=dphi, mode="lines", name="slope φ′(t)", line=dict(color=COLORS["gradient"], width=3)
+        ),
+        row=2,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=t,
+            y=slope + curvature * t,
+            mode="lines",
+            name="change of slope vᵀHv",
+            line=dict(color=COLORS["hv"], width=2, dash="dash"),
+        ),
+        row=2,
+        col=1,
+    )
+    fig.update_xaxes(title_text="t", row=2, col=1)
+    fig.update_yaxes(title_text="f", row=1, col=1)
+    fig.update_yaxes(title_text="φ′", row=2, col=1)
+    apply_theme(fig, title=title, height=520, legend="bottom", subplot_titles=True)
+    return fig
+
+
+def methods_error_figure(
+    errors: Mapping[str, float], *, floor: float = 1e-18, title: str | None = None
+) -> go.Figure:
+    """Horizontal log bars: the error of each way of computing a quantity against a reference.
+
+    ``errors`` maps a method name to its error (``max |computed - closed form|``, say); exact zeros
+    are drawn at ``floor`` (a log axis cannot show 0) and labelled "0 (exact)".
+    """
+    if not errors:
+        raise ValueError("errors is empty")
+    names = list(errors)
+    vals = np.array([float(errors[k]) for k in names])
+    shown = np.where(vals > 0, vals, floor)
+    text = [("0 (exact)" if v == 0 else f"{v:.1e}") for v in vals]
+    fig = go.Figure(
+        go.Bar(
+            y=names,
+            x=shown,
+            orientation="h",
+            name="error",
+            text=text,
+            textposition="outside",
+            marker_color=[_color(n.split()[0], i) for i, n in enumerate(names)],
+        )
+    )
+    fig.update_xaxes(
+        type="log",
+        title_text="error vs the closed form (log scale)",
+        exponentformat="power",
+        range=[np.log10(floor) - 0.5, np.log10(max(shown.max(), floor)) + 1.5],
+    )
+    fig.update_yaxes(autorange="reversed")
+    apply_theme(fig, title=title, height=80 + 48 * len(names))
+    fig.update_layout(showlegend=False)
+    return fig
+
+
+def storage_figure(
+    n,
+    *,
+    bytes_per_entry: int = 4,
+    vectors: int = 3,
+    measured: Mapping[str, tuple[float, float]] | None = None,
+    limits: Mapping[str, float] | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Memory of the dense Hessian (:math:`n^2` entries, trace ``"dense H: n²"``) against an HVP's
+    vectors (``vectors`` × :math:`n`, trace ``"HVP: x, v, Hv"``), log-log in :math:`n`.
+
+    ``measured`` adds named markers ``{name: (n, bytes)}`` (memory measured live); ``limits`` adds
+    horizontal lines ``{name: bytes}`` (this machine's RAM, an accelerator's memory).
+    """
+    n = _arr(n, "n")
+    if np.any(n <= 0):
+        raise ValueError("n must be positive")
+    dense = n**2 * bytes_per_entry
+    vec = vectors * n * bytes_per_entry
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=n,
+            y=dense,
+            mode="lines",
+            name="dense H: n²",
+            line=dict(color=COLORS["gradient"], width=3),
+            hovertemplate="n=%{x:.3g}<br>%{y:.3s}B<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=n,
+            y=vec,
+            mode="lines",
+            name=f"HVP: x, v, Hv ({vectors}n)",
+            line=dict(color=COLORS["hv"], width=3),
+            hovertemplate="n=%{x:.3g}<br>%{y:.3s}B<extra></extra>",
+        )
+    )
+    for i, (name, b) in enumerate((limits or {}).items()):
+        fig.add_trace(
+            go.Scatter(
+                x=[n.min(), n.max()],
+                y=[b, b],
+                mode="lines",
+                name=name,
+                line=dict(color=PALETTE[(i + 3) % len(PALETTE)], width=1.5, dash="dot"),
+            )
+        )
+    for name, (nn, b) in (measured or {}).items():
+        fig.add_trace(
+            go.Scatter(
+                x=[nn],
+                y=[b],
+                mode="markers+text",
+                name=name,
+                text=[name],
+                textposition="top left",
+                marker=dict(size=12, color=COLORS["point"], symbol="diamond"),
+            )
+        )
+    fig.update_xaxes(type="log", title_text="number of parameters n", exponentformat="power")
+    fig.update_yaxes(type="log", title_text="bytes", exponentformat="SI")
+    apply_theme(fig, title=title, height=440, legend="bottom")
+    return fig
+
+
+def cost_bars_figure(
+    times: Mapping[str, float],
+    memory: Mapping[str, Mapping[str, float]] | None = None,
+    *,
+    reference: str = "gradient",
+    memory_title: str = "scratch memory (XLA memory_analysis)",
+    memory_unit: str = "MiB",
+    log: bool = False,
+    title: str | None = None,
+) -> go.Figure:
+    """Time and memory of derivative programs (or operators), side by side, as bars.
+
+    Left: ``times[name] / times[reference]`` (trace ``"time"``). Right: grouped bars of memory
+    in ``memory_unit`` ("MiB" or "KiB"), one group per variant (``memory = {"plain": {name:
+    bytes}, "checkpointed": {...}}``; trace names are the variants); without ``memory`` only the
+    time panel is drawn. ``log=True`` puts both value axes on a log scale (for costs that differ by
+    orders of magnitude).
+    """
+    if reference not in times:
+        raise ValueError(f"reference {reference!r} is not one of the timed programs {list(times)}")
+    names = list(times)
+    ratio = np.array([times[k] / times[reference] for k in names])
+    fig = make_subplots(
+        rows=1,
+        cols=2 if memory else 1,
+        horizontal_spacing=0.12,
+        subplot_titles=(f"time ÷ {reference} time", memory_title)
+        if memory
+        else (f"time ÷ {reference} time",),
+    )
+    fig.add_trace(
+        go.Bar(
+            x=names,
+            y=ratio,
+            name="time",
+            marker_color=[_color(k, i) for i, k in enumerate(names)],
+            text=[f"{r:.3g}×" for r in ratio],
+            textposition="outside",
+            showlegend=False,
+        ),
+        row=1,
+        col=1,
+    )
+    units = {"MiB": 2**20, "KiB": 2**10}
+    if memory_unit not in units:
+        raise ValueError(f"memory_unit must be 'MiB' or 'KiB', got {memory_unit!r}")
+    unit = units[memory_unit]
+    for i, (variant, mem) in enumerate((memory or {}).items()):
+        ks = list(mem)
+        fig.add_trace(
+            go.Bar(
+                x=ks,
+                y=[mem[k] / unit for k in ks],
+                name=variant,
+                marker_color=PALETTE[i % 8],
+                text=[f"{mem[k] / unit:.3g}" for k in ks],
+                textposition="outside",
+            ),
+            row=1,
+            col=2,
+        )
+    fig.update_yaxes(title_text="ratio", row=1, col=1)
+    if memory:
+        fig.update_yaxes(title_text=memory_unit, row=1, col=2)
+    if log:
+        fig.update_yaxes(type="log", exponentformat="power")
+    fig.update_layout(barmode="group")
+    apply_theme(fig, title=title, height=440, legend="bottom", subplot_titles=True)
+    return fig
+
+
+def quadratic_paths_figure(
+    A,
+    b,
+    paths: Mapping[str, np.ndarray],
+    *,
+    bounds: Sequence[float] | None = None,
+    resolution: int = 120,
+    title: str | None = None,
+) -> go.Figure:
+    """Iterates of minimizers drawn on the ellipses of :math:`q(x) = \\tfrac12 x^\\top A x - b^\\top x`.
+
+    ``A`` is (2, 2) symmetric, ``paths`` maps a method name (the trace name) to its (k, 2)
+    iterates. The minimizer :math:`A^{-1}b` is the star ``"x*"``. ``bounds`` is
+    ``(xmin, xmax, ymin, ymax)``, by default a box around all the paths.
+    """
+    A = _arr(A, "A", 2)
+    b = _arr(b, "b")
+    if A.shape != (2, 2) or b.shape != (2,):
+        raise ValueError(f"A must be (2, 2) and b (2,), got {A.shape} and {b.shape}")
+    xs_star = np.linalg.solve(A, b)
+    pts = [np.asarray(p, dtype=float).reshape(-1, 2) for p in paths.values()] + [xs_star[None]]
+    allp = np.concatenate(pts)
+    if bounds is None:
+        lo, hi = allp.min(axis=0), allp.max(axis=0)
+        pad = 0.15 * max(float(np.max(hi - lo)), 1e-9)
+        bounds = (lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad)
+    gx = np.linspace(bounds[0], bounds[1], resolution)
+    gy = np.linspace(bounds[2], bounds[3], resolution)
+    XX, YY = np.meshgrid(gx, gy)
+    Z = 0.5 * (A[0, 0] * XX**2 + 2 * A[0, 1] * XX * YY + A[1, 1] * YY**2) - b[0] * XX - b[1] * YY
+    zmin = float(0.5 * xs_star @ A @ xs_star - b @ xs_star)
+    fig = go.Figure()
+    fig.add_trace(
+        go.Contour(
+            x=gx,
+            y=gy,
+            z=np.log10(Z - zmin + 1e-3 * (Z.max() - zmin)),
+            name="q",
+            showscale=False,
+            ncontours=18,
+            colorscale="Blues",
+            reversescale=True,
+            opacity=0.55,
+            contours=dict(coloring="lines"),
+            hoverinfo="skip",
+        )
+    )
+    for i, (name, p) in enumerate(paths.items()):
+        p = np.asarray(p, dtype=float).reshape(-1, 2)
+        fig.add_trace(
+            go.Scatter(
+                x=p[:, 0],
+                y=p[:, 1],
+                mode="lines+markers",
+                name=f"{name} ({len(p) - 1} steps)",
+                line=dict(color=PALETTE[(i + 1) % 8], width=3),
+                marker=dict(size=7),
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[xs_star[0]],
+            y=[xs_star[1]],
+            mode="markers",
+            name="x*",
+            marker=dict(symbol="star", size=16, color=COLORS["point"]),
+        )
+    )
+    fig.update_xaxes(title_text="x₁", range=list(bounds[:2]))
+    fig.update_yaxes(title_text="x₂", range=list(bounds[2:]), scaleanchor="x")
+    apply_theme(fig, title=title, height=480, legend="bottom")
+    return fig
+
+
+def lines_figure(
+    x,
+    series: Mapping[str, np.ndarray],
+    *,
+    xtitle: str,
+    ytitle: str,
+    log_x: bool = False,
+    log_y: bool = False,
+    dashed: Sequence[str] = (),
+    markers: bool = True,
+    title: str | None = None,
+) -> go.Figure:
+    """Several named series against a shared x (the workhorse of the course's measured curves).
+
+    Series named in ``dashed`` are drawn as dashed reference lines (bounds, fitted slopes); a
+    series may contain NaN (a gap).
+    """
+    x = _arr(x, "x")
+    fig = go.Figure()
+    for i, (name, y) in enumerate(series.items()):
+        y = _arr(y, f"series {name!r}")
+        if y.shape != x.shape:
+            raise ValueError(f"series {name!r} has {y.size} values for {x.size} x values")
+        ref = name in dashed
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                name=name,
+                mode="lines" if (ref or not markers) else "lines+markers",
+                line=dict(color=PALETTE[i % 8], width=2 if ref else 3, dash="dash" if ref else None),
+            )
+        )
+    fig.update_xaxes(title_text=xtitle, type="log" if log_x else "linear")
+    fig.update_yaxes(
+        title_text=ytitle, type="log" if log_y else "linear", exponentformat="power" if log_y else None
+    )
+    apply_theme(fig, title=title, height=420, legend="bottom")
+    return fig
+
+
+def model_vs_loss_figure(t, loss, model, *, rho: float, title: str | None = None) -> go.Figure:
+    """The Levenberg-Marquardt picture: true loss :math:`f(\\theta + t d)` (``"true loss"``) against the
+    quadratic model :math:`f(\\theta) + q(t d)` (``"quadratic model"``) along a step :math:`d`, with the
+    full step :math:`t = 1` marked and the reduction ratio :math:`\\rho` (actual / predicted decrease)
+    in the annotation.
+    """
+    t, loss, model = _arr(t, "t"), _arr(loss, "loss"), _arr(model, "model")
+    if not (t.shape == loss.shape == model.shape):
+        raise ValueError("t, loss and model must have the same length")
+    i1 = int(np.argmin(np.abs(t - 1.0)))
+    i0 = int(np.argmin(np.abs(t)))
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(x=t, y=loss, mode="lines", name="true loss", line=dict(color=COLORS["direction"], width=3))
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=t,
+            y=model,
+            mode="lines",
+            name="quadratic model",
+            line=dict(color=COLORS["model"], width=2.5, dash="dash"),
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[t[i1], t[i1]],
+            y=[loss[i1], model[i1]],
+            mode="markers+lines",
+            name="step t = 1",
+            line=dict(color=COLORS["gradient"], width=1.5, dash="dot"),
+            marker=dict(size=10, color=COLORS["gradient"]),
+        )
+    )
+    verdict = (
+        "ρ < ¼: model too optimistic → raise λ"
+        if rho < 0.25
+        else ("ρ > ¾: model trustworthy → lower λ" if rho > 0.75 else "¼ ≤ ρ ≤ ¾: keep λ")
+    )
+    fig.add_annotation(
+        x=t[i1],
+        y=max(loss[i1], model[i1]),
+        text=f"ρ = {rho:.3f}<br>{verdict}",
+        showarrow=True,
+        ax=-60,
+        ay=-50,
+        bgcolor="white",
+    )
+    fig.add_hline(y=loss[i0], line=dict(color=COLORS["asymptote"], width=1, dash="dot"))
+    fig.update_xaxes(title_text="t  (fraction of the CG step d)")
+    fig.update_yaxes(title_text="loss")
+    apply_theme(fig, title=title, height=420, legend="bottom")
+    return fig
+
+
+def spectra_side_by_side_figure(
+    spectra: Mapping[str, np.ndarray], *, bins: int = 60, title: str | None = None
+) -> go.Figure:
+    """Histograms of several eigenvalue spectra in a row (counts on a log axis), each subplot titled
+    with its smallest eigenvalue and how many eigenvalues are negative beyond rounding
+    (:math:`\\lambda < -10^{-8}\\,\\max|\\lambda|`): PSD or not, measured."""
+    if not spectra:
+        raise ValueError("spectra is empty")
+    names = list(spectra)
+    ev = [np.sort(_arr(spectra[k], f"spectra[{k!r}]")) for k in names]
+    titles = []
+    for k, e in zip(names, ev, strict=True):
+        tol = 1e-8 * float(np.max(np.abs(e)))
+        neg = int(np.sum(e < -tol))
+        titles.append(f"{k}: λmin = {e[0]:+.2e}<br>{neg} negative → {'PSD' if neg == 0 else 'indefinite'}")
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles, horizontal_spacing=0.06)
+    lo = min(float(e[0]) for e in ev)
+    hi = max(float(e[-1]) for e in ev)
+    edges = np.linspace(lo, hi, bins + 1)
+    for i, e in enumerate(ev):
+        counts, _ = np.histogram(e, bins=edges)
+        centers = 0.5 * (edges[1:] + edges[:-1])
+        colors = [COLORS["negative"] if c < 0 else COLORS["positive"] for c in centers]
+        fig.add_trace(
+            go.Bar(
+                x=centers,
+                y=np.where(counts > 0, counts, np.nan),
+                name=names[i],
+                marker_color=colors,
+                width=(edges[1] - edges[0]),
+                showlegend=False,
+            ),
+            row=1,
+            col=i + 1,
+        )
+        fig.update_xaxes(title_text="λ", row=1, col=i + 1)
+        fig.update_yaxes(type="log", row=1, col=i + 1)
+    fig.update_yaxes(title_text="count (log)", row=1, col=1)
+    apply_theme(fig, title=title, height=420, subplot_titles=True)
+    fig.update_layout(margin=dict(t=fig.layout.margin.t + 24))
+    fig.update_annotations(font_size=12)
+    return fig
+
+
+def agreement_figure(
+    predicted,
+    actual,
+    *,
+    labels: Sequence[str] | None = None,
+    xtitle: str = "predicted",
+    ytitle: str = "actual",
+    title: str | None = None,
+) -> go.Figure:
+    """Scatter of predictions against measured values with the line ``y = x`` (``"y = x"``):
+    points on the line are predicted exactly (influence functions vs retraining, say)."""
+    p, a = _arr(predicted, "predicted"), _arr(actual, "actual")
+    if p.shape != a.shape:
+        raise ValueError(f"predicted and actual must have the same length, got {p.size} and {a.size}")
+    lo, hi = float(min(p.min(), a.min())), float(max(p.max(), a.max()))
+    pad = 0.08 * max(hi - lo, 1e-12)
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[lo - pad, hi + pad],
+            y=[lo - pad, hi + pad],
+            mode="lines",
+            name="y = x",
+            line=dict(color=COLORS["asymptote"], dash="dash"),
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=p,
+            y=a,
+            mode="markers+text" if labels is not None else "markers",
+            name="points",
+            text=list(labels) if labels is not None else None,
+            textposition="top center",
+            marker=dict(size=10, color=COLORS["direction"]),
+        )
+    )
+    fig.update_xaxes(title_text=xtitle, exponentformat="power")
+    fig.update_yaxes(title_text=ytitle, exponentformat="power")
+    apply_theme(fig, title=title, height=420)
+    return fig

@@ -1,0 +1,146 @@
+"""curvlab.viz course figures: the numbers drawn are the numbers computed (float64: tests/conftest.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+import curvlab as cl
+from curvlab import problems, viz
+
+
+def names(fig):
+    return [t.name for t in fig.data]
+
+
+def trace(fig, name):
+    return fig.data[names(fig).index(name)]
+
+
+def test_hvp_motion_figure_velocity_is_the_tangent_of_the_gradient_curve():
+    p = problems.seed_example(dtype=jnp.float64)
+    x, v = jnp.array([1.0, 0.5]), jnp.array([0.6, 0.8])
+    eps = np.linspace(0.0, 1.0, 21)
+    pts = x[None] + jnp.asarray(eps)[:, None] * v[None]
+    grads = jax.vmap(jax.grad(p.f))(pts)
+    hv = cl.hvp(p.f, x, v)
+    fig = viz.hvp_motion_figure(
+        eps, pts, grads, hv, eps_now=0.5, contour=viz.contour_grid(p.f, (0, 2, 0, 2), 11)
+    )
+    assert names(fig) == ["f", "x + εv", "ε now", "∇f(x + εv)", "∇f(x) + ε Hv", "Hv (velocity)", "∇f now"]
+    curve = trace(fig, "∇f(x + εv)")
+    # the arrow carries the exact Hv, and the drawn gradient curve leaves ∇f(x) with velocity Hv
+    np.testing.assert_allclose(
+        np.asarray(trace(fig, "Hv (velocity)").customdata[0]), np.asarray(p.hessian_fn(x) @ v)
+    )
+    h = 1e-6
+    g1 = np.asarray(jax.grad(p.f)(x + h * v))
+    g0 = np.array([curve.x[0], curve.y[0]])
+    np.testing.assert_allclose((g1 - g0) / h, hv, rtol=1e-5)
+    np.testing.assert_allclose([trace(fig, "∇f now").x[0], trace(fig, "∇f now").y[0]], np.asarray(grads[10]))
+    tangent = trace(fig, "∇f(x) + ε Hv")
+    np.testing.assert_allclose(np.asarray(tangent.x)[-1], float(grads[0][0] + 1.0 * hv[0]))
+    assert fig.layout.xaxis2.title.text == "∂f/∂x"
+    with pytest.raises(ValueError, match="points and grads"):
+        viz.hvp_motion_figure(eps, pts[:3], grads, hv, eps_now=0.0)
+
+
+def test_slope_curvature_figure_models():
+    t = np.linspace(-1, 1, 11)
+    phi = 1.0 + 2.0 * t + 1.5 * t**2  # an exact quadratic: the model is exact
+    fig = viz.slope_curvature_figure(t, phi, 2.0 + 3.0 * t, slope=2.0, curvature=3.0)
+    assert names(fig) == [
+        "f(x + tv)",
+        "tangent (slope)",
+        "quadratic model",
+        "slope φ′(t)",
+        "change of slope vᵀHv",
+    ]
+    np.testing.assert_allclose(np.asarray(trace(fig, "quadratic model").y), phi)
+    np.testing.assert_allclose(np.asarray(trace(fig, "change of slope vᵀHv").y), 2.0 + 3.0 * t)
+    with pytest.raises(ValueError, match="same length"):
+        viz.slope_curvature_figure(t, phi[:3], phi, slope=0.0, curvature=0.0)
+
+
+def test_methods_error_figure_draws_zero_at_the_floor():
+    fig = viz.methods_error_figure({"fwd_rev": 0.0, "central FD": 2e-11}, floor=1e-18)
+    bar = fig.data[0]
+    np.testing.assert_allclose(np.asarray(bar.x), [1e-18, 2e-11])
+    assert list(bar.text) == ["0 (exact)", "2.0e-11"]
+    with pytest.raises(ValueError, match="empty"):
+        viz.methods_error_figure({})
+
+
+def test_storage_figure_is_quadratic_vs_linear():
+    n = np.array([10.0, 1e3, 1e6])
+    fig = viz.storage_figure(n, measured={"HVP": (1e6, 7e6)}, limits={"RAM": 16e9})
+    np.testing.assert_allclose(np.asarray(fig.data[0].y), n**2 * 4)
+    np.testing.assert_allclose(np.asarray(fig.data[1].y), 3 * n * 4)
+    assert names(fig)[2:] == ["RAM", "HVP"]
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+    with pytest.raises(ValueError, match="positive"):
+        viz.storage_figure([0.0, 1.0])
+
+
+def test_cost_bars_figure_ratios_and_units():
+    fig = viz.cost_bars_figure(
+        {"gradient": 2.0, "fwd_rev": 5.0},
+        {"plain": {"gradient": 2**20, "fwd_rev": 3 * 2**20}, "checkpointed": {"gradient": 2**19}},
+    )
+    np.testing.assert_allclose(np.asarray(trace(fig, "time").y), [1.0, 2.5])
+    np.testing.assert_allclose(np.asarray(trace(fig, "plain").y), [1.0, 3.0])
+    np.testing.assert_allclose(np.asarray(trace(fig, "checkpointed").y), [0.5])
+    only_time = viz.cost_bars_figure({"a": 1.0, "b": 3.0}, reference="a")
+    assert names(only_time) == ["time"]
+    with pytest.raises(ValueError, match="reference"):
+        viz.cost_bars_figure({"a": 1.0})
+    with pytest.raises(ValueError, match="memory_unit"):
+        viz.cost_bars_figure({"gradient": 1.0}, {"x": {"gradient": 1.0}}, memory_unit="GB")
+
+
+def test_quadratic_paths_figure_cg_reaches_the_minimizer_in_two_steps():
+    A = jnp.array([[3.0, 1.0], [1.0, 2.0]])
+    b = jnp.array([1.0, -1.0])
+    x0 = jnp.array([-2.0, 2.0])
+    path = np.stack(
+        [np.asarray(x0)] + [np.asarray(cl.cg(A, b, x0=x0, maxiter=k, rtol=1e-14).x) for k in (1, 2)]
+    )
+    fig = viz.quadratic_paths_figure(A, b, {"CG": path}, resolution=31)
+    assert names(fig) == ["q", "CG (2 steps)", "x*"]
+    star = trace(fig, "x*")
+    np.testing.assert_allclose([star.x[0], star.y[0]], np.linalg.solve(np.asarray(A), np.asarray(b)))
+    np.testing.assert_allclose(path[-1], [star.x[0], star.y[0]], atol=1e-12)
+    d0, d1 = path[1] - path[0], path[2] - path[1]
+    assert abs(d0 @ np.asarray(A) @ d1) < 1e-10  # A-conjugate directions
+    with pytest.raises(ValueError, match=r"\(2, 2\)"):
+        viz.quadratic_paths_figure(np.eye(3), np.ones(3), {})
+
+
+def test_lines_model_spectra_and_agreement_figures():
+    fig = viz.lines_figure(
+        [1, 2, 4], {"a": [1, 2, 3], "ref": [1, 1, 1]}, xtitle="x", ytitle="y", dashed=["ref"]
+    )
+    assert names(fig) == ["a", "ref"] and fig.data[1].line.dash == "dash"
+    with pytest.raises(ValueError, match="3 x values"):
+        viz.lines_figure([1, 2, 4], {"a": [1, 2]}, xtitle="x", ytitle="y")
+    t = np.linspace(0, 1.5, 7)
+    m = viz.model_vs_loss_figure(t, 1 - t + t**2, 1 - t + 0.5 * t**2, rho=0.1)
+    assert "raise λ" in m.layout.annotations[0].text
+    assert "lower λ" in viz.model_vs_loss_figure(t, t, t, rho=0.9).layout.annotations[0].text
+    s = viz.spectra_side_by_side_figure(
+        {"H": np.array([-1.0, 0.0, 2.0]), "G": np.array([0.0, 1e-12, 2.0])}, bins=4
+    )
+    titles = [a.text for a in s.layout.annotations]
+    assert "1 negative → indefinite" in titles[0] and "0 negative → PSD" in titles[1]
+    assert int(np.nansum(np.asarray(s.data[0].y, dtype=float))) == 3
+    a = viz.agreement_figure([1.0, 2.0], [1.1, 1.9], labels=["p", "q"])
+    assert names(a) == ["y = x", "points"] and list(a.data[1].text) == ["p", "q"]
+    with pytest.raises(ValueError, match="same length"):
+        viz.agreement_figure([1.0], [1.0, 2.0])
+
+
+def test_course_figures_export_to_html():
+    fig = viz.storage_figure([1.0, 10.0])
+    assert isinstance(fig, go.Figure)
+    assert "plotly" in fig.to_html(include_plotlyjs="cdn")

@@ -19,15 +19,16 @@ Three parts, every number measured in this one process:
    and against a gradient; the issue's goal is lean <= 3x a gradient in memory and time.
    Uses ``benchmarks/bench_lean_ggn.py`` when it provides ``make_transformer``; else a
    small plain-pytree GPT defined here.
-3. **Sparse Hessians**: :func:`curvlab.sparse_hessian_operator` on a chain (tridiagonal)
-   and a 2-D PDE energy (5-point Laplacian + quartic) for n = 1e2 ... 1e5: HVPs used
+3. **Sparse Hessians**: :func:`curvlab.sparse_hessian_operator` on a chain (tridiagonal;
+   also written as a ``lax.scan`` over the links, n <= 1e4, whose detection unrolls the
+   loop) and a 2-D PDE energy (5-point Laplacian + quartic) for n = 1e2 ... 1e5: HVPs used
    (colours), nnz, detection + colouring time, recovery time at a new point (warm,
    jitted), sparse matvec time against one HVP, and the error against ``jax.hessian``
    where n <= 2000.
 
 Operators that do not exist yet in this checkout (``kfac_operator`` ...) are skipped
-with a note. PyTorch/curvlinops twins run only if both are installed (they are not
-installed by this script).
+with a note. The same operators against curvlinops (PyTorch) on twin models are in
+``benchmarks/bench_curvlinops.py``.
 
 Run::
 
@@ -54,15 +55,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import curvlab  # noqa: E402
-
-try:  # optional PyTorch twin
-    import curvlinops  # noqa: F401
-    import torch  # noqa: F401
-
-    HAVE_TORCH = True
-except ImportError:
-    HAVE_TORCH = False
-
 
 # ---------------------------------------------------------------------------
 # Timing and memory helpers
@@ -360,6 +352,16 @@ def chain(x):
     return jnp.sum((x[1:] - x[:-1]) ** 2 * (1.0 + x[1:] ** 2)) + jnp.sum(jnp.cos(x))
 
 
+def chain_scan(x):
+    """The chain energy with its links summed by ``lax.scan`` (detection unrolls the loop exactly)."""
+
+    def link(acc, pair):
+        a, b = pair
+        return acc + (b - a) ** 2 * (1.0 + b**2), None
+
+    return jax.lax.scan(link, 0.0, (x[:-1], x[1:]))[0] + jnp.sum(jnp.cos(x))
+
+
 def pde_energy(x):
     m = math.isqrt(x.shape[0])
     u = x.reshape(m, m)
@@ -377,8 +379,10 @@ def bench_sparse(sizes, rounds) -> list:
         f"{'problem':<8}{'n':>8}{'HVPs':>6}{'nnz':>9}{'detect s':>10}{'colour s':>10}{'recover ms':>12}"
         f"{'sparse mv ms':>14}{'HVP ms':>9}{'max err':>10}"
     )
-    for name, f in (("chain", chain), ("pde2d", pde_energy)):
+    for name, f in (("chain", chain), ("scan", chain_scan), ("pde2d", pde_energy)):
         for n in sizes:
+            if name == "scan" and n > 10_000:  # unrolled detection: ~1.6 s per 1000 links
+                continue
             if name == "pde2d":
                 n = math.isqrt(n) ** 2
             x = jax.random.normal(jax.random.key(n), (n,))
@@ -446,8 +450,7 @@ def main(argv=None):
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "devices": len(jax.devices()),
-        "torch_curvlinops": HAVE_TORCH,
-        "notes": [] if HAVE_TORCH else ["torch/curvlinops not installed: no PyTorch twin columns"],
+        "notes": ["curvlinops (PyTorch) twins: benchmarks/bench_curvlinops.py, results/curvlinops.json"],
     }
     key = jax.random.key(0)
     if "models" in parts:

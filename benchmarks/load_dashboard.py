@@ -5,7 +5,8 @@ kernel). Visitors arrive ``--arrival`` seconds apart; for each we measure the fi
 navigation until the first tab's plot and slider show, timed inside the page) and the latency of
 slider moves (key press until plot and readout changed). Kernels and their total RSS (psutil) are
 sampled with everyone on the page and while ``--linger`` seconds pass after the last page closed.
-Prints a table and writes ``benchmarks/results/dashboard_load.json``.
+CPU seconds per visitor are split into kernels + Voila server and the browsers (which run on this
+machine too, unlike a real class's). Prints a table and writes ``benchmarks/results/dashboard_load.json``.
 
     .venv/bin/python benchmarks/load_dashboard.py [--visitors 1 4 8 16] [--moves 5] [--arrival 2] \\
         [--linger 30]
@@ -62,6 +63,34 @@ def _sample(server, H) -> tuple[int, float]:
     return len(pids), H.rss_mib(pids)
 
 
+def _cpu_seconds(pids) -> float:
+    """User + system CPU seconds used so far by the processes ``pids`` (gone ones count zero)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def _chromium_pids() -> list[int]:
+    """PIDs of the headless Chromium processes this benchmark drives (descendants of this process)."""
+    import psutil
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in p.name().lower():
+                out.append(p.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
 def run(n: int, moves: int, H, browser, *, arrival_s: float, linger_s: float) -> dict:
     """``n`` visitors arriving ``arrival_s`` apart; each renders, moves a slider ``moves`` times, leaves.
 
@@ -74,6 +103,9 @@ def run(n: int, moves: int, H, browser, *, arrival_s: float, linger_s: float) ->
     try:
         time.sleep(2.0)  # let the pre-heated kernel start like a server that has been up a moment
         idle_kernels, idle_rss = _sample(server, H)
+        kernel_cpu0 = _cpu_seconds(server.kernel_pids())
+        server_cpu0 = _cpu_seconds([server.proc.pid])
+        chromium_cpu0 = _cpu_seconds(_chromium_pids())
         sel = ".curvlab-tab-curvature .curvlab-explorer"
         contexts, pages = [], []
         for i in range(n):
@@ -96,6 +128,11 @@ def run(n: int, moves: int, H, browser, *, arrival_s: float, linger_s: float) ->
             latencies.append(statistics.median(lat))
             all_moves += lat
         errors = sum(len(dp.console_errors) for dp in pages)
+        # CPU spent serving the n visitors: their kernels (start, notebook, slider moves; the pool's
+        # refill included), the Voila server process, and the browsers (on this machine too).
+        kernel_cpu = _cpu_seconds(server.kernel_pids()) - kernel_cpu0
+        server_cpu = _cpu_seconds([server.proc.pid]) - server_cpu0
+        chromium_cpu = _cpu_seconds(_chromium_pids()) - chromium_cpu0
         for ctx in contexts:
             for p in ctx.pages:
                 with p.expect_event("close", timeout=30_000):
@@ -125,6 +162,11 @@ def run(n: int, moves: int, H, browser, *, arrival_s: float, linger_s: float) ->
             f"kernels_{int(linger_s)}s_after": after_kernels,
             f"kernel_rss_{int(linger_s)}s_after_mib": round(after_rss, 1),
             "visitor_kernels_gone_after_s": None if freed_after is None else round(freed_after, 1),
+            "cpu_s_per_visitor": {
+                "kernels": round(kernel_cpu / n, 2),
+                "voila_server": round(server_cpu / n, 2),
+                "browsers": round(chromium_cpu / n, 2),
+            },
             "console_errors": errors,
         }
     finally:
@@ -153,7 +195,8 @@ def main(argv=None) -> int:
         browser.close()
     print()
     head = ("N", "render median/max (s)", "slider median (s)", "kernels peak", "RSS peak (MiB)",
-            "MiB/visitor", f"kernels {int(args.linger)} s after", "freed after (s)")
+            "MiB/visitor", f"kernels {int(args.linger)} s after", "freed after (s)",
+            "CPU s/visitor kernel+server/browser")
     print("  ".join(f"{h:>{max(6, len(h))}}" for h in head))
     for r in rows:
         cells = (
@@ -161,6 +204,7 @@ def main(argv=None) -> int:
             f"{r['slider_latency_median_s']:.3f}", r["peak_kernels"], f"{r['peak_kernel_rss_mib']:.0f}",
             r["rss_per_visitor_mib"], r[f"kernels_{int(args.linger)}s_after"],
             r["visitor_kernels_gone_after_s"],
+            "{kernels:.1f}+{voila_server:.1f}/{browsers:.1f}".format(**r["cpu_s_per_visitor"]),
         )
         print("  ".join(f"{str(c):>{max(6, len(h))}}" for c, h in zip(cells, head, strict=True)))
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -194,9 +194,14 @@ class BlockState(NamedTuple):
 
 
 def _project_out(V, W):
-    """One classical Gram-Schmidt pass of the rows of ``W`` against the rows of ``V``: ``(W, H)``."""
-    H = W @ V.T
-    return W - H @ V, H
+    """One classical Gram-Schmidt pass of the rows of ``W`` against the rows of ``V``: ``(W, Hᵀ)``.
+
+    Returns the coefficients transposed, :math:`H^\top = V W^\top` (``V``'s rows first): XLA on
+    CPU runs this contraction over ``n`` and the update ``W - (Vᵀ Hᵀ)ᵀ`` 2.5-3x faster than the
+    ``W Vᵀ`` order (n = 269,322, 45 rows against 5: 36-53 ms vs 116-182 ms per pass, loaded machine).
+    """
+    Ht = V @ W.T
+    return W - (V.T @ Ht).T, Ht
 
 
 def _fresh_rows(V, Q, replace, key):
@@ -318,9 +323,9 @@ def block_step(setup: BlockSetup, basis: BlockBasis) -> BlockBasis:
     D = X @ W.T
     D = (D + D.T) / 2
     W = W - D @ X
-    W, H1 = _project_out(V, W)
-    W, H2 = _project_out(V, W)
-    D = D + jax.lax.dynamic_slice_in_dim(H1 + H2, j, b, axis=1)
+    W, H1t = _project_out(V, W)
+    W, H2t = _project_out(V, W)
+    D = D + jax.lax.dynamic_slice_in_dim(H1t + H2t, j, b, axis=0).T
     D = jnp.where(vx[:, None] & vx[None, :], (D + D.T) / 2, 0)
     key, sub = jax.random.split(basis.key)
     rows, B, ok = _orthonormal_block(V, W, anorm, setup.breakdown_tol, sub)

@@ -49,10 +49,6 @@ PyTree = Any
 
 __all__ = ["HFConfig", "hessian_free", "update_damping"]
 
-#: cg() spends one matvec on the initial residual b - A x0 when warm-started.
-_CG_WARM_START_MATVECS = 1
-
-
 # ---------------------------------------------------------------------------
 # damping rule
 # ---------------------------------------------------------------------------
@@ -461,7 +457,9 @@ def _hf_step(params, lam, d0, gbatch, cbatch, key, mu, cg_decay, alpha, *, fns, 
         backtrack_iteration=p_it,
         step_length=t,
         step_norm=jnp.where(ok, t * jnp.linalg.norm(p), 0.0),
-        hvps=res.num_iterations + _CG_WARM_START_MATVECS,
+        # every product CG made: r0 = b - A d0 (warm start) and one per loop pass, also the pass
+        # that found negative curvature (or a non-finite value) and was not counted as an iteration
+        hvps=res.num_matvecs,
         fun_evals=evals + ls_evals + 1,
     )
     return unravel(new_flat), update_damping(lam, rho), _next_warm_start(res.x, cg_decay), stats

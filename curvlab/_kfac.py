@@ -56,11 +56,13 @@ twice, ...): their block is the *exact diagonal* of the same curvature,
 
 **EK-FAC** (George et al. 2018) keeps the Kronecker eigenbasis
 :math:`U_G \\otimes U_A` (``eigh`` of the factors) and refits the diagonal to the
-second moments of the gradients in that basis,
-:math:`S_{oi} = \\sum_r \\sum_c (U_G^\\top g_{rc})_o^2 (U_A^\\top a_r)_i^2` (the
-diagonal of the exact block in that basis for one row per example, so EK-FAC's block
-traces are then the exact ones; K-FAC's :math:`\\lambda_{G,o}\\lambda_{A,i}` is its
-value when rows' :math:`a` and :math:`g` are independent). So both
+second moments of the per-example gradients in that basis,
+:math:`S_{oi} = \\sum_{n,c} \\big(\\sum_p (U_G^\\top g_{npc})_o (U_A^\\top a_{np})_i\\big)^2`
+(rows :math:`r = (n, p)`: example :math:`n`, shared position :math:`p`). That is the
+diagonal of the exact block in that basis, so EK-FAC's block traces are the exact ones,
+with weight sharing too (as curvlinops' ``EKFACLinearOperator``); K-FAC's
+:math:`\\lambda_{G,o}\\lambda_{A,i}` is its value when :math:`a` and :math:`g` are
+independent. So both
 operators are :math:`(U_G \\otimes U_A)\\,\\mathrm{diag}(S + \\delta)\\,(U_G \\otimes U_A)^\\top`
 per block, and inverse, log-determinant, trace, diagonal and every eigenvalue are
 closed form.
@@ -531,12 +533,39 @@ def _batch_factors(plan: _Plan, model_fn, output_loss_fn, cfg, params, batch, ke
         factors.append((A, G))
         if eig is not None:
             UA, UG = eig[i]
-            ga2, aa2 = jnp.einsum("mro,op->mrp", g, UG) ** 2, (a @ UA) ** 2
-            Sw = jnp.einsum("mro,ri->oi", ga2, aa2)
-            Sb = jnp.einsum("mro->o", ga2) if spec.bias >= 0 else None
-            scales.append((Sw, Sb))
+            ga, aa = jnp.einsum("mro,op->mrp", g, UG), a @ UA
+            scales.append(_ekfac_scalings(ga, aa, z.shape[0], spec.bias >= 0))
     diag = _leftover_diag(plan, model_fn, params, inputs, cots) if plan.leftover else ()
     return factors, diag, scales
+
+
+def _ekfac_scalings(ga, aa, n, bias):
+    """EK-FAC scalings: second moments of the per-example gradients in the Kronecker eigenbasis.
+
+    ``ga`` ``(M, R, O)``: the output gradients in the basis :math:`U_G`, ``aa`` ``(R, I)``:
+    the inputs in :math:`U_A`, rows example-major (``R = n P``, ``P`` shared positions per
+    example: a conv's output positions, a sequence's tokens). With the per-example
+    gradient :math:`\\sum_p g_{npc} a_{np}^\\top` of column ``c``,
+
+    .. math::
+
+        S_{oi} = \\sum_{n,c} \\Big(\\sum_p (U_G^\\top g_{npc})_o (U_A^\\top a_{np})_i\\Big)^2,
+        \\qquad s_o = \\sum_{n,c} \\Big(\\sum_p (U_G^\\top g_{npc})_o\\Big)^2 .
+    """
+    m, r, o = ga.shape
+    if r == n or r % n:  # one row per example (or rows not grouped by example): per row
+        ga2 = ga**2
+        return jnp.einsum("mro,ri->oi", ga2, aa**2), (jnp.einsum("mro->o", ga2) if bias else None)
+    p = r // n
+    per_example = (jnp.moveaxis(ga.reshape(m, n, p, o), 1, 0), aa.reshape(n, p, aa.shape[-1]))
+
+    def one(item):
+        g_n, a_n = item  # (M, P, O), (P, I)
+        y = jnp.einsum("mpo,pi->moi", g_n, a_n)
+        return jnp.sum(y**2, axis=0), jnp.sum(jnp.sum(g_n, axis=1) ** 2, axis=0)
+
+    Sw, Sb = jax.lax.map(one, per_example, batch_size=min(n, 8))
+    return jnp.sum(Sw, axis=0), (jnp.sum(Sb, axis=0) if bias else None)
 
 
 def _leftover_diag(plan, model_fn, params, inputs, cots):
@@ -614,15 +643,25 @@ class KFACOperator(ParameterOperator):
         def product(v_tree):
             v = jax.tree_util.tree_leaves(v_tree)
             out = list(v)
-            for spec, (UA, UG, Sw, Sb) in zip(self.layers, self.eig):
+            # K-FAC itself multiplies by its factors, G V A + delta V (two matmuls, not the
+            # eigenbasis' four; equal up to the clipping of rounding-negative eigenvalues)
+            direct = self.approx == "kfac" and self.power == 1
+            for spec, (UA, UG, Sw, Sb), (A, G) in zip(self.layers, self.eig, self.factors):
                 w = v[spec.weight]
                 Wp = jnp.transpose(w, spec.perm)
                 V = Wp.reshape(Wp.shape[0], -1)
-                Y = _block_apply(UA, UG, self._fn(Sw), V).reshape(Wp.shape)
-                out[spec.weight] = jnp.transpose(Y, np.argsort(spec.perm))
+                if direct:
+                    Y = G @ V @ A + self.damping * V
+                else:
+                    Y = _block_apply(UA, UG, self._fn(Sw), V)
+                out[spec.weight] = jnp.transpose(Y.reshape(Wp.shape), np.argsort(spec.perm))
                 if spec.bias >= 0:
-                    b = v[spec.bias]
-                    out[spec.bias] = (UG @ (self._fn(Sb) * (UG.T @ b.reshape(-1)))).reshape(b.shape)
+                    b = v[spec.bias].reshape(-1)
+                    if direct:
+                        yb = G @ b + self.damping * b
+                    else:
+                        yb = UG @ (self._fn(Sb) * (UG.T @ b))
+                    out[spec.bias] = yb.reshape(v[spec.bias].shape)
             for i, d in zip(self.leftover, self.diag):
                 out[i] = self._fn(d) * v[i]
             return jax.tree_util.tree_unflatten(treedef, out)
@@ -849,20 +888,42 @@ def _constructor(
     return _build(approx, model_fn, output_loss_fn, params, data, cfg, damping, key)
 
 
-def kfac_operator(
-    model_fn: Callable,
-    output_loss_fn: Callable,
-    params: PyTree,
-    batch: tuple,
-    *,
-    fisher_type: str = "exact",
-    damping: float = 0.0,
-    key: jax.Array | None = None,
-    num_samples: int = 1,
-    likelihood: str | None = None,
-    reduction: str = "mean",
-) -> KFACOperator:
-    """K-FAC approximation of the GGN / Fisher of ``output_loss_fn(model_fn(params, inputs), targets)``.
+def _public_constructor(approx: str, doc: str) -> Callable:
+    """The public constructor of ``approx`` ("kfac" / "ekfac"): one signature for both."""
+
+    def constructor(
+        model_fn: Callable,
+        output_loss_fn: Callable,
+        params: PyTree,
+        batch: tuple,
+        *,
+        fisher_type: str = "exact",
+        damping: float = 0.0,
+        key: jax.Array | None = None,
+        num_samples: int = 1,
+        likelihood: str | None = None,
+        reduction: str = "mean",
+    ) -> KFACOperator:
+        return _constructor(
+            approx,
+            model_fn,
+            output_loss_fn,
+            params,
+            batch,
+            fisher_type=fisher_type,
+            damping=damping,
+            key=key,
+            num_samples=num_samples,
+            likelihood=likelihood,
+            reduction=reduction,
+        )
+
+    constructor.__name__ = constructor.__qualname__ = f"{approx}_operator"
+    constructor.__doc__ = doc
+    return constructor
+
+
+_KFAC_DOC = """K-FAC of the GGN / Fisher of ``output_loss_fn(model_fn(params, inputs), targets)``.
 
     Layers are found by tracing ``model_fn`` (no annotations; see the module docs for
     what is detected and the scaling table). Per layer
@@ -901,51 +962,15 @@ def kfac_operator(
     >>> bool(jnp.allclose(K.to_dense(), G.to_dense(), atol=1e-5))
     True
     """
-    return _constructor(
-        "kfac",
-        model_fn,
-        output_loss_fn,
-        params,
-        batch,
-        fisher_type=fisher_type,
-        damping=damping,
-        key=key,
-        num_samples=num_samples,
-        likelihood=likelihood,
-        reduction=reduction,
-    )
 
-
-def ekfac_operator(
-    model_fn: Callable,
-    output_loss_fn: Callable,
-    params: PyTree,
-    batch: tuple,
-    *,
-    fisher_type: str = "exact",
-    damping: float = 0.0,
-    key: jax.Array | None = None,
-    num_samples: int = 1,
-    likelihood: str | None = None,
-    reduction: str = "mean",
-) -> KFACOperator:
-    """EK-FAC (George et al. 2018): K-FAC's Kronecker eigenbasis with refitted diagonal scalings.
+_EKFAC_DOC = """EK-FAC (George et al. 2018): K-FAC's Kronecker eigenbasis with refitted diagonal scalings.
 
     Same arguments as :func:`kfac_operator`. In the eigenbasis :math:`U_G \\otimes U_A`
-    of the K-FAC factors the scalings are the second moments of the projected gradients,
-    :math:`S_{oi} = \\sum_{r,c} (U_G^\\top g_{rc})_o^2 (U_A^\\top a_r)_i^2`; the
-    trace then matches the exact curvature's block trace for one row per example.
+    of the K-FAC factors the scalings are the second moments of the projected per-example
+    gradients, :math:`S_{oi} = \\sum_{n,c} (\\sum_p (U_G^\\top g_{npc})_o (U_A^\\top a_{np})_i)^2`
+    (``p`` a conv's output positions or a sequence's tokens): the diagonal of the exact
+    block in that basis, so the block traces are the exact curvature's.
     """
-    return _constructor(
-        "ekfac",
-        model_fn,
-        output_loss_fn,
-        params,
-        batch,
-        fisher_type=fisher_type,
-        damping=damping,
-        key=key,
-        num_samples=num_samples,
-        likelihood=likelihood,
-        reduction=reduction,
-    )
+
+kfac_operator = _public_constructor("kfac", _KFAC_DOC)
+ekfac_operator = _public_constructor("ekfac", _EKFAC_DOC)

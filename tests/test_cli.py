@@ -353,7 +353,53 @@ def test_pooled_kernel_handed_to_a_page_counts_as_active(monkeypatch):
             return "task", ["cells"], "k1"
 
     monkeypatch.setattr(voila.app, "voila_kernel_manager_factory", lambda *a, **k: FakePoolManager)
-    _voila_server._patch_pool_handout()
+    _voila_server._patch_kernel_manager()
     manager = voila.app.voila_kernel_manager_factory()()
     assert asyncio.run(manager.get_rendered_notebook("dashboard.ipynb")) == ("task", ["cells"], "k1")
     assert kernel.last_activity > old
+
+
+def test_kernel_whose_page_disconnected_is_reclaimed(monkeypatch):
+    """A kernel left without a websocket for RECLAIM_AFTER_S is shut down; a reconnect saves it."""
+    import asyncio
+
+    import voila.app
+
+    from curvlab.app import _voila_server
+
+    class FakeManager:
+        def __init__(self):
+            self._kernel_connections = {"k1": 0, "k2": 0}
+            self.shut = []
+            self.log = __import__("logging").getLogger("test")
+
+        def __contains__(self, kernel_id):
+            return kernel_id in self._kernel_connections
+
+        def notify_connect(self, kernel_id):
+            self._kernel_connections[kernel_id] += 1
+
+        def notify_disconnect(self, kernel_id):
+            self._kernel_connections[kernel_id] -= 1
+
+        async def shutdown_kernel(self, kernel_id):
+            self.shut.append(kernel_id)
+            del self._kernel_connections[kernel_id]
+
+    monkeypatch.setenv(_voila_server.RECLAIM_AFTER_ENV, "0.05")
+    monkeypatch.setattr(voila.app, "voila_kernel_manager_factory", lambda *a, **k: FakeManager)
+    _voila_server._patch_kernel_manager()
+    manager = voila.app.voila_kernel_manager_factory()()
+
+    async def scenario():
+        for k in ("k1", "k2"):
+            manager.notify_connect(k)
+        manager.notify_disconnect("k1")  # k1's page closed for good
+        manager.notify_disconnect("k2")  # k2's page drops its websocket ...
+        await asyncio.sleep(0.01)
+        manager.notify_connect("k2")  # ... and comes back within the grace period
+        await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    assert manager.shut == ["k1"]
+    assert manager._kernel_connections == {"k2": 1}

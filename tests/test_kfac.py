@@ -246,6 +246,33 @@ def test_conv_factors_and_exactness():
     )
 
 
+def test_ekfac_conv_scalings_are_per_example_second_moments():
+    """Weight sharing: the scalings are the exact block's diagonal in the Kronecker eigenbasis."""
+
+    def cnn(p, x):
+        h = jax.lax.conv_general_dilated(x, p["c"]["w"], (1, 1), "SAME") + p["c"]["b"][None, :, None, None]
+        return jnp.tanh(h).reshape(x.shape[0], -1) @ p["d"]["w"]
+
+    p = {
+        "c": {"w": jax.random.normal(KEYS[3], (2, 2, 3, 3)) / 3, "b": 0.1 * jnp.ones(2)},
+        "d": {"w": jax.random.normal(KEYS[4], (2 * 16, 3)) / 4},
+    }
+    x = jax.random.normal(KEYS[5], (3, 2, 4, 4))
+    labels = jnp.array([0, 2, 1])
+    E = ekfac_operator(cnn, ce, p, (x, labels))
+    G = dense_ggn(cnn, ce, p, (x, labels))
+    np.testing.assert_allclose(float(E.trace()), np.trace(G), rtol=1e-10)
+    # the conv weight block: diag of (U_G x U_A)^T G_block (U_G x U_A), G_block in (out, in) layout
+    sizes = [np.size(a) for a in jax.tree_util.tree_leaves(p)]  # c/b, c/w, d/w
+    start = sizes[0]
+    block = G[start : start + sizes[1], start : start + sizes[1]]  # (O, I, kh, kw) row-major = (O, I k)
+    UA, UG, Sw, Sb = E.eig[0]
+    Q = np.kron(np.asarray(UG), np.asarray(UA))
+    np.testing.assert_allclose(np.asarray(Sw).ravel(), np.diag(Q.T @ block @ Q), rtol=1e-9, atol=1e-12)
+    bias_block = G[: sizes[0], : sizes[0]]
+    np.testing.assert_allclose(np.asarray(Sb), np.diag(UG.T @ bias_block @ UG), rtol=1e-9, atol=1e-12)
+
+
 def test_nnx_and_equinox_modules():
     import equinox as eqx
     from flax import nnx

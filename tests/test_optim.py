@@ -332,6 +332,23 @@ def test_hf_ggn_has_no_negative_curvature_where_hessian_does():
     assert ggn.fun < ggn.history["loss"][0]
 
 
+def test_hf_counts_the_cg_product_that_found_negative_curvature():
+    """CG on A = diag(1, -1), b = (2, 1) from d0 = 0, counted by hand: r0 = b - A d0 (one product),
+    step 1 accepted (A p0, p0 = b, p0ᵀAp0 = 3), step 2 refused (A p1, p1 = (20, 40)/9,
+    p1ᵀAp1 = -1200/81): three curvature products for one CG iteration."""
+    A, b = jnp.diag(jnp.array([1.0, -1.0])), jnp.array([2.0, 1.0])
+    direct = cg(hessian_operator(_quad_loss, jnp.zeros(2), (A, b)), b, x0=jnp.zeros(2))
+    assert direct.status is Status.NEGATIVE_CURVATURE
+    assert (int(direct.num_iterations), int(direct.num_matvecs)) == (1, 3)
+    kw = dict(curvature="hessian", damping=0.0, maxiter=1, line_search=False)
+    res = _hf(_quad_loss, jnp.zeros(2), (A, b), **kw)
+    h = res.history
+    assert h["cg_status"][1] == Status.NEGATIVE_CURVATURE and h["cg_iterations"][1] == 1
+    assert h["num_hvps"][0] == 0 and h["num_hvps"][1] == 3 and res.num_hvps == 3
+    # the chosen direction is CG's accepted iterate x1 = (5/3) b, a step of the full length
+    np.testing.assert_allclose(res.x, 5.0 / 3.0 * np.asarray(b), rtol=1e-12)
+
+
 def test_hf_logistic_matches_scipy_and_problem_api(logistic, scipy_logistic_optimum):
     res = _hf(logistic, damping=1.0, maxiter=60, gtol=1e-7)
     # the Gauss-Newton matrix misses the L2 term (1e-3 I): damping covers it
@@ -821,11 +838,13 @@ def test_hfconfig_validation_names_the_field():
 
 @pytest.mark.parametrize(
     ("opt", "expected"),
-    [(newton_cg, (30, 87, 91)), (trust_region_newton, (35, 111, 71))],
+    [(newton_cg, (30, 91, 91)), (trust_region_newton, (35, 111, 71))],
 )
 def test_newton_counts_on_rosenbrock5_are_pinned(opt, expected):
     """Iterations, HVPs and function evaluations recorded before the steps were split into named
-    phases (direction, line search / ratio, radius update): the refactor changed no iterate."""
+    phases (direction, line search / ratio, radius update): the refactor changed no iterate.
+    Newton-CG's HVPs went from 87 to 91 when the CG products that found negative curvature (four
+    passes here) started to count; the iterates did not change."""
     prob = problems.rosenbrock(5)
     res = opt(prob.f, prob.x0, gtol=1e-8)
     assert res.status is Status.CONVERGED
@@ -844,3 +863,16 @@ def test_hf_counts_on_mlp_are_pinned():
     # hvps: each warm-started CG spends one matvec on its initial residual
     np.testing.assert_array_equal(np.diff(res.history["num_hvps"]), res.history["cg_iterations"][1:] + 1)
     assert res.fun == pytest.approx(0.46639120292275554, rel=1e-9)
+
+
+def test_newton_counts_the_cg_product_that_found_negative_curvature():
+    """f = ½xᵀAx - bᵀx, A = diag(1, -1): the first CG pass from 0 spends A p0 (accepted) and A p1
+    (refused: p1ᵀAp1 < 0); the history counts both, as CG's own ``num_matvecs`` does."""
+    A, b = jnp.diag(jnp.array([1.0, -1.0])), jnp.array([2.0, 1.0])
+    res = newton_cg(_quad_loss, jnp.zeros(2), (A, b), maxiter=1)
+    h = res.history
+    assert h["cg_status"][1] == Status.NEGATIVE_CURVATURE
+    direct = cg(hessian_operator(_quad_loss, jnp.zeros(2), (A, b)), b, maxiter=10)
+    assert int(direct.num_iterations) < int(direct.num_matvecs)
+    assert h["num_hvps"][1] >= int(direct.num_matvecs)
+    assert h["num_hvps"][1] - h["num_hvps"][0] == res.num_hvps

@@ -162,14 +162,140 @@ def test_random_sparse_quadratic_with_explicit_pattern(seed):
     assert {tuple(ij) for ij in op.pattern} == {tuple(ij) for ij in np.argwhere(np.asarray(A) != 0)}
 
 
-def test_loop_is_handled_conservatively_but_correctly():
-    def f(x):
-        return jax.lax.fori_loop(0, 3, lambda i, acc: acc + jnp.sum(jnp.sin(x * (i + 1))), 0.0)
+def scan_chain(x):
+    """The chain energy with its links summed by ``lax.scan`` over (x[k], x[k+1]) pairs."""
 
-    x = jnp.linspace(0.1, 0.9, 6)
+    def link(acc, pair):
+        a, b = pair
+        return acc + (b - a) ** 2 * (1.0 + b**2), a * b
+
+    total, ys = jax.lax.scan(link, 0.0, (x[:-1], x[1:]))
+    return total + jnp.sum(jnp.cos(x)) + 0.1 * jnp.sum(ys**2)
+
+
+def fori_chain(x):
+    """The chain energy by ``fori_loop`` (a scan with a counter) indexing ``x`` by the counter."""
+
+    def body(i, acc):
+        a, b = x[i], x[i + 1]
+        return acc + (b - a) ** 2 * (1.0 + b**2)
+
+    return jax.lax.fori_loop(0, x.shape[0] - 1, body, 0.0) + jnp.sum(jnp.cos(x))
+
+
+def recurrent(x):
+    """h_k = tanh(h_{k-1} + x_k): every x_k couples to every later one (a dense Hessian, exactly)."""
+    h, _ = jax.lax.scan(lambda h, xk: (jnp.tanh(h + xk), None), 0.0, x)
+    return h
+
+
+@pytest.mark.parametrize("f", [scan_chain, fori_chain, recurrent])
+def test_loops_are_unrolled_exactly(f):
+    n = 12
+    x = jax.random.normal(jax.random.key(6), (n,))
     op = curvlab.sparse_hessian_operator(f, x)
-    assert op.conservative_primitives  # the loop body is not entered
-    np.testing.assert_allclose(np.asarray(op.to_dense()), dense_reference(f, x), rtol=1e-12, atol=1e-12)
+    H = dense_reference(f, x)
+    np.testing.assert_allclose(np.asarray(op.to_dense()), H, rtol=1e-12, atol=1e-12)
+    assert op.conservative_primitives == frozenset()
+    assert {tuple(ij) for ij in op.pattern} == nonzero_pattern(H)
+    if f is not recurrent:
+        assert op.num_hvps <= 4  # banded: a few colours, not n
+    else:
+        assert op.num_hvps == n
+
+
+def test_scan_chain_colours_do_not_grow_with_n():
+    pattern, conservative = hessian_sparsity(scan_chain, jnp.zeros(300))
+    assert not conservative and pattern.shape[0] == 3 * 300 - 2
+    assert star_coloring(pattern, 300).max() + 1 == 3
+
+
+def test_long_scan_falls_back_to_a_correct_fixed_point(monkeypatch):
+    import curvlab._sparse_hessian as sh
+
+    monkeypatch.setattr(sh, "MAX_UNROLLED_EQNS", 5)
+    x = jax.random.normal(jax.random.key(7), (8,))
+    op = curvlab.sparse_hessian_operator(scan_chain, x)
+    H = dense_reference(scan_chain, x)
+    np.testing.assert_allclose(np.asarray(op.to_dense()), H, rtol=1e-12, atol=1e-12)
+    assert any("scan" in name for name in op.conservative_primitives)
+    assert {tuple(ij) for ij in op.pattern} >= nonzero_pattern(H)
+
+
+def test_while_loops_in_the_gradient():
+    """A while loop on a non-differentiated path: unrolled when its trip count folds, else a fixed point."""
+
+    def counted(x):  # weights from a counted while loop over x (held fixed by stop_gradient)
+        w = jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, 0.5 * c[1] + 1.0), (0, x))[1]
+        return chain(x) + jnp.sum(jax.lax.stop_gradient(w) * x**2)
+
+    def data_dependent(x):  # iterate until a value of x is reached
+        w = jax.lax.while_loop(lambda c: c[0] < x[0] + 3.0, lambda c: (c[0] + 1.0, c[1] * 0.9), (0.0, x))[1]
+        return chain(x) + jnp.sum(jax.lax.stop_gradient(w) * x**2)
+
+    x = jnp.linspace(-0.5, 0.7, 9)
+    for f in (counted, data_dependent):
+        op = curvlab.sparse_hessian_operator(f, x)
+        H = dense_reference(f, x)
+        np.testing.assert_allclose(np.asarray(op.to_dense()), H, rtol=1e-12, atol=1e-12)
+        assert {tuple(ij) for ij in op.pattern} >= nonzero_pattern(H)
+    assert "while (trip count not constant)" in op.conservative_primitives
+
+
+STENCIL = jnp.array([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]])
+
+
+def conv_pde(x, m=5):
+    """The 5-point Laplacian energy written as a convolution with a 3 x 3 stencil (corners zero)."""
+    u = x.reshape(1, 1, m, m)
+    lap = jax.lax.conv_general_dilated(u, STENCIL[None, None], (1, 1), "SAME")
+    return 0.5 * jnp.sum(u * lap) + 0.25 * jnp.sum(u**4)
+
+
+def test_convolution_stencil_energy_is_exact():
+    x = jax.random.normal(jax.random.key(8), (25,))
+    op = curvlab.sparse_hessian_operator(conv_pde, x)
+    H = dense_reference(conv_pde, x)
+    np.testing.assert_allclose(np.asarray(op.to_dense()), H, rtol=1e-12, atol=1e-12)
+    assert op.conservative_primitives == frozenset()
+    # the stencil's zero corners are read: 5-point structure, as the pad-and-slice version
+    assert {tuple(ij) for ij in op.pattern} == nonzero_pattern(H)
+    assert {tuple(ij) for ij in op.pattern} == {tuple(ij) for ij in hessian_sparsity(pde_energy, x)[0]}
+
+
+CONVS = (  # (input shape, kernel shape, conv_general_dilated arguments): strides, dilations, groups
+    (
+        (2, 4, 7),
+        (4, 2, 3),
+        dict(window_strides=(2,), padding=((1, 2),), rhs_dilation=(2,), feature_group_count=2),
+    ),
+    ((2, 2, 7), (2, 2, 3), dict(window_strides=(1,), padding=((2, 0),), lhs_dilation=(2,))),
+    ((4, 2, 7), (4, 2, 3), dict(window_strides=(1,), padding=((0, -1),), batch_group_count=2)),
+)
+
+
+def test_convolutions_of_two_variables_are_exact():
+    """Inputs and kernels all in x: window couplings input-input, input-kernel, kernel-kernel."""
+
+    def f(p):
+        total = 0.0
+        for (inp, ker), (_, _, conv) in zip(p, CONVS):
+            total = (
+                total + jnp.sum(jnp.tanh(jax.lax.conv_general_dilated(inp, ker, **conv))) + jnp.sum(ker**2)
+            )
+        return total
+
+    keys = jax.random.split(jax.random.key(9), 2 * len(CONVS))
+    p = [
+        (jax.random.normal(keys[2 * i], si), jax.random.normal(keys[2 * i + 1], sk))
+        for i, (si, sk, _) in enumerate(CONVS)
+    ]
+    op = curvlab.sparse_hessian_operator(f, p)
+    flat, unravel = ravel_pytree(p)
+    H = dense_reference(lambda z: f(unravel(z)), flat)
+    np.testing.assert_allclose(np.asarray(op.to_dense()), H, rtol=1e-12, atol=1e-12)
+    assert op.conservative_primitives == frozenset()
+    assert {tuple(ij) for ij in op.pattern} == nonzero_pattern(H)
 
 
 def test_pytree_point_and_at_new_point():

@@ -5,9 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from jax.flatten_util import ravel_pytree
 
 import curvlab as cl
 from curvlab import problems, viz
+from tests.reference import matrix_with_spectrum
 
 
 def names(fig):
@@ -144,3 +146,65 @@ def test_course_figures_export_to_html():
     fig = viz.storage_figure([1.0, 10.0])
     assert isinstance(fig, go.Figure)
     assert "plotly" in fig.to_html(include_plotlyjs="cdn")
+
+
+def test_truncated_cg_figure_stops_where_cg_with_rtol_eta_stops():
+    A = jnp.asarray(matrix_with_spectrum(np.geomspace(1.0, 1e3, 12)))
+    g = jnp.asarray(np.random.default_rng(0).normal(size=12))
+    full = cl.cg(A, -g, rtol=0.0, maxiter=40, save_iterates=True)
+    rel = np.asarray(full.residual_norms) / float(jnp.linalg.norm(g))
+    predicted = -np.asarray(full.quadratic_values)
+    ks = np.asarray(full.saved_iterations)
+    keep = ks <= int(full.num_iterations)
+    steps = np.asarray(full.saved_iterates)[keep]
+    # the "true loss" is the quadratic itself here, so the actual decrease equals the predicted one
+    actual = np.array([-(float(g @ p) + 0.5 * float(p @ (A @ p))) for p in steps])
+    np.testing.assert_allclose(actual, predicted[ks[keep]], rtol=1e-10)
+    for eta in (0.5, 1e-2, 1e-6):
+        fig = viz.truncated_cg_figure(rel, predicted, ks[keep], actual, forcing=eta)
+        assert names(fig) == [
+            "relative residual",
+            "forcing term η",
+            "CG stops",
+            "predicted decrease −q(p_k)",
+            "actual decrease",
+            "step taken",
+        ]
+        stop = int(trace(fig, "CG stops").x[0])
+        assert stop == viz.forcing_stop(rel, eta) == int(cl.cg(A, -g, rtol=eta, maxiter=40).num_iterations)
+        assert float(trace(fig, "CG stops").y[0]) <= eta < (rel[stop - 1] if stop else np.inf)
+        np.testing.assert_allclose(float(trace(fig, "step taken").y[0]), predicted[stop])
+        np.testing.assert_allclose(np.asarray(trace(fig, "relative residual").y), rel)
+    # η below every residual: the iteration cap (the last finite entry)
+    capped = np.where(np.arange(rel.size) > 3, np.nan, np.maximum(rel, 1e-3))
+    assert viz.forcing_stop(capped, 1e-9) == 3
+    with pytest.raises(ValueError, match="positive"):
+        viz.truncated_cg_figure(rel, predicted, ks[keep], actual, forcing=0.0)
+    with pytest.raises(ValueError, match="same lengths"):
+        viz.truncated_cg_figure(rel[:-1], predicted, ks[keep], actual, forcing=0.1)
+
+
+def test_batch_noise_figure_plots_the_batch_products():
+    lr = problems.logistic_regression(num_examples=64, dtype=jnp.float64)
+    theta, unravel = ravel_pytree(lr.x0)
+    v = jax.random.normal(jax.random.key(0), theta.shape, dtype=theta.dtype)
+
+    def gv(batch):
+        return cl.gnvp(lambda w, X: lr.model_fn(unravel(w), X), lr.output_loss_fn, theta, batch, v)
+
+    X, y = lr.batch
+    full = np.asarray(gv((X, y)))
+    sizes = np.array([4, 16, 64])
+    samples = np.stack([np.asarray(gv((X[:b], y[:b]))) for b in sizes])
+    rel = np.linalg.norm(samples - full, axis=1) / np.linalg.norm(full)
+    assert rel[-1] < 1e-12  # the whole data set is the full product
+    fig = viz.batch_noise_figure(sizes, rel, full, samples, size_now=16)
+    assert names(fig) == ["relative error", "∝ 1/√B", "B now", "y = x", "entries of G_B v"]
+    np.testing.assert_allclose(np.asarray(trace(fig, "entries of G_B v").y), samples[1])
+    np.testing.assert_allclose(np.asarray(trace(fig, "entries of G_B v").x), full)
+    np.testing.assert_allclose(np.asarray(trace(fig, "∝ 1/√B").y), rel[0] * np.array([1.0, 0.5, 0.25]))
+    assert float(trace(fig, "B now").y[0]) == rel[1]
+    with pytest.raises(ValueError, match="not one of the sizes"):
+        viz.batch_noise_figure(sizes, rel, full, samples, size_now=8)
+    with pytest.raises(ValueError, match="samples be"):
+        viz.batch_noise_figure(sizes, rel, full, samples[:2], size_now=4)

@@ -1,7 +1,5 @@
 """CGExplorer: set controls in Python, check the figure against the math (no browser)."""
 
-import re
-
 import jax
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ pytest.importorskip("plotly")
 
 from curvlab._cg import condition_bound  # noqa: E402
 from curvlab.widgets.cg_explorer import PROBE_GRID, CGExplorer  # noqa: E402
+from tests.widget_helpers import arr, assert_intro_names_only_controls, trace  # noqa: E402
 
 VALUE_CONTROLS = ("problem", "kappa", "clusters", "damping", "preconditioner", "num_probes", "rtol")
 RES, ERR, BOUND = "‖r_k‖/‖b‖", "‖e_k‖_A/‖e_0‖_A", "bound 2((√κ−1)/(√κ+1))^k"
@@ -37,16 +36,6 @@ def ex(explorer):
     explorer.refresh()
     assert explorer.error.value == ""
     return explorer
-
-
-def trace(fig, name):
-    matches = [t for t in fig.data if t.name == name]
-    assert len(matches) == 1, [t.name for t in fig.data]
-    return matches[0]
-
-
-def arr(values):
-    return np.asarray(values, dtype=float)
 
 
 def test_default_construction_and_controls():
@@ -250,25 +239,5 @@ def test_hutchinson_readout_says_why_and_how_many_probes(ex):
     assert ex.last_result.hutchinson is None and "Hutchinson" not in ex.readout.value
 
 
-def _named_controls(intro: str) -> list[str]:
-    """The control names an intro writes in bold (``<b>…</b>`` not ending in ':')."""
-    return [m for m in re.findall(r"<b>(.*?)</b>", intro) if not m.rstrip().endswith(":")]
-
-
-def _descriptions(widget) -> set[str]:
-    out, stack = set(), [widget]
-    while stack:
-        w = stack.pop()
-        if w.has_trait("description") and w.description:
-            out.add(w.description)
-        stack.extend(getattr(w, "children", ()))
-    return out
-
-
 def test_intro_names_only_controls_that_exist(explorer):
-    from curvlab.app.dashboard import TABS
-
-    intro = next(t.intro for t in TABS if t.explorer == "CGExplorer")
-    names = _named_controls(intro)
-    assert "clusters" in names  # the intro's promise is a real control
-    assert set(names) <= _descriptions(explorer), set(names) - _descriptions(explorer)
+    assert "clusters" in assert_intro_names_only_controls(explorer)  # the intro's promise is a real control

@@ -8,15 +8,12 @@ import pytest
 from curvlab import problems
 from curvlab.widgets import CurvatureExplorer
 from curvlab.widgets.curvature import CurvatureResult, HighDimCurvatureResult
+from tests.widget_helpers import assert_intro_names_only_controls, trace
 
 
 @pytest.fixture(scope="module")
 def ex():
     return CurvatureExplorer()
-
-
-def trace(ex, name):
-    return next(t for t in ex.figure.data if t.name == name)
 
 
 def dense(problem, x, y):
@@ -224,17 +221,4 @@ def test_readout_follows_the_sliders_while_an_error_is_shown(ex):
 
 
 def test_intro_names_only_controls_that_exist(ex):
-    import re
-
-    from curvlab.app.dashboard import TABS
-
-    intro = next(t.intro for t in TABS if t.explorer == "CurvatureExplorer")
-    names = [m for m in re.findall(r"<b>(.*?)</b>", intro) if not m.rstrip().endswith(":")]
-    assert names, "the intro names no control"
-    descriptions, stack = set(), [ex]
-    while stack:
-        w = stack.pop()
-        if w.has_trait("description") and w.description:
-            descriptions.add(w.description)
-        stack.extend(getattr(w, "children", ()))
-    assert set(names) <= descriptions, set(names) - descriptions
+    assert assert_intro_names_only_controls(ex), "the intro names no control"

@@ -9,6 +9,7 @@ import pytest
 from curvlab._hvp import fd_default_eps
 from curvlab.widgets import FiniteDifferenceExplorer
 from curvlab.widgets.finite_difference import ASYMPTOTES, EPS_GRID, FDResult
+from tests.widget_helpers import assert_intro_names_only_controls, trace
 
 TEXTBOOK = {  # (machine eps)^(1/2) forward, ^(1/3) central
     ("float32", "forward"): np.finfo(np.float32).eps ** 0.5,
@@ -21,10 +22,6 @@ TEXTBOOK = {  # (machine eps)^(1/2) forward, ^(1/3) central
 @pytest.fixture(scope="module")
 def ex():
     return FiniteDifferenceExplorer()
-
-
-def trace(ex, name):
-    return next(t for t in ex.figure.data if t.name == name)
 
 
 def test_fields_and_float32_arrays(ex):
@@ -171,17 +168,4 @@ def test_float32_axis_shows_both_branches_with_their_slopes(ex, function):
 
 
 def test_intro_names_only_controls_that_exist(ex):
-    import re
-
-    from curvlab.app.dashboard import TABS
-
-    intro = next(t.intro for t in TABS if t.explorer == "FiniteDifferenceExplorer")
-    names = [m for m in re.findall(r"<b>(.*?)</b>", intro) if not m.rstrip().endswith(":")]
-    assert "dtype" in names
-    descriptions, stack = set(), [ex]
-    while stack:
-        w = stack.pop()
-        if w.has_trait("description") and w.description:
-            descriptions.add(w.description)
-        stack.extend(getattr(w, "children", ()))
-    assert set(names) <= descriptions, set(names) - descriptions
+    assert "dtype" in assert_intro_names_only_controls(ex)

@@ -1,7 +1,5 @@
 """HessianFreeExplorer: synchronous compute, start/stop in a thread, errors (no browser)."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -10,9 +8,17 @@ pytest.importorskip("plotly")
 pytest.importorskip("optax")
 
 from curvlab.widgets.hessian_free import HessianFreeExplorer  # noqa: E402
+from tests.widget_helpers import HANG_GUARD_S as TIMEOUT  # noqa: E402
+from tests.widget_helpers import (  # noqa: E402
+    assert_a_failed_run_is_shown,
+    assert_intro_names_only_controls,
+    assert_untrained,
+    tab_intro,
+    trace,
+    wait_for,
+)
 
 SETTINGS = ("model", "damping", "cg_maxiter", "preconditioner", "curvature", "maxiter", "baselines", "x_axis")
-TIMEOUT = 300.0  # generous: the first iteration compiles (no wall-clock assertion, only a hang guard)
 
 
 @pytest.fixture(scope="module")
@@ -24,28 +30,9 @@ def ex():
     explorer.stop(timeout=TIMEOUT)
 
 
-def trace(fig, name):
-    matches = [t for t in fig.data if t.name == name]
-    assert len(matches) == 1, [t.name for t in fig.data]
-    return matches[0]
-
-
-def wait_for(predicate, timeout=TIMEOUT):
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
-
-
 def test_construction_does_not_train(ex):
-    assert set(ex.values()) == set(SETTINGS)
-    for name in SETTINGS:
-        assert ex.controls[name] is getattr(ex, name)
-    assert ex.start_button.description == "Start" and not ex.start_button.value
-    assert ex.progress.value == 0 and not ex.running
-    assert ex.last_result is None and ex.error.value == ""
-    assert "Start" in ex.readout.value and "Compiled in" in ex.readout.value
+    assert_untrained(ex, SETTINGS)
+    assert "Compiled in" in ex.readout.value
     assert ex.compile_seconds is not None and ex.compile_seconds > 0
     assert ex.model.value == "autoencoder" and ex.maxiter.value == 100
     names = [t.name for t in ex.figure.data]
@@ -140,15 +127,7 @@ def test_full_run_shows_baselines(ex):
 
 
 def test_training_errors_go_to_the_error_area(ex, monkeypatch):
-    def boom(settings, **kwargs):
-        raise RuntimeError("forced training failure")
-
-    monkeypatch.setattr(ex, "_train", boom)
-    ex.start_button.value = True
-    assert ex.wait(TIMEOUT)
-    assert not ex.running and ex.start_button.description == "Start"
-    assert "forced training failure" in ex.error.value
-    monkeypatch.undo()
+    assert_a_failed_run_is_shown(ex, monkeypatch)
     ex.maxiter.value = 1
     ex.baselines.value = False
     ex.start_button.value = True
@@ -201,17 +180,5 @@ def test_count_axis_is_drawn_and_switches_to_time(ex):
 
 
 def test_intro_names_only_controls_that_exist(ex):
-    import re
-
-    from curvlab.app.dashboard import TABS
-
-    intro = next(t.intro for t in TABS if t.explorer == "HessianFreeExplorer")
-    names = [m for m in re.findall(r"<b>(.*?)</b>", intro) if not m.rstrip().endswith(":")]
-    assert "Start" in names and "Run" not in intro
-    descriptions, stack = set(), [ex]
-    while stack:
-        w = stack.pop()
-        if w.has_trait("description") and w.description:
-            descriptions.add(w.description)
-        stack.extend(getattr(w, "children", ()))
-    assert set(names) <= descriptions, set(names) - descriptions
+    names = assert_intro_names_only_controls(ex)
+    assert "Start" in names and "Run" not in tab_intro("HessianFreeExplorer")

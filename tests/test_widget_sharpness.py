@@ -1,7 +1,5 @@
 """SharpnessExplorer: GD and λ_max against independent float64 references; start/stop (no browser)."""
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,9 +13,16 @@ from curvlab import problems  # noqa: E402
 from curvlab.viz._sharpness import EOS_TRACES, edge_of_stability_data, edge_of_stability_figure  # noqa: E402
 from curvlab.widgets import SharpnessExplorer  # noqa: E402
 from curvlab.widgets.sharpness import digits_mse_problem  # noqa: E402
+from tests.widget_helpers import HANG_GUARD_S as TIMEOUT  # noqa: E402
+from tests.widget_helpers import (  # noqa: E402
+    assert_a_failed_run_is_shown,
+    assert_intro_names_only_controls,
+    assert_untrained,
+    trace,
+    wait_for,
+)
 
 SETTINGS = ("learning_rate", "num_steps", "eval_every")
-TIMEOUT = 300.0  # a hang guard only (compilation included), never a timing assertion
 HIDDEN, N = (4,), 40
 
 
@@ -27,20 +32,6 @@ def ex():
     assert explorer.wait(TIMEOUT)  # the background precompilation
     yield explorer
     explorer.stop(timeout=TIMEOUT)
-
-
-def trace(fig, name):
-    matches = [t for t in fig.data if t.name == name]
-    assert len(matches) == 1, [t.name for t in fig.data]
-    return matches[0]
-
-
-def wait_for(predicate, timeout=TIMEOUT):
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
 
 
 def reference_run(eta, num_steps, measure_at):
@@ -70,13 +61,7 @@ def reference_run(eta, num_steps, measure_at):
 
 
 def test_construction_does_not_train(ex):
-    assert set(ex.values()) == set(SETTINGS)
-    for name in SETTINGS:
-        assert ex.controls[name] is getattr(ex, name)
-    assert ex.start_button.description == "Start" and not ex.start_button.value
-    assert ex.progress.value == 0 and not ex.running
-    assert ex.last_result is None and ex.error.value == ""
-    assert "Start" in ex.readout.value
+    assert_untrained(ex, SETTINGS)
     assert [t.name for t in ex.figure.data] == list(EOS_TRACES)
     assert all(len(t.x) == 0 for t in ex.figure.data if t.name != "2/η")
     ex.learning_rate.value = 0.5  # settings do not retrain live
@@ -160,15 +145,7 @@ def test_start_and_stop_with_the_button(ex):
 
 
 def test_training_errors_go_to_the_error_area(ex, monkeypatch):
-    def boom(settings, **kwargs):
-        raise RuntimeError("forced training failure")
-
-    monkeypatch.setattr(ex, "_train", boom)
-    ex.start_button.value = True
-    assert ex.wait(TIMEOUT)
-    assert not ex.running and ex.start_button.description == "Start"
-    assert "forced training failure" in ex.error.value
-    monkeypatch.undo()
+    assert_a_failed_run_is_shown(ex, monkeypatch)
     ex.num_steps.value = 100
     ex.start_button.value = True
     assert ex.wait(TIMEOUT)
@@ -192,17 +169,4 @@ def test_edge_of_stability_data_and_figure():
 
 
 def test_dashboard_intro_names_only_controls_that_exist(ex):
-    import re
-
-    from curvlab.app.dashboard import TABS
-
-    intro = next(t.intro for t in TABS if t.explorer == "SharpnessExplorer")
-    names = [m for m in re.findall(r"<b>(.*?)</b>", intro) if not m.rstrip().endswith(":")]
-    assert names, "the intro names no control"
-    descriptions, stack = set(), [ex]
-    while stack:
-        w = stack.pop()
-        if w.has_trait("description") and w.description:
-            descriptions.add(w.description)
-        stack.extend(getattr(w, "children", ()))
-    assert set(names) <= descriptions, set(names) - descriptions
+    assert assert_intro_names_only_controls(ex), "the intro names no control"

@@ -27,6 +27,7 @@ from curvlab.problems import strakos  # noqa: E402
 from curvlab.widgets import spectrum as spectrum_module  # noqa: E402
 from curvlab.widgets.spectrum import SpectrumExplorer  # noqa: E402
 from tests.reference import CountingOperator
+from tests.widget_helpers import arr, trace
 
 #: the explorer's Lanczos start vector and SLQ probes (documented in SpectrumExplorer.operator)
 LANCZOS_KEY, SLQ_KEY = jax.random.key(0), jax.random.key(1)
@@ -65,16 +66,6 @@ def ex(explorer):
     explorer.refresh()
     assert explorer.error.value == ""
     return explorer
-
-
-def trace(fig, name):
-    matches = [t for t in fig.data if t.name == name]
-    assert len(matches) == 1, [t.name for t in fig.data]
-    return matches[0]
-
-
-def arr(values):
-    return np.asarray(values, dtype=float)
 
 
 def points(tr):

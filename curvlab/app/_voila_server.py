@@ -1,6 +1,8 @@
 """Run Voila with curvlab's server fixes: ``python -m curvlab.app._voila_server ARGS``.
 
-1. **Pooled kernels at hand-out** (below).
+1. **Pooled kernels at hand-out** (below), and **kernels of closed pages reclaimed**: a kernel
+   whose page's websocket closed and did not come back within :data:`RECLAIM_AFTER_S` seconds
+   is shut down, whether or not the page's shutdown beacon arrived.
 2. **The page's ``_xsrf`` cookie.** Voila's page sends its shutdown beacon with the ``_xsrf``
    cookie's value, but Voila never sets that cookie, so in a visitor's browser every shutdown
    failed with ``403 '_xsrf' argument missing`` and closed pages kept their kernels until the
@@ -37,29 +39,84 @@ from __future__ import annotations
 
 import os
 
+#: Seconds a kernel may stay without a websocket after its page's last one closed before it is
+#: shut down (``CURVLAB_RECLAIM_AFTER_S``). Covers pages whose shutdown beacon never arrived.
+RECLAIM_AFTER_ENV = "CURVLAB_RECLAIM_AFTER_S"
+RECLAIM_AFTER_S = 10.0
 
-def _patch_pool_handout() -> None:
+
+def _reclaim_after() -> float:
+    try:
+        value = float(os.environ.get(RECLAIM_AFTER_ENV, RECLAIM_AFTER_S))
+    except ValueError:
+        return RECLAIM_AFTER_S
+    return value if value > 0 else RECLAIM_AFTER_S
+
+
+def _patch_kernel_manager() -> None:
+    """Wrap Voila's kernel-manager factory: pooled kernels at hand-out, reclaim on disconnect."""
+    import asyncio
+    import time
+
     import voila.app
     from jupyter_server._tz import utcnow
 
     factory = voila.app.voila_kernel_manager_factory
     if getattr(factory, "_curvlab_patched", False):
         return
+    reclaim_after = _reclaim_after()
 
     def patched_factory(*args, **kwargs):
         base = factory(*args, **kwargs)
-        if not hasattr(base, "get_rendered_notebook"):  # preheating off: nothing to fix
-            return base
 
-        class CurvlabVoilaKernelManager(base):
-            async def get_rendered_notebook(self, notebook_name, *a, **kw):
-                result = await super().get_rendered_notebook(notebook_name, *a, **kw)
-                kernel_id = result[2]
-                if kernel_id in self:
-                    self.get_kernel(kernel_id).last_activity = utcnow()
-                return result
+        class CurvlabKernelManager(base):
+            """Voila's manager, plus: a kernel whose page's websocket closed and did not come back
+            within ``reclaim_after`` seconds is shut down (a page's shutdown beacon can be lost:
+            one of four closing pages kept its kernel in the load benchmark)."""
 
-        return CurvlabVoilaKernelManager
+            def _curvlab_disconnected(self) -> dict:
+                return self.__dict__.setdefault("_curvlab_disconnected_at", {})
+
+            def notify_connect(self, kernel_id):
+                super().notify_connect(kernel_id)
+                self._curvlab_disconnected().pop(kernel_id, None)
+
+            def notify_disconnect(self, kernel_id):
+                super().notify_disconnect(kernel_id)
+                if self._kernel_connections.get(kernel_id, 1) > 0:
+                    return
+                self._curvlab_disconnected()[kernel_id] = time.monotonic()
+                try:
+                    loop = asyncio.get_event_loop()
+                except RuntimeError:  # pragma: no cover - no loop: leave it to the culler
+                    return
+                loop.call_later(
+                    reclaim_after, lambda: asyncio.ensure_future(self._curvlab_reclaim(kernel_id))
+                )
+
+            async def _curvlab_reclaim(self, kernel_id):
+                since = self._curvlab_disconnected().get(kernel_id)
+                if since is None or time.monotonic() - since < reclaim_after * 0.99:
+                    return  # reconnected (or disconnected again later: that call's timer decides)
+                self._curvlab_disconnected().pop(kernel_id, None)
+                if kernel_id not in self or self._kernel_connections.get(kernel_id, 0) > 0:
+                    return
+                self.log.info("Reclaiming kernel %s: no page connected for %.0f s", kernel_id, reclaim_after)
+                try:
+                    await self.shutdown_kernel(kernel_id)
+                except Exception as exc:  # noqa: BLE001 - already gone (beacon won the race)
+                    self.log.debug("reclaim of %s: %s", kernel_id, exc)
+
+            if hasattr(base, "get_rendered_notebook"):  # pooled kernels (preheating on)
+
+                async def get_rendered_notebook(self, notebook_name, *a, **kw):
+                    result = await super().get_rendered_notebook(notebook_name, *a, **kw)
+                    kernel_id = result[2]
+                    if kernel_id in self:
+                        self.get_kernel(kernel_id).last_activity = utcnow()
+                    return result
+
+        return CurvlabKernelManager
 
     patched_factory._curvlab_patched = True
     voila.app.voila_kernel_manager_factory = patched_factory
@@ -221,7 +278,7 @@ def _patch_page_handler() -> None:
 
 
 def main() -> None:
-    _patch_pool_handout()
+    _patch_kernel_manager()
     _patch_settings()
     _patch_page_handler()
     import voila.app

@@ -8,7 +8,13 @@ from curvlab.viz._course import (
     agreement_figure as agreement_figure,
 )
 from curvlab.viz._course import (
+    batch_noise_figure as batch_noise_figure,
+)
+from curvlab.viz._course import (
     cost_bars_figure as cost_bars_figure,
+)
+from curvlab.viz._course import (
+    forcing_stop as forcing_stop,
 )
 from curvlab.viz._course import (
     hvp_motion_figure as hvp_motion_figure,
@@ -33,6 +39,9 @@ from curvlab.viz._course import (
 )
 from curvlab.viz._course import (
     storage_figure as storage_figure,
+)
+from curvlab.viz._course import (
+    truncated_cg_figure as truncated_cg_figure,
 )
 from curvlab.viz._figures import (
     COLORS as COLORS,
@@ -166,4 +175,7 @@ __all__ = [
     "slope_curvature_figure",
     "spectra_side_by_side_figure",
     "storage_figure",
+    "batch_noise_figure",
+    "forcing_stop",
+    "truncated_cg_figure",
 ]

@@ -15,7 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from curvlab.viz._figures import COLORS, PALETTE, apply_theme
+from curvlab.viz._figures import COLORS, PALETTE, _line, _marker, apply_theme
 
 __all__ = [
     "hvp_motion_figure",
@@ -28,6 +28,9 @@ __all__ = [
     "model_vs_loss_figure",
     "spectra_side_by_side_figure",
     "agreement_figure",
+    "forcing_stop",
+    "truncated_cg_figure",
+    "batch_noise_figure",
 ]
 
 
@@ -104,49 +107,15 @@ def hvp_motion_figure(
             row=1,
             col=1,
         )
-    fig.add_trace(
-        go.Scatter(
-            x=P[:, 0], y=P[:, 1], mode="lines", name="x + εv", line=dict(color=COLORS["direction"], width=3)
-        ),
-        row=1,
-        col=1,
+    fig.add_trace(_line(P[:, 0], P[:, 1], "x + εv", COLORS["direction"], width=3), row=1, col=1)
+    now = _marker(
+        [P[j, 0]], [P[j, 1]], "ε now", COLORS["point"], hovertemplate=f"ε = {e[j]:.3g}<extra></extra>"
     )
-    fig.add_trace(
-        go.Scatter(
-            x=[P[j, 0]],
-            y=[P[j, 1]],
-            mode="markers",
-            name="ε now",
-            marker=dict(color=COLORS["point"], size=11),
-            hovertemplate=f"ε = {e[j]:.3g}<extra></extra>",
-        ),
-        row=1,
-        col=1,
-    )
+    fig.add_trace(now, row=1, col=1)
     g0 = G[i0]
     lin = g0[None, :] + e[:, None] * hv[None, :]
-    fig.add_trace(
-        go.Scatter(
-            x=G[:, 0],
-            y=G[:, 1],
-            mode="lines",
-            name="∇f(x + εv)",
-            line=dict(color=COLORS["gradient"], width=3),
-        ),
-        row=1,
-        col=2,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=lin[:, 0],
-            y=lin[:, 1],
-            mode="lines",
-            name="∇f(x) + ε Hv",
-            line=dict(color=COLORS["model"], width=2, dash="dash"),
-        ),
-        row=1,
-        col=2,
-    )
+    fig.add_trace(_line(G[:, 0], G[:, 1], "∇f(x + εv)", COLORS["gradient"], width=3), row=1, col=2)
+    fig.add_trace(_line(lin[:, 0], lin[:, 1], "∇f(x) + ε Hv", COLORS["model"], dash="dash"), row=1, col=2)
     scale = 0.5 * float(np.max(np.abs(e))) if e.size else 1.0  # drawn at half the range, beside the tangent
     tip = g0 + scale * hv
     fig.add_trace(
@@ -163,18 +132,8 @@ def hvp_motion_figure(
         row=1,
         col=2,
     )
-    fig.add_trace(
-        go.Scatter(
-            x=[G[j, 0]],
-            y=[G[j, 1]],
-            mode="markers",
-            name="∇f now",
-            marker=dict(color=COLORS["point"], size=11),
-            hovertemplate=f"ε = {e[j]:.3g}<br>∇f = ({G[j, 0]:.4f}, {G[j, 1]:.4f})<extra></extra>",
-        ),
-        row=1,
-        col=2,
-    )
+    hover = f"ε = {e[j]:.3g}<br>∇f = ({G[j, 0]:.4f}, {G[j, 1]:.4f})<extra></extra>"
+    fig.add_trace(_marker([G[j, 0]], [G[j, 1]], "∇f now", COLORS["point"], hovertemplate=hover), row=1, col=2)
     fig.update_xaxes(title_text="x", row=1, col=1)
     fig.update_yaxes(title_text="y", scaleanchor="x", row=1, col=1)
     fig.update_xaxes(title_text="∂f/∂x", row=1, col=2)
@@ -206,51 +165,15 @@ def slope_curvature_figure(
         vertical_spacing=0.09,
         subplot_titles=("value φ(t) = f(x + tv)", "slope φ′(t) = ∇f(x + tv)ᵀv"),
     )
-    fig.add_trace(
-        go.Scatter(x=t, y=phi, mode="lines", name="f(x + tv)", line=dict(color=COLORS["direction"], width=3)),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=t,
-            y=f0 + slope * t,
-            mode="lines",
-            name="tangent (slope)",
-            line=dict(color=COLORS["gradient"], width=2, dash="dot"),
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=t,
-            y=f0 + slope * t + 0.5 * curvature * t**2,
-            mode="lines",
-            name="quadratic model",
-            line=dict(color=COLORS["model"], width=2, dash="dash"),
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=t, y=dphi, mode="lines", name="slope φ′(t)", line=dict(color=COLORS["gradient"], width=3)
-        ),
-        row=2,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=t,
-            y=slope + curvature * t,
-            mode="lines",
-            name="change of slope vᵀHv",
-            line=dict(color=COLORS["hv"], width=2, dash="dash"),
-        ),
-        row=2,
-        col=1,
-    )
+    model = f0 + slope * t + 0.5 * curvature * t**2
+    for trace, row in (
+        (_line(t, phi, "f(x + tv)", COLORS["direction"], width=3), 1),
+        (_line(t, f0 + slope * t, "tangent (slope)", COLORS["gradient"], dash="dot"), 1),
+        (_line(t, model, "quadratic model", COLORS["model"], dash="dash"), 1),
+        (_line(t, dphi, "slope φ′(t)", COLORS["gradient"], width=3), 2),
+        (_line(t, slope + curvature * t, "change of slope vᵀHv", COLORS["hv"], dash="dash"), 2),
+    ):
+        fig.add_trace(trace, row=row, col=1)
     fig.update_xaxes(title_text="t", row=2, col=1)
     fig.update_yaxes(title_text="f", row=1, col=1)
     fig.update_yaxes(title_text="φ′", row=2, col=1)
@@ -316,36 +239,12 @@ def storage_figure(
     dense = n**2 * bytes_per_entry
     vec = vectors * n * bytes_per_entry
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=n,
-            y=dense,
-            mode="lines",
-            name="dense H: n²",
-            line=dict(color=COLORS["gradient"], width=3),
-            hovertemplate="n=%{x:.3g}<br>%{y:.3s}B<extra></extra>",
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=n,
-            y=vec,
-            mode="lines",
-            name=f"HVP: x, v, Hv ({vectors}n)",
-            line=dict(color=COLORS["hv"], width=3),
-            hovertemplate="n=%{x:.3g}<br>%{y:.3s}B<extra></extra>",
-        )
-    )
+    hover = "n=%{x:.3g}<br>%{y:.3s}B<extra></extra>"
+    fig.add_trace(_line(n, dense, "dense H: n²", COLORS["gradient"], width=3, hovertemplate=hover))
+    fig.add_trace(_line(n, vec, f"HVP: x, v, Hv ({vectors}n)", COLORS["hv"], width=3, hovertemplate=hover))
     for i, (name, b) in enumerate((limits or {}).items()):
-        fig.add_trace(
-            go.Scatter(
-                x=[n.min(), n.max()],
-                y=[b, b],
-                mode="lines",
-                name=name,
-                line=dict(color=PALETTE[(i + 3) % len(PALETTE)], width=1.5, dash="dot"),
-            )
-        )
+        color = PALETTE[(i + 3) % len(PALETTE)]
+        fig.add_trace(_line([n.min(), n.max()], [b, b], name, color, width=1.5, dash="dot"))
     for name, (nn, b) in (measured or {}).items():
         fig.add_trace(
             go.Scatter(
@@ -562,18 +461,8 @@ def model_vs_loss_figure(t, loss, model, *, rho: float, title: str | None = None
     i1 = int(np.argmin(np.abs(t - 1.0)))
     i0 = int(np.argmin(np.abs(t)))
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(x=t, y=loss, mode="lines", name="true loss", line=dict(color=COLORS["direction"], width=3))
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=t,
-            y=model,
-            mode="lines",
-            name="quadratic model",
-            line=dict(color=COLORS["model"], width=2.5, dash="dash"),
-        )
-    )
+    fig.add_trace(_line(t, loss, "true loss", COLORS["direction"], width=3))
+    fig.add_trace(_line(t, model, "quadratic model", COLORS["model"], width=2.5, dash="dash"))
     fig.add_trace(
         go.Scatter(
             x=[t[i1], t[i1]],
@@ -689,4 +578,139 @@ def agreement_figure(
     fig.update_xaxes(title_text=xtitle, exponentformat="power")
     fig.update_yaxes(title_text=ytitle, exponentformat="power")
     apply_theme(fig, title=title, height=420)
+    return fig
+
+
+def forcing_stop(rel_residuals, forcing: float) -> int:
+    """The CG iteration at which truncated Newton stops for forcing term :math:`\\eta`: the first
+    :math:`k` with :math:`\\|H p_k + g\\| \\le \\eta \\|g\\|` (``rel_residuals[k]``), else the last
+    finite entry (the iteration cap)."""
+    r = _arr(rel_residuals, "rel_residuals")
+    finite = np.flatnonzero(np.isfinite(r))
+    if finite.size == 0:
+        raise ValueError("rel_residuals has no finite entry")
+    below = np.flatnonzero(np.isfinite(r) & (r <= forcing))
+    return int(below[0]) if below.size else int(finite[-1])
+
+
+def truncated_cg_figure(
+    rel_residuals,
+    predicted,
+    actual_iterations,
+    actual,
+    *,
+    forcing: float,
+    title: str | None = None,
+) -> go.Figure:
+    """Truncated Newton: where the forcing term :math:`\\eta` stops CG on :math:`H p = -g`, and what
+    that does to the step.
+
+    Left: the relative residual :math:`\\|H p_k + g\\| / \\|g\\|` per CG iteration :math:`k`
+    (``"relative residual"``), the forcing term (``"forcing term η"``) and the iteration where CG
+    stops (``"CG stops"``, :func:`forcing_stop`). Right: the decrease the quadratic model predicts,
+    :math:`-q(p_k)` (``"predicted decrease −q(p_k)"``), against the decrease of the true loss
+    :math:`f(x) - f(x + p_k)` measured at the iterations ``actual_iterations``
+    (``"actual decrease"``), and the step taken (``"step taken"``).
+
+    Parameters
+    ----------
+    rel_residuals, predicted : (K + 1,) arrays
+        Entry :math:`k` is CG iterate :math:`k` (entry 0 is :math:`p_0 = 0`); NaN past the run.
+    actual_iterations, actual : (m,) arrays
+        CG iterations and the true decrease there (the saved iterates).
+    forcing : float
+        :math:`\\eta > 0`.
+    """
+    r, q = _arr(rel_residuals, "rel_residuals"), _arr(predicted, "predicted")
+    ka, a = _arr(actual_iterations, "actual_iterations"), _arr(actual, "actual")
+    if r.shape != q.shape or ka.shape != a.shape:
+        raise ValueError(
+            "rel_residuals and predicted, and actual_iterations and actual, must have the same lengths, "
+            f"got {r.size}, {q.size} and {ka.size}, {a.size}"
+        )
+    if not forcing > 0:
+        raise ValueError(f"forcing must be positive, got {forcing}")
+    k = np.arange(r.size)
+    stop = forcing_stop(r, forcing)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.12,
+        subplot_titles=(f"CG on Hp = −g stops at k = {stop}", "what the truncated step buys"),
+    )
+    hover = f"k = {stop}<extra></extra>"
+    for trace, col in (
+        (_line(k, r, "relative residual", COLORS["direction"], width=3), 1),
+        (
+            _line(
+                [0, k[-1]], [forcing, forcing], "forcing term η", COLORS["asymptote"], width=1.5, dash="dash"
+            ),
+            1,
+        ),
+        (_marker([stop], [r[stop]], "CG stops", COLORS["point"], size=12, hovertemplate=hover), 1),
+        (_line(k, q, "predicted decrease −q(p_k)", COLORS["model"], width=2.5, dash="dash"), 2),
+        (_line(ka, a, "actual decrease", COLORS["gradient"], width=3, mode="lines+markers"), 2),
+        (_marker([stop], [q[stop]], "step taken", COLORS["point"], size=12, hovertemplate=hover), 2),
+    ):
+        fig.add_trace(trace, row=1, col=col)
+    fig.update_xaxes(title_text="CG iteration k")
+    fig.update_yaxes(title_text="‖Hp_k + g‖ / ‖g‖", type="log", exponentformat="power", row=1, col=1)
+    fig.update_yaxes(title_text="loss decrease", row=1, col=2)
+    apply_theme(fig, title=title, height=440, legend="bottom", subplot_titles=True)
+    return fig
+
+
+def batch_noise_figure(
+    sizes, rel_errors, full, samples, *, size_now: int, title: str | None = None
+) -> go.Figure:
+    """Noise of a mini-batch curvature product :math:`G_B v` against the batch size :math:`B`.
+
+    Left: the mean relative error :math:`\\|G_B v - G v\\| / \\|G v\\|` (``"relative error"``) on
+    log-log axes with the :math:`1/\\sqrt{B}` line through its first point (``"∝ 1/√B"``) and the
+    chosen size (``"B now"``). Right: the entries of one batch's :math:`G_B v` against those of the
+    full-data :math:`G v` (``"entries of G_B v"``) with ``"y = x"``: they close in on the line as
+    :math:`B` grows.
+
+    Parameters
+    ----------
+    sizes, rel_errors : (s,) arrays
+    full : (n,) array
+        :math:`G v` on all the data.
+    samples : (s, n) array
+        Row :math:`i` is :math:`G_B v` on one batch of size ``sizes[i]``.
+    size_now : int
+        One of ``sizes`` (the control's value).
+    """
+    B, e = _arr(sizes, "sizes"), _arr(rel_errors, "rel_errors")
+    full, S = _arr(full, "full"), _arr(samples, "samples", 2)
+    if B.shape != e.shape or S.shape != (B.size, full.size):
+        raise ValueError(
+            f"sizes and rel_errors must have the same length and samples be ({B.size}, {full.size}), "
+            f"got {B.size}, {e.size} and {S.shape}"
+        )
+    hits = np.flatnonzero(B == size_now)
+    if hits.size == 0:
+        raise ValueError(f"size_now={size_now} is not one of the sizes {B.astype(int).tolist()}")
+    i = int(hits[0])
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.12,
+        subplot_titles=("mean relative error of G_B v", f"one batch of B = {int(B[i])}: entries vs G v"),
+    )
+    lim = 1.05 * float(np.max(np.abs(np.concatenate([full, S.ravel()])))) or 1.0
+    entries = dict(marker=dict(color=COLORS["hv"], size=4, opacity=0.6))
+    for trace, col in (
+        (_line(B, e, "relative error", COLORS["direction"], width=3, mode="lines+markers"), 1),
+        (_line(B, e[0] * np.sqrt(B[0] / B), "∝ 1/√B", COLORS["asymptote"], width=1.5, dash="dash"), 1),
+        (_marker([B[i]], [e[i]], "B now", COLORS["point"], size=12), 1),
+        (_line([-lim, lim], [-lim, lim], "y = x", COLORS["asymptote"], dash="dash"), 2),
+        (go.Scatter(x=full, y=S[i], mode="markers", name="entries of G_B v", **entries), 2),
+    ):
+        fig.add_trace(trace, row=1, col=col)
+    fig.update_xaxes(title_text="curvature batch size B", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="‖G_B v − G v‖ / ‖G v‖", type="log", exponentformat="power", row=1, col=1)
+    fig.update_xaxes(title_text="(G v)ᵢ, all data", range=[-lim, lim], row=1, col=2)
+    fig.update_yaxes(title_text="(G_B v)ᵢ, one batch", range=[-lim, lim], row=1, col=2)
+    apply_theme(fig, title=title, height=440, legend="bottom", subplot_titles=True)
     return fig

@@ -126,6 +126,17 @@ def _add(fig, trace, row, col):
         fig.add_trace(trace, row=row, col=col)
 
 
+def _line(x, y, name, color, *, width=2.0, dash=None, mode="lines", **kw) -> go.Scatter:
+    """A named line trace (the builders' common case); ``kw`` goes to ``go.Scatter``."""
+    return go.Scatter(x=x, y=y, mode=mode, name=name, line=dict(color=color, width=width, dash=dash), **kw)
+
+
+def _marker(x, y, name, color, *, size=11, symbol=None, **kw) -> go.Scatter:
+    """A named marker-only trace (a current point, eigenvalue ticks); ``kw`` goes to ``go.Scatter``."""
+    marker = dict(color=color, size=size) if symbol is None else dict(color=color, size=size, symbol=symbol)
+    return go.Scatter(x=x, y=y, mode="markers", name=name, marker=marker, **kw)
+
+
 def _vec2(a, name):
     a = np.asarray(a, dtype=float).reshape(-1)
     if a.shape != (2,):
@@ -585,32 +596,12 @@ def slice_figure(
         raise ValueError(
             f"t, f_values and quadratic_model must have the same length, got {t.size}, {fv.size}, {q.size}"
         )
-    _add(
-        fig,
-        go.Scatter(
-            x=t,
-            y=fv,
-            mode="lines",
-            name="f(x + t v)",
-            line=dict(color=COLORS["direction"], width=2.5),
-            hovertemplate="t=%{x:.3g}<br>f=%{y:.5g}<extra></extra>",
-        ),
-        row,
-        col,
+    f_hover, q_hover = (
+        "t=%{x:.3g}<br>f=%{y:.5g}<extra></extra>",
+        "t=%{x:.3g}<br>model=%{y:.5g}<extra></extra>",
     )
-    _add(
-        fig,
-        go.Scatter(
-            x=t,
-            y=q,
-            mode="lines",
-            name="quadratic model",
-            line=dict(color=COLORS["model"], width=2, dash="dash"),
-            hovertemplate="t=%{x:.3g}<br>model=%{y:.5g}<extra></extra>",
-        ),
-        row,
-        col,
-    )
+    _add(fig, _line(t, fv, "f(x + t v)", COLORS["direction"], width=2.5, hovertemplate=f_hover), row, col)
+    _add(fig, _line(t, q, "quadratic model", COLORS["model"], dash="dash", hovertemplate=q_hover), row, col)
     axis = dict(row=row, col=col) if row is not None else {}
     fig.update_xaxes(title_text="t  (step along unit v)", **axis)
     fig.update_yaxes(title_text="f", **axis)
@@ -766,15 +757,10 @@ def density_figure(
         row,
         col,
     )
+    hover = "λ=%{x:.4g}<br>density=%{y:.4g}<extra></extra>"
     _add(
         fig,
-        go.Scatter(
-            mode="lines",
-            name="SLQ density",
-            line=dict(color=COLORS["direction"], width=2),
-            hovertemplate="λ=%{x:.4g}<br>density=%{y:.4g}<extra></extra>",
-            **d["SLQ density"],
-        ),
+        _line(name="SLQ density", color=COLORS["direction"], hovertemplate=hover, **d["SLQ density"]),
         row,
         col,
     )

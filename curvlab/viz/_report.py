@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from curvlab._diagnostics import CurvatureReport
+from curvlab.viz._figures import _marker
 
 
 def report_figure(report: CurvatureReport) -> go.Figure:
@@ -50,28 +51,12 @@ def report_figure(report: CurvatureReport) -> go.Figure:
     )
     fig.add_trace(go.Scatter(x=grid, y=dens, mode="lines", name="density"), row=1, col=1)
     ymax = float(np.max(upper)) if upper.size else 1.0
-    fig.add_trace(
-        go.Scatter(
-            x=np.asarray(report.top_eigenvalues, dtype=float),
-            y=np.full(len(report.top_eigenvalues), ymax * 1.05),
-            mode="markers",
-            marker={"symbol": "triangle-down", "size": 10, "color": "crimson"},
-            name="top eigenvalues",
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=np.asarray(report.bottom_eigenvalues, dtype=float),
-            y=np.full(len(report.bottom_eigenvalues), ymax * 1.05),
-            mode="markers",
-            marker={"symbol": "triangle-down", "size": 10, "color": "seagreen"},
-            name="bottom eigenvalues",
-        ),
-        row=1,
-        col=1,
-    )
+    for which, color in (("top", "crimson"), ("bottom", "seagreen")):
+        ev = np.asarray(getattr(report, f"{which}_eigenvalues"), dtype=float)
+        tick = _marker(
+            ev, np.full(ev.size, ymax * 1.05), f"{which} eigenvalues", color, size=10, symbol="triangle-down"
+        )
+        fig.add_trace(tick, row=1, col=1)
     fig.update_xaxes(title_text="eigenvalue", row=1, col=1)
     fig.update_yaxes(title_text="density", row=1, col=1)
     if has_blocks:

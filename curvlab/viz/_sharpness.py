@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from curvlab.viz._figures import COLORS, apply_theme
+from curvlab.viz._figures import COLORS, _line, _marker, apply_theme
 
 __all__ = ["EOS_TRACES", "edge_of_stability_data", "edge_of_stability_figure"]
 
@@ -105,45 +105,18 @@ def edge_of_stability_figure(
         subplot_titles=("training loss", "sharpness λ_max vs 2/η"),
         horizontal_spacing=0.1,
     )
-    fig.add_trace(
-        go.Scatter(mode="lines", name="loss", line=dict(color=COLORS["direction"], width=2), **d["loss"]),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            mode="lines+markers",
-            name="λ_max",
-            line=dict(color=COLORS["eig_max"], width=2),
-            marker=dict(size=4),
-            hovertemplate="step %{x}<br>λ_max = %{y:.4g}<extra></extra>",
-            **d["λ_max"],
-        ),
-        row=1,
-        col=2,
-    )
-    fig.add_trace(
-        go.Scatter(
-            mode="markers",
-            name="λ_max (not converged)",
-            marker=dict(color=COLORS["negative"], size=8, symbol="x"),
-            hovertemplate="step %{x}<br>λ_max ≈ %{y:.4g} (not converged)<extra></extra>",
-            **d["λ_max (not converged)"],
-        ),
-        row=1,
-        col=2,
-    )
-    fig.add_trace(
-        go.Scatter(
-            mode="lines",
-            name="2/η",
-            line=dict(color=COLORS["point"], width=1.5, dash="dash"),
-            hovertemplate="2/η = %{y:.4g}<extra></extra>",
-            **d["2/η"],
-        ),
-        row=1,
-        col=2,
-    )
+    unconverged = "step %{x}<br>λ_max ≈ %{y:.4g} (not converged)<extra></extra>"
+    styles = {  # trace name -> (builder, style); the loss goes left, the sharpness panel right
+        "loss": (_line, dict(color=COLORS["direction"])),
+        "λ_max": (_line, dict(color=COLORS["eig_max"], mode="lines+markers", marker=dict(size=4))),
+        "λ_max (not converged)": (_marker, dict(color=COLORS["negative"], size=8, symbol="x")),
+        "2/η": (_line, dict(color=COLORS["point"], width=1.5, dash="dash")),
+    }
+    hovers = {"λ_max": "step %{x}<br>λ_max = %{y:.4g}<extra></extra>", "2/η": "2/η = %{y:.4g}<extra></extra>"}
+    hovers["λ_max (not converged)"] = unconverged
+    for i, (name, (make, style)) in enumerate(styles.items()):
+        hover = {"hovertemplate": hovers[name]} if name in hovers else {}
+        fig.add_trace(make(name=name, **style, **hover, **d[name]), row=1, col=1 if i == 0 else 2)
     fig.update_yaxes(type="log", dtick="D2", title_text="loss", exponentformat="power", row=1, col=1)
     fig.update_yaxes(title_text="λ_max", rangemode="tozero", row=1, col=2)
     fig.update_xaxes(title_text="gradient-descent step", row=1, col=1)

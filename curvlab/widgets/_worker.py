@@ -158,23 +158,22 @@ class BackgroundWorker:
             if not self.busy:
                 self._notify(False)
 
-        if loop is None:
-            on_loop()
-            return
-        try:
-            loop.call_soon_threadsafe(on_loop)
-        except RuntimeError:  # pragma: no cover - the event loop is closed (kernel shutting down)
-            pass
+        _call_on(loop, on_loop)
 
     def _deliver(self, deliver, loop, generation: int, result, error) -> None:
         def on_loop():
             if self._current(generation):
                 deliver(result, error)
 
-        if loop is None:
-            on_loop()
-            return
-        try:
-            loop.call_soon_threadsafe(on_loop)
-        except RuntimeError:  # pragma: no cover - the event loop is closed (kernel shutting down)
-            pass
+        _call_on(loop, on_loop)
+
+
+def _call_on(loop, fn: Callable[[], None]) -> None:
+    """``fn()`` on ``loop`` (``call_soon_threadsafe``), or right here when ``loop`` is ``None``."""
+    if loop is None:
+        fn()
+        return
+    try:
+        loop.call_soon_threadsafe(fn)
+    except RuntimeError:  # pragma: no cover - the event loop is closed (kernel shutting down)
+        pass

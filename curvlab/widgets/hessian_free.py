@@ -46,8 +46,7 @@ import plotly.graph_objects as go
 
 from curvlab import problems, viz
 from curvlab._hessian_free import HFConfig, hessian_free
-from curvlab.widgets._base import Explorer, batched, css_class
-from curvlab.widgets._worker import BackgroundWorker
+from curvlab.widgets._training import TrainingExplorer
 
 __all__ = ["HessianFreeExplorer", "HFExplorerResult", "MODELS", "BASELINE_LEARNING_RATES"]
 
@@ -62,6 +61,13 @@ _MAX_BASELINE_STEPS = 200_000
 #: the settings compiled at construction (the controls' defaults)
 DEFAULTS = dict(
     model="autoencoder", damping=1.0, cg_maxiter=100, preconditioner="martens", curvature="ggn", maxiter=100
+)
+#: what the live figure and progress follow during a run (fields of curvlab.IterationInfo)
+_LIVE_KEYS = ("iteration", "loss", "time", "damping", "rho", "cg_iterations")
+_LIVE_KEYS += ("num_grad_evals", "num_hvps", "num_fun_evals")
+_COMPILING = (
+    "<i>compiling Hessian-free and the baselines for the default settings (in the background; "
+    "Start runs as soon as it is done) …</i>"
 )
 
 
@@ -103,19 +109,23 @@ class HFExplorerResult(NamedTuple):
     stopped: bool
 
 
-class HessianFreeExplorer(Explorer):
+class HessianFreeExplorer(TrainingExplorer):
     """Live Hessian-free training with damping, ρ and CG diagnostics, against Adam and SGD.
 
     Parameters
     ----------
     num_examples : int
         Training examples (full batch) for both models.
+    precompile : bool
+        Compile HF and the baselines' steps for the default settings in the background at
+        construction (the readout says "compiling" meanwhile; a Start runs right after it).
 
     Controls (attributes)
     ---------------------
     model, damping, cg_maxiter, preconditioner, curvature, maxiter, baselines
     (settings, read at Start); x_axis (redraws); start_button (ToggleButton Start/Stop),
-    progress (IntProgress of HF iterations).
+    progress (IntProgress of HF iterations). Start/stop, the training thread and the live
+    redraws are :class:`~curvlab.widgets._training.TrainingExplorer`'s.
 
     Attributes
     ----------
@@ -123,17 +133,13 @@ class HessianFreeExplorer(Explorer):
         Wall time of the construction-time compile of the default settings (``None`` until done).
     """
 
+    progress_label = "HF iter"
+    progress_control = "maxiter"
+
     def __init__(self, *, num_examples: int = 512, precompile: bool = True):
-        super().__init__()
+        super().__init__("curvlab-hessian-free")
         self._num_examples = int(num_examples)
-        self.compile_seconds: float | None = None
-        self._compiling = False
         self._problems: dict[str, problems.Problem] = {}
-        self._worker = BackgroundWorker("curvlab-hessian-free")
-        self._stop = threading.Event()
-        self._live: dict[str, list] = {}
-        self._resetting = False
-        self._draw_lock = threading.RLock()  # the thread and the kernel both redraw
 
         self.model = widgets.Dropdown(
             options=[(v, k) for k, v in MODELS.items()], value=DEFAULTS["model"], description="model"
@@ -159,14 +165,6 @@ class HessianFreeExplorer(Explorer):
         self.x_axis = widgets.Dropdown(
             options=[(v, k) for k, v in X_AXES.items()], value="evaluations", description="x-axis"
         )
-        self.start_button = widgets.ToggleButton(
-            value=False, description="Start", icon="play", button_style="success"
-        )
-        self.progress = widgets.IntProgress(value=0, min=0, max=self.maxiter.value, description="HF iter")
-        self.start_button.add_class(f"curvlab-control-{css_class('start_button')}")
-        self.progress.add_class(f"curvlab-control-{css_class('progress')}")
-        self.start_button.observe(self._on_toggle, names="value")
-
         controls = {
             "model": self.model,
             "damping": self.damping,
@@ -177,60 +175,28 @@ class HessianFreeExplorer(Explorer):
             "baselines": self.baselines,
             "x_axis": self.x_axis,
         }
-        row = widgets.HBox(
-            [*controls.values(), self.start_button, self.progress],
-            layout=widgets.Layout(flex_flow="row wrap"),
-        )
-        row.add_class("curvlab-controls")
-        figure = go.FigureWidget()
-        self._setup(controls, figure, layout_children=[row, self.error, self.readout, figure])
+        self._setup_training(controls, go.FigureWidget())
         if precompile:
-            self._precompile()
+            self._precompile(self._compile_defaults, _COMPILING)
 
     # -- compile the default settings at construction, in the background ---------------------
-    def _precompile(self) -> None:
-        """Compile HF and the baselines' steps for the default settings on the worker thread."""
-        self._compiling = True
-        self.readout.value = (
-            "<i>compiling Hessian-free and the baselines for the default settings (in the background; "
-            "Start runs as soon as it is done) …</i>"
+    def _compile_defaults(self) -> None:
+        """Compile HF and the baselines' steps for the default settings (on the worker thread)."""
+        prob = self._problem(DEFAULTS["model"])
+        hessian_free(prob, config=HFConfig(maxiter=1, **_hf_kwargs(DEFAULTS)))
+        for kind, lr in zip(("Adam", "SGD"), BASELINE_LEARNING_RATES[DEFAULTS["model"]], strict=True):
+            _run_baseline(prob, kind, lr, 1, None)
+
+    def _ready_message(self) -> str:
+        if self.compile_seconds is None:
+            return super()._ready_message()
+        return (
+            f"Compiled in {self.compile_seconds:.1f} s. Press <b>Start</b> to train "
+            "(the controls apply at the next Start)."
         )
 
-        def job():
-            t0 = time.perf_counter()
-            try:
-                prob = self._problem(DEFAULTS["model"])
-                hessian_free(prob, config=HFConfig(maxiter=1, **_hf_kwargs(DEFAULTS)))
-                for kind, lr in zip(("Adam", "SGD"), BASELINE_LEARNING_RATES[DEFAULTS["model"]], strict=True):
-                    _run_baseline(prob, kind, lr, 1, None)
-            finally:
-                self.compile_seconds = time.perf_counter() - t0
-                self._compiling = False
-            if not self.running_training:
-                self.readout.value = (
-                    f"Compiled in {self.compile_seconds:.1f} s. Press <b>Start</b> to train "
-                    "(the controls apply at the next Start)."
-                )
-
-        self._worker.submit(job, lambda result, error: None)
-
-    @property
-    def compiling(self) -> bool:
-        """True while the construction-time compile runs."""
-        return self._compiling
-
-    # -- no live recompute: settings apply at the next Start ------------------------------
-    def refresh(self):
-        """Redraw the last run (or the empty figure); training starts only with Start or :meth:`compute`."""
-        self.num_refreshes += 1
-        try:
-            self._render_batched(self.last_result)
-        except Exception as err:  # noqa: BLE001 - shown to the user, never raised
-            self.last_error = err
-            self.show_error(err)
-            return None
-        self.last_error = None
-        return self.last_result
+    def _start_message(self) -> str:
+        return "compiling (first iteration) …"
 
     # -- problems -----------------------------------------------------------------------
     def _problem(self, model: str) -> problems.Problem:
@@ -272,13 +238,8 @@ class HessianFreeExplorer(Explorer):
             )
         )
 
-    def _train(
-        self,
-        settings: dict,
-        *,
-        on_iteration: Callable | None = None,
-        stop: threading.Event | None = None,
-    ) -> HFExplorerResult:
+    @staticmethod
+    def _check(settings: dict) -> None:
         model = settings["model"]
         if model not in MODELS:
             raise ValueError(f"model must be one of {list(MODELS)}, got {model!r}")
@@ -291,19 +252,31 @@ class HessianFreeExplorer(Explorer):
         damping = float(settings["damping"])
         if not (math.isfinite(damping) and damping >= 0):
             raise ValueError(f"damping must be a finite number >= 0, got {settings['damping']}")
-        maxiter, cg_maxiter = int(settings["maxiter"]), int(settings["cg_maxiter"])
-        if maxiter < 1:
-            raise ValueError(f"maxiter must be >= 1, got {maxiter}")
-        if cg_maxiter < 1:
-            raise ValueError(f"cg_maxiter must be >= 1, got {cg_maxiter}")
+        if int(settings["maxiter"]) < 1:
+            raise ValueError(f"maxiter must be >= 1, got {settings['maxiter']}")
+        if int(settings["cg_maxiter"]) < 1:
+            raise ValueError(f"cg_maxiter must be >= 1, got {settings['cg_maxiter']}")
+
+    def _train(
+        self,
+        settings: dict,
+        *,
+        on_progress: Callable | None = None,
+        stop: threading.Event | None = None,
+    ) -> HFExplorerResult:
+        """The run: HF (``on_progress`` gets its :class:`curvlab.IterationInfo` after every
+        iteration), then the baselines for the same number of gradient evaluations."""
+        self._check(settings)
+        model, maxiter = settings["model"], int(settings["maxiter"])
+        self._compiled.wait()
         prob = self._problem(model)
         kwargs = _hf_kwargs(settings)
         # compile first (one iteration), so that the timed run and the baselines compare compute, not XLA
         hessian_free(prob, config=HFConfig(maxiter=1, **kwargs))
 
         def callback(info):
-            if on_iteration is not None:
-                on_iteration(info)
+            if on_progress is not None:
+                on_progress(info)
             return stop is not None and stop.is_set()
 
         res = hessian_free(prob, config=HFConfig(maxiter=maxiter, **kwargs), callback=callback)
@@ -333,80 +306,14 @@ class HessianFreeExplorer(Explorer):
             stopped=stopped,
         )
 
-    # -- start / stop -------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        """True while the background worker trains or compiles."""
-        return self._worker.busy
+    # -- live progress (the training thread) --------------------------------------------------
+    def _new_live(self, settings: dict) -> dict:
+        return {k: [] for k in _LIVE_KEYS}
 
-    @property
-    def running_training(self) -> bool:
-        """True while a training started with Start runs (or waits for the compile)."""
-        return self._worker.busy and self.start_button.value
+    def _num_done(self, result: HFExplorerResult) -> int:
+        return result.num_iterations
 
-    def start(self) -> None:
-        """Start training in a background thread with the current settings (the Start button).
-
-        Pressed while the construction-time compile runs, the training runs right after it.
-        """
-        if self.running and not self._compiling:
-            return
-        settings = self.values()
-        self._stop.clear()
-        self._live = {
-            k: []
-            for k in ("iteration", "loss", "time", "damping", "rho", "cg_iterations")
-            + ("num_grad_evals", "num_hvps", "num_fun_evals")
-        }
-        self.progress.max = int(settings["maxiter"])
-        self.progress.value = 0
-        self.clear_error()
-        self.readout.value = "compiling (first iteration) …"
-        self._set_button(True)
-        # the thread redraws as it goes (under the draw lock): nothing to deliver afterwards
-        self._worker.submit(lambda: self._thread_main(settings), lambda result, error: None)
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Ask the training to stop after the current iteration; wait up to ``timeout`` seconds."""
-        self._stop.set()
-        if timeout is not None:
-            self.wait(timeout)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds for the training to finish; True when it has."""
-        return self._worker.wait(timeout)
-
-    def _on_toggle(self, change) -> None:
-        if self._resetting:
-            return
-        if change["new"]:
-            self.start()
-        else:
-            self.stop()
-
-    def _set_button(self, running: bool) -> None:
-        self._resetting = True
-        try:
-            self.start_button.value = running
-            self.start_button.description = "Stop" if running else "Start"
-            self.start_button.icon = "stop" if running else "play"
-            self.start_button.button_style = "danger" if running else "success"
-        finally:
-            self._resetting = False
-
-    def _thread_main(self, settings: dict) -> None:
-        try:
-            result = self._train(settings, on_iteration=self._on_iteration, stop=self._stop)
-            self.last_result = result
-            self.last_error = None
-            self._render_batched(result)
-        except Exception as err:  # noqa: BLE001 - shown to the user, never raised in the thread
-            self.last_error = err
-            self.show_error(err)
-        finally:
-            self._set_button(False)
-
-    def _on_iteration(self, info) -> None:
+    def _on_progress(self, info) -> None:
         for key, values in self._live.items():
             values.append(float(getattr(info, key)))
         self.progress.value = min(int(info.iteration), self.progress.max)
@@ -414,17 +321,15 @@ class HessianFreeExplorer(Explorer):
             f"iteration {info.iteration}: loss {info.loss:.5g}, λ = {info.damping:.3g}, ρ = {info.rho:.3g}, "
             f"{info.cg_iterations} CG iterations, {info.num_hvps} curvature products, {info.time:.2f} s"
         )
-        try:
-            with batched(self.figure):  # not batch_update: its placeholders corrupt later views
-                self._draw(self._live, {})
-        except Exception:  # noqa: BLE001, S110 - a failed redraw must not stop the training
-            pass
+        live = self._live
+        self._redraw_live(lambda: self._draw(live, {}))  # every iteration (not throttled)
 
     # -- render ----------------------------------------------------------------------------------
     def _render(self, result: HFExplorerResult | None) -> None:
         if result is None:
             self._draw({}, {}, title="Hessian-free training: choose settings and press Start")
-            self.readout.value = "Press <b>Start</b> to train (the controls apply at the next Start)."
+            if self._compiled.is_set():  # else the readout says what compiles
+                self.readout.value = self._ready_message()
             return
         title = (
             f"HF on {MODELS[result.model]}: {CURVATURES[result.curvature]}, "

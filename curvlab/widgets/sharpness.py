@@ -47,8 +47,7 @@ from curvlab._curvature import hessian_operator
 from curvlab._eigsh import eigsh
 from curvlab._status import Status
 from curvlab.viz._sharpness import EOS_TRACES, edge_of_stability_data, edge_of_stability_figure
-from curvlab.widgets._base import Explorer, batched, css_class
-from curvlab.widgets._worker import BackgroundWorker
+from curvlab.widgets._training import TrainingExplorer
 
 __all__ = ["SharpnessExplorer", "SharpnessResult", "digits_mse_problem", "MAX_EVAL_EVERY"]
 
@@ -58,7 +57,6 @@ MAX_EVAL_EVERY = 100
 MAX_MATVECS = 300
 #: A run counts as diverged when the loss is not finite or exceeds this multiple of the first loss.
 DIVERGENCE_FACTOR = 1e4
-_REDRAW_SECONDS = 0.5  # live redraws at most this often (the websocket and plotly set the pace)
 _LIVE_POINTS = 600  # a live redraw sends at most about this many loss points (the final one sends all)
 
 
@@ -193,7 +191,7 @@ class SharpnessResult(NamedTuple):
     seconds: float
 
 
-class SharpnessExplorer(Explorer):
+class SharpnessExplorer(TrainingExplorer):
     """Live full-batch gradient descent with λ_max of the Hessian against 2/η (edge of stability).
 
     Parameters
@@ -211,8 +209,12 @@ class SharpnessExplorer(Explorer):
     ---------------------
     learning_rate (η, log slider), num_steps (max steps), eval_every (steps between λ_max
     measurements): settings, read at Start; start_button (ToggleButton Start/Stop),
-    progress (IntProgress of steps).
+    progress (IntProgress of steps). Start/stop, the training thread and the live redraws
+    are :class:`~curvlab.widgets._training.TrainingExplorer`'s.
     """
+
+    progress_label = "steps"
+    progress_control = "num_steps"
 
     def __init__(
         self,
@@ -224,7 +226,7 @@ class SharpnessExplorer(Explorer):
         rtol: float = 1e-3,
         precompile: bool = True,
     ):
-        super().__init__()
+        super().__init__("curvlab-sharpness")
         rtol = float(rtol)
         if not (math.isfinite(rtol) and rtol > 0):
             raise ValueError(f"rtol must be a finite number > 0, got {rtol}")
@@ -232,14 +234,6 @@ class SharpnessExplorer(Explorer):
         self.rtol = rtol
         self._dtype = jnp.dtype(self.problem.batch[0].dtype)
         self._v_start = jax.random.normal(jax.random.key(1), (self.problem.dim,), self._dtype)
-        self._worker = BackgroundWorker("curvlab-sharpness")
-        self._stop = threading.Event()
-        self._compiled = threading.Event()
-        self._live: dict[str, list] = {}
-        self._last_draw = 0.0
-        self._draw_seconds = 0.0
-        self._resetting = False
-        self._draw_lock = threading.RLock()  # the thread and the kernel both redraw
 
         self.learning_rate = widgets.FloatLogSlider(
             value=10**-0.5, base=10, min=-2, max=0, step=0.05, description="η", readout_format=".3g"
@@ -248,56 +242,23 @@ class SharpnessExplorer(Explorer):
         self.eval_every = widgets.IntSlider(
             value=10, min=1, max=MAX_EVAL_EVERY, step=1, description="λ every"
         )
-        self.start_button = widgets.ToggleButton(
-            value=False, description="Start", icon="play", button_style="success"
-        )
-        self.progress = widgets.IntProgress(value=0, min=0, max=self.num_steps.value, description="steps")
-        self.start_button.add_class(f"curvlab-control-{css_class('start_button')}")
-        self.progress.add_class(f"curvlab-control-{css_class('progress')}")
-        self.start_button.observe(self._on_toggle, names="value")
         controls = {
             "learning_rate": self.learning_rate,
             "num_steps": self.num_steps,
             "eval_every": self.eval_every,
         }
-        row = widgets.HBox(
-            [*controls.values(), self.start_button, self.progress],
-            layout=widgets.Layout(flex_flow="row wrap"),
-        )
-        row.add_class("curvlab-controls")
-        figure = go.FigureWidget()
-        if not precompile:
-            self._compiled.set()
-        self._setup(controls, figure, layout_children=[row, self.error, self.readout, figure])
+        self._setup_training(controls, go.FigureWidget())
         if precompile:
-            self.readout.value = "compiling the training step (first time only) …"
-            self._worker.submit(self._compile, self._compile_done)
+            self._precompile(
+                lambda: jax.block_until_ready(self._run_segment(self.problem.x0, self._v_start, 0.1, 1)),
+                _COMPILING,
+            )
 
-    # -- no live recompute: settings apply at the next Start ------------------------------
-    def refresh(self):
-        """Redraw the last run (or the empty figure); training starts only with Start or :meth:`compute`."""
-        self.num_refreshes += 1
-        try:
-            self._render_batched(self.last_result)
-        except Exception as err:  # noqa: BLE001 - shown to the user, never raised
-            self.last_error = err
-            self.show_error(err)
-            return None
-        self.last_error = None
-        return self.last_result
+    def _start_message(self) -> str:
+        return "training …" if self._compiled.is_set() else _COMPILING
 
-    def _compile(self) -> None:
-        try:
-            jax.block_until_ready(self._run_segment(self.problem.x0, self._v_start, 0.1, 1))
-        finally:
-            self._compiled.set()
-
-    def _compile_done(self, result, error) -> None:
-        if error is not None:
-            self.last_error = error
-            self.show_error(error)
-        elif not self._live.get("active") and self.last_result is None:
-            self.readout.value = _PRESS_START
+    def _ready_message(self) -> str:
+        return _PRESS_START
 
     def _run_segment(self, params, v0, eta: float, count: int) -> _Segment:
         p = self.problem
@@ -335,9 +296,14 @@ class SharpnessExplorer(Explorer):
         self,
         settings: dict,
         *,
-        on_segment: Callable[[dict], None] | None = None,
+        on_progress: Callable[[dict], None] | None = None,
         stop: threading.Event | None = None,
     ) -> SharpnessResult:
+        """The run: segments of ``eval_every`` steps, each after one λ_max measurement.
+
+        ``on_progress`` gets ``{"h": histories, "t": step, "eta", "num_steps", "matvecs"}``
+        after every segment.
+        """
         eta, num_steps, every = self._check(settings)
         self._compiled.wait()
         h = {k: [] for k in ("steps", "losses", "sharpness_steps", "sharpness", "residuals", "status")}
@@ -366,8 +332,8 @@ class SharpnessExplorer(Explorer):
             if bad:
                 diverged = True
                 break
-            if on_segment is not None:
-                on_segment({"h": h, "t": t, "eta": eta, "num_steps": num_steps, "matvecs": matvecs})
+            if on_progress is not None:
+                on_progress({"h": h, "t": t, "eta": eta, "num_steps": num_steps, "matvecs": matvecs})
             if stop is not None and stop.is_set():
                 stopped = True
                 break
@@ -419,83 +385,13 @@ class SharpnessExplorer(Explorer):
             seconds=seconds,
         )
 
-    # -- start / stop ---------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        """True while the background thread compiles or trains."""
-        return self._worker.busy
+    # -- live progress (the training thread) ------------------------------------------------
+    def _num_done(self, result: SharpnessResult) -> int:
+        return result.num_steps
 
-    def start(self) -> None:
-        """Start training in a background thread with the current settings (the Start button)."""
-        if self._live.get("active"):
+    def _on_progress(self, info: dict) -> None:
+        if not self._redraw_due():
             return
-        settings = self.values()
-        self._check(settings)
-        self._stop.clear()
-        self._live = {"active": True}
-        self.progress.max = int(settings["num_steps"])
-        self.progress.value = 0
-        self.clear_error()
-        if not self._compiled.is_set():
-            self.readout.value = "compiling the training step (first time only) …"
-        else:
-            self.readout.value = "training …"
-        self._set_button(True)
-        # the thread redraws as it goes (under the draw lock): nothing to deliver afterwards
-        self._worker.submit(lambda: self._thread_main(settings), lambda result, error: None)
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Ask the training to stop after the current segment; wait up to ``timeout`` seconds."""
-        self._stop.set()
-        if timeout is not None:
-            self.wait(timeout)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds for the compilation and training to finish; True when done."""
-        return self._worker.wait(timeout)
-
-    def _on_toggle(self, change) -> None:
-        if self._resetting:
-            return
-        if change["new"]:
-            try:
-                self.start()
-            except Exception as err:  # noqa: BLE001 - shown to the user
-                self.show_error(err)
-                self._set_button(False)
-        else:
-            self.stop()
-
-    def _set_button(self, running: bool) -> None:
-        self._resetting = True
-        try:
-            self.start_button.value = running
-            self.start_button.description = "Stop" if running else "Start"
-            self.start_button.icon = "stop" if running else "play"
-            self.start_button.button_style = "danger" if running else "success"
-        finally:
-            self._resetting = False
-
-    def _thread_main(self, settings: dict) -> None:
-        try:
-            result = self._train(settings, on_segment=self._on_segment, stop=self._stop)
-            self.last_result = result
-            self.last_error = None
-            with self._draw_lock:
-                self._render_batched(result)
-            self.progress.value = min(result.num_steps, self.progress.max)
-        except Exception as err:  # noqa: BLE001 - shown to the user, never raised in the thread
-            self.last_error = err
-            self.show_error(err)
-        finally:
-            self._live = {}
-            self._set_button(False)
-
-    def _on_segment(self, info: dict) -> None:
-        now = time.perf_counter()
-        if now - self._last_draw < max(_REDRAW_SECONDS, 4 * self._draw_seconds):
-            return  # a busy browser or kernel gets fewer, not queued, redraws
-        self._last_draw = now
         h, eta, t = info["h"], info["eta"], info["t"]
         self.progress.value = min(t, self.progress.max)
         lam, status = h["sharpness"][-1], h["status"][-1]
@@ -509,20 +405,17 @@ class SharpnessExplorer(Explorer):
         steps, losses = h["steps"][keep], h["losses"][keep]
         if steps and steps[-1] != h["steps"][-1]:
             steps, losses = [*steps, h["steps"][-1]], [*losses, h["losses"][-1]]
-        try:
-            with self._draw_lock, batched(self.figure):
-                self._draw(
-                    steps,
-                    losses,
-                    h["sharpness_steps"],
-                    h["sharpness"],
-                    eta,
-                    [s == "CONVERGED" for s in h["status"]],
-                    title=f"Full-batch gradient descent, η = {eta:.3g} (2/η = {2 / eta:.4g}): training …",
-                )
-        except Exception:  # noqa: BLE001, S110 - a failed redraw must not stop the training
-            pass
-        self._draw_seconds = time.perf_counter() - now
+        self._redraw_live(
+            lambda: self._draw(
+                steps,
+                losses,
+                h["sharpness_steps"],
+                h["sharpness"],
+                eta,
+                [s == "CONVERGED" for s in h["status"]],
+                title=f"Full-batch gradient descent, η = {eta:.3g} (2/η = {2 / eta:.4g}): training …",
+            )
+        )
 
     # -- render ---------------------------------------------------------------------------
     def _render(self, result: SharpnessResult | None) -> None:
@@ -536,8 +429,8 @@ class SharpnessExplorer(Explorer):
                 [],
                 title="Gradient descent on digits: choose η and press Start",
             )
-            if self._compiled.is_set():
-                self.readout.value = _PRESS_START
+            if self._compiled.is_set():  # else the readout says what compiles
+                self.readout.value = self._ready_message()
             return
         title = f"Full-batch gradient descent, η = {result.learning_rate:.3g} (2/η = {result.threshold:.4g})"
         self._draw(
@@ -588,6 +481,7 @@ class SharpnessExplorer(Explorer):
                 fig.layout.title.text = title
 
 
+_COMPILING = "compiling the training step (first time only) …"
 _PRESS_START = (
     "Press <b>Start</b> to train (the controls apply at the next Start); watch λ_max climb to the "
     "dashed 2/η line."

@@ -9,7 +9,7 @@ from jax.flatten_util import ravel_pytree
 
 import curvlab as cl
 from curvlab import problems, viz
-from tests.reference import matrix_with_spectrum
+from tests.reference import dense_ggn, matrix_with_spectrum
 
 
 def names(fig):
@@ -208,3 +208,119 @@ def test_batch_noise_figure_plots_the_batch_products():
         viz.batch_noise_figure(sizes, rel, full, samples, size_now=8)
     with pytest.raises(ValueError, match="samples be"):
         viz.batch_noise_figure(sizes, rel, full, samples[:2], size_now=4)
+
+
+def test_agreement_figure_merges_labels_that_would_overlap():
+    fig = viz.agreement_figure(
+        [0.0, 0.001, 0.002, 1.0], [0.0, 0.001, -0.001, 1.0], labels=["a", "b", "c", "d"]
+    )
+    text = list(fig.data[1].text)
+    assert text[3] == "d"  # far from the cluster: its own label
+    assert sorted(text[:3]) == ["", "", "a, b, c"]  # the cluster near 0 shares one label
+    hover = list(fig.data[1].hovertext)
+    assert all(hover[i].startswith(lab) for i, lab in enumerate("abcd"))
+    with pytest.raises(ValueError, match="one entry per point"):
+        viz.agreement_figure([0.0, 1.0], [0.0, 1.0], labels=["a"])
+
+
+def test_minibatch_choices_figure_plots_the_measured_batch_models():
+    """Three curvature-batch choices on a small MLP: damped GGN steps solved by CG (checked against a
+    dense solve), the weighted-batch form the notebook vmaps under jit (checked against sub-batch
+    operators), and the figure's means, error bars and draws (checked against those numbers)."""
+    net = problems.mlp(hidden=(3,), num_examples=48, dtype=jnp.float64)
+    theta, unravel = ravel_pytree(net.x0)
+    model = lambda w, X: net.model_fn(unravel(w), X)
+    X, y = net.batch
+    data_loss = lambda w, Xb, yb: net.output_loss_fn(model(w, Xb), yb)
+    lam, b_grad, sizes, draws = 0.5, 16, np.array([4, 16, 32]), 2
+    rng = np.random.default_rng(0)
+    perms = [rng.permutation(48) for _ in range(draws)]
+
+    @jax.jit
+    def solve(Xg, yg, Xc, yc):  # the user's jit around curvlab's operator and CG (one compile per |C|)
+        g = jax.grad(data_loss)(theta, Xg, yg)
+        G = cl.ggn_operator(model, net.output_loss_fn, theta, (Xc, yc))
+        d = cl.cg(G.damped(lam), -g, rtol=1e-12, maxiter=300).x
+        f = lambda w: data_loss(w, X, y)
+        return d, g, -(g @ d + 0.5 * d @ (G @ d)), f(theta) - f(theta + d)
+
+    def step(gi, ci, dense_check=False):
+        d, g, pred, act = solve(X[gi], y[gi], X[ci], y[ci])
+        if dense_check:
+            Gd = dense_ggn(net.model_fn, net.output_loss_fn, net.x0, (X[ci], y[ci]))
+            np.testing.assert_allclose(
+                d, np.linalg.solve(Gd + lam * np.eye(theta.size), -g), rtol=1e-7, atol=1e-10
+            )
+        return float(pred), float(act)
+
+    # every choice, size and draw at once in the notebook's form: a batch as weights over all examples,
+    # one vmapped CG under jit
+    xent_i = jax.vmap(lambda zi, yi: net.output_loss_fn(zi[None], yi[None]))
+    weighted = lambda z, t: jnp.sum(t[1] * xent_i(z, t[0]))
+
+    @jax.jit
+    @jax.vmap
+    def step_w(wg, wc):
+        g = jax.grad(lambda t: weighted(model(t, X), (y, wg)))(theta)
+        G = cl.ggn_operator(model, weighted, theta, (X, (y, wc)))
+        d = cl.cg(G.damped(lam), -g, rtol=1e-12, maxiter=300).x
+        f = lambda w: data_loss(w, X, y)
+        return -(g @ d + 0.5 * d @ (G @ d)), f(theta) - f(theta + d)
+
+    def w(idx):
+        return np.bincount(idx, minlength=48) / len(idx)
+
+    pairs = [(p[:b_grad], c) for p in perms for c in [p[:b_grad]] + [p[:s] for s in sizes[:2]]]
+    pairs += [(p[:b_grad], p[b_grad : b_grad + s]) for p in perms for s in sizes]
+    out = step_w(*(jnp.asarray(np.stack([w(a) for a in col])) for col in zip(*pairs, strict=True)))
+    pw, aw = (np.asarray(o) for o in out)
+    k = draws * 3
+    same = np.stack([pw[:k:3], aw[:k:3]])  # (2, draws)
+    nan2 = np.full((2, 1, draws), np.nan)
+    sub = np.concatenate(
+        [np.stack([pw[:k].reshape(draws, 3)[:, 1:].T, aw[:k].reshape(draws, 3)[:, 1:].T]), nan2], 1
+    )
+    ind = np.stack([pw[k:].reshape(draws, 3).T, aw[k:].reshape(draws, 3).T])  # (2, sizes, draws)
+    np.testing.assert_allclose(sub[:, 1], same, rtol=1e-12)  # a subset of size |B| is the gradient batch
+    assert np.all(same[0] > 0)
+    # against curvlab on the sub-batches themselves (and the same batch against a dense solve)
+    p0, p1 = perms
+    np.testing.assert_allclose(step(p0[:b_grad], p0[:b_grad], dense_check=True), same[:, 0], rtol=1e-8)
+    np.testing.assert_allclose(step(p1[:b_grad], p1[:4]), sub[:, 0, 1], rtol=1e-8)
+    np.testing.assert_allclose(step(p0[:b_grad], p0[b_grad : b_grad + 4]), ind[:, 0, 0], rtol=1e-8)
+
+    choices = {"same batch": tuple(same), "subset": tuple(sub), "independent": tuple(ind)}
+    fig = viz.minibatch_choices_figure(sizes, choices, size_now=4)
+    assert names(fig) == [
+        "ρ = 1 (model exact)",
+        "same batch",
+        "subset",
+        "independent",
+        "|C| now",
+        "y = x",
+        "same batch: draws",
+        "subset: draws",
+        "independent: draws",
+    ]
+    rho_sub, rho_ind, rho_same = sub[1] / sub[0], ind[1] / ind[0], same[1] / same[0]
+    np.testing.assert_allclose(np.asarray(trace(fig, "subset").y, dtype=float), np.mean(rho_sub, 1))
+    np.testing.assert_allclose(
+        np.asarray(trace(fig, "independent").error_y.array), np.std(rho_ind, 1, ddof=1) / np.sqrt(draws)
+    )
+    np.testing.assert_allclose(np.asarray(trace(fig, "same batch").y), [np.mean(rho_same)] * 2)
+    np.testing.assert_allclose(
+        np.asarray(trace(fig, "|C| now").y), [np.mean(rho_sub[0]), np.mean(rho_ind[0])]
+    )
+    np.testing.assert_allclose(np.asarray(trace(fig, "subset: draws").x), sub[0, 0])
+    np.testing.assert_allclose(np.asarray(trace(fig, "independent: draws").y), ind[1, 0])
+    # |C| = 32 is larger than the gradient batch: no subset there, only the independent batch
+    big = viz.minibatch_choices_figure(sizes, choices, size_now=32)
+    np.testing.assert_allclose(np.asarray(trace(big, "|C| now").y), [np.mean(rho_ind[2])])
+    with pytest.raises(ValueError, match="not one of the sizes"):
+        viz.minibatch_choices_figure(sizes, choices, size_now=8)
+    with pytest.raises(ValueError, match="positive"):
+        viz.minibatch_choices_figure(sizes, {"bad": (-same[0], same[1])}, size_now=4)
+    with pytest.raises(ValueError, match=r"\(3, m\)"):
+        viz.minibatch_choices_figure(sizes, {"bad": (sub[0, :2], sub[1, :2])}, size_now=4)
+    with pytest.raises(ValueError, match="increasing"):
+        viz.minibatch_choices_figure(sizes[::-1], choices, size_now=4)

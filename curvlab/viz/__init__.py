@@ -26,6 +26,9 @@ from curvlab.viz._course import (
     methods_error_figure as methods_error_figure,
 )
 from curvlab.viz._course import (
+    minibatch_choices_figure as minibatch_choices_figure,
+)
+from curvlab.viz._course import (
     model_vs_loss_figure as model_vs_loss_figure,
 )
 from curvlab.viz._course import (
@@ -176,6 +179,7 @@ __all__ = [
     "spectra_side_by_side_figure",
     "storage_figure",
     "batch_noise_figure",
+    "minibatch_choices_figure",
     "forcing_stop",
     "truncated_cg_figure",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "forcing_stop",
     "truncated_cg_figure",
     "batch_noise_figure",
+    "minibatch_choices_figure",
 ]
 
 
@@ -538,6 +539,32 @@ def spectra_side_by_side_figure(
     return fig
 
 
+def _label_groups(u, v, spacing: tuple[float, float]) -> list[list[int]]:
+    """Group points whose labels would overlap; ``u, v`` are positions in axis fractions.
+
+    Each group is labelled once, above its topmost point (its first entry). Two label positions
+    clash when they are closer than ``spacing`` in both u and v; a point joins a group when it clashes
+    with the group's label, and groups whose labels clash are merged until none do."""
+    groups: list[list[int]] = [[int(i)] for i in range(len(u))]
+
+    def clash(a, b):
+        return abs(u[a] - u[b]) < spacing[0] and abs(v[a] - v[b]) < spacing[1]
+
+    merged = True
+    while merged:
+        merged = False
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                if clash(groups[a][0], groups[b][0]):
+                    g = groups[a] + groups.pop(b)
+                    groups[a] = sorted(g, key=lambda i: (-v[i], i))
+                    merged = True
+                    break
+            if merged:
+                break
+    return groups
+
+
 def agreement_figure(
     predicted,
     actual,
@@ -546,14 +573,30 @@ def agreement_figure(
     xtitle: str = "predicted",
     ytitle: str = "actual",
     title: str | None = None,
+    label_spacing: tuple[float, float] = (0.09, 0.07),
 ) -> go.Figure:
     """Scatter of predictions against measured values with the line ``y = x`` (``"y = x"``):
-    points on the line are predicted exactly (influence functions vs retraining, say)."""
+    points on the line are predicted exactly (influence functions vs retraining, say).
+
+    With ``labels``, points whose labels would overlap (closer than ``label_spacing`` of the plotted
+    range in both x and y) share one label, written above the group's topmost point as
+    ``"a, b, c"``; every point keeps its own label in the hover text.
+    """
     p, a = _arr(predicted, "predicted"), _arr(actual, "actual")
     if p.shape != a.shape:
         raise ValueError(f"predicted and actual must have the same length, got {p.size} and {a.size}")
+    if labels is not None and len(labels) != p.size:
+        raise ValueError(f"labels must have one entry per point ({p.size}), got {len(labels)}")
     lo, hi = float(min(p.min(), a.min())), float(max(p.max(), a.max()))
     pad = 0.08 * max(hi - lo, 1e-12)
+    text = hover = None
+    if labels is not None:
+        span = (hi - lo) + 2 * pad
+        groups = _label_groups((p - lo + pad) / span, (a - lo + pad) / span, label_spacing)
+        text = [""] * p.size
+        for g in groups:
+            text[g[0]] = ", ".join(str(labels[i]) for i in sorted(g))
+        hover = [f"{lab}<br>{xtitle}: {x:.4g}<br>{ytitle}: {y:.4g}" for lab, x, y in zip(labels, p, a)]
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
@@ -570,7 +613,9 @@ def agreement_figure(
             y=a,
             mode="markers+text" if labels is not None else "markers",
             name="points",
-            text=list(labels) if labels is not None else None,
+            text=text,
+            hovertext=hover,
+            hoverinfo="text" if labels is not None else None,
             textposition="top center",
             marker=dict(size=10, color=COLORS["direction"]),
         )
@@ -713,4 +758,146 @@ def batch_noise_figure(
     fig.update_xaxes(title_text="(G v)ᵢ, all data", range=[-lim, lim], row=1, col=2)
     fig.update_yaxes(title_text="(G_B v)ᵢ, one batch", range=[-lim, lim], row=1, col=2)
     apply_theme(fig, title=title, height=440, legend="bottom", subplot_titles=True)
+    return fig
+
+
+def minibatch_choices_figure(
+    sizes,
+    choices: Mapping[str, tuple],
+    *,
+    size_now: int,
+    title: str | None = None,
+) -> go.Figure:
+    """The mini-batch choices of Hessian-free optimization: how well the quadratic model that CG
+    minimized predicts the decrease of the loss on all the data.
+
+    For each choice of curvature batch :math:`C` (the gradient batch :math:`B` itself, a subset of
+    it, an independent batch) and each draw, CG solves :math:`(G_C + \\lambda I)\\, d = -g_B` with
+    the gradient :math:`g_B` of the gradient batch; ``predicted`` is the model's decrease
+    :math:`-(g_B^\\top d + \\tfrac12 d^\\top G_C d)` and ``actual`` the decrease of the full-data
+    loss :math:`f(\\theta) - f(\\theta + d)`.
+
+    Left: the mean over draws of the reduction ratio :math:`\\rho = \\text{actual} /
+    \\text{predicted}` against the curvature batch size :math:`|C|` (one trace per choice, named
+    by its key, with the standard error as error bars; a choice with a single curvature batch
+    is a dotted horizontal line), ``"ρ = 1 (model exact)"`` and the chosen size (``"|C| now"``).
+    Right: every draw's predicted against actual decrease at the chosen size (``"<choice>:
+    draws"``) with ``"y = x"``; points under the line are steps whose model promised more than
+    the loss gave.
+
+    Parameters
+    ----------
+    sizes : (s,) array
+        Curvature batch sizes, increasing.
+    choices : mapping of name to ``(predicted, actual)``
+        Arrays of shape ``(s, m)`` (size ``i``, draw ``j``; NaN at a size where the choice does not
+        exist, such as a subset larger than the gradient batch), or ``(m,)`` for a choice whose
+        curvature batch does not depend on the size (the gradient batch itself).
+    size_now : int
+        One of ``sizes`` (the control's value).
+    """
+    B = _arr(sizes, "sizes")
+    if B.size == 0 or not np.all(np.diff(B) > 0):
+        raise ValueError(f"sizes must be non-empty and increasing, got {B.tolist()}")
+    if not choices:
+        raise ValueError("choices is empty")
+    hits = np.flatnonzero(B == size_now)
+    if hits.size == 0:
+        raise ValueError(f"size_now={size_now} is not one of the sizes {B.astype(int).tolist()}")
+    i_now = int(hits[0])
+    data = {}
+    for name, pair in choices.items():
+        if len(pair) != 2:
+            raise ValueError(f"choices[{name!r}] must be a pair (predicted, actual)")
+        pr, ac = (np.asarray(a, dtype=float) for a in pair)
+        if pr.shape != ac.shape or pr.ndim not in (1, 2) or (pr.ndim == 2 and pr.shape[0] != B.size):
+            raise ValueError(
+                f"choices[{name!r}]: predicted and actual must both be (m,) or ({B.size}, m), "
+                f"got {pr.shape} and {ac.shape}"
+            )
+        ok = np.isfinite(pr)
+        if not np.array_equal(ok, np.isfinite(ac)) or not ok.any() or (pr.ndim == 1 and not ok.all()):
+            raise ValueError(f"choices[{name!r}]: predicted and actual must be finite at the same entries")
+        if not np.all(pr[ok] > 0):
+            raise ValueError(
+                f"choices[{name!r}]: every predicted decrease must be positive (ρ divides by it)"
+            )
+        data[name] = (pr, ac)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.12,
+        subplot_titles=(
+            "ρ on all the data (mean ± s.e. over draws)",
+            f"every draw at |C| = {int(B[i_now])}: predicted vs actual decrease",
+        ),
+    )
+    fig.add_trace(
+        _line([B[0], B[-1]], [1.0, 1.0], "ρ = 1 (model exact)", COLORS["asymptote"], width=1.5, dash="dash"),
+        row=1,
+        col=1,
+    )
+    now_x, now_y = [], []
+    for k, (name, (pr, ac)) in enumerate(data.items()):
+        rho = ac / pr
+        count = np.sum(np.isfinite(rho), axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.nansum(rho, axis=-1) / count
+            se = np.sqrt(np.nansum((rho - np.expand_dims(mean, -1)) ** 2, axis=-1) / (count - 1) / count)
+        mean = np.where(count > 0, mean, np.nan)
+        se = np.where(count > 1, se, 0.0)
+        color = PALETTE[k % len(PALETTE)]
+        if rho.ndim == 1:
+            trace = _line([B[0], B[-1]], [float(mean)] * 2, name, color, width=2.5, dash="dot")
+            trace.update(
+                customdata=[[float(se)]] * 2,
+                hovertemplate=f"{name}: ρ = %{{y:.3f}} ± %{{customdata[0]:.3f}}<extra></extra>",
+            )
+        else:
+            trace = _line(
+                B,
+                mean,
+                name,
+                color,
+                width=2.5,
+                mode="lines+markers",
+                error_y=dict(type="data", array=se, visible=True, thickness=1.2),
+            )
+            if np.isfinite(mean[i_now]):
+                now_x.append(B[i_now])
+                now_y.append(mean[i_now])
+        fig.add_trace(trace, row=1, col=1)
+    fig.add_trace(
+        _marker(now_x, now_y, "|C| now", COLORS["point"], size=14, symbol="circle-open"), row=1, col=1
+    )
+    shown = [
+        (pr if pr.ndim == 1 else pr[i_now], ac if ac.ndim == 1 else ac[i_now]) for pr, ac in data.values()
+    ]
+    every = np.concatenate([np.concatenate(s) for s in shown])
+    every = np.append(every[np.isfinite(every)], 0.0)
+    lo, hi = float(every.min()), float(every.max())
+    pad = 0.05 * max(hi - lo, 1e-12)
+    fig.add_trace(
+        _line([lo - pad, hi + pad], [lo - pad, hi + pad], "y = x", COLORS["asymptote"], dash="dash"),
+        row=1,
+        col=2,
+    )
+    for k, (name, (pr, ac)) in enumerate(zip(data, shown, strict=True)):
+        fig.add_trace(
+            _marker(pr, ac, f"{name}: draws", PALETTE[k % len(PALETTE)], size=8, opacity=0.75),
+            row=1,
+            col=2,
+        )
+    fig.update_xaxes(
+        title_text="curvature batch |C| (examples per product)",
+        type="log",
+        tickvals=B,
+        ticktext=[f"{b:g}" for b in B],
+        row=1,
+        col=1,
+    )
+    fig.update_yaxes(title_text="ρ = actual / predicted", row=1, col=1)
+    fig.update_xaxes(title_text="predicted decrease (model)", row=1, col=2)
+    fig.update_yaxes(title_text="actual decrease (all data)", row=1, col=2)
+    apply_theme(fig, title=title, height=460, legend="bottom", subplot_titles=True)
     return fig

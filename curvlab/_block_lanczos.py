@@ -408,24 +408,32 @@ def compress(setup: BlockSetup, state: BlockState) -> BlockState:
     )
 
 
-def rayleigh_ritz(setup: BlockSetup, est: Estimates, V) -> Pairs:
-    """Wanted Ritz pairs refined by Rayleigh-Ritz on their span, with true residuals (``k`` products).
+def refined_pairs(Y, AY, which_id, k, rtol, tiny) -> Pairs:
+    """The best pairs in ``span(Y)`` from unit rows ``Y`` and their products ``AY``, with true residuals.
 
-    With ``Y`` the unit Ritz vectors and ``AY`` their products (one batched product), the
-    eigenpairs of :math:`G = Y (AY)^\\top` give the best pairs in ``span(Y)``.
+    The eigenpairs of :math:`G = Y (AY)^\\top` (symmetrized) rotate both ``Y`` and ``AY`` (no
+    product): this lowers the residuals that rounding left in the Krylov projection (float32
+    especially). Ordered by :func:`priority`; converged when
+    :math:`\\|A y - \\theta y\\| \\le \\mathrm{rtol} \\max(|\\theta|, \\mathrm{tiny})`.
+    Shared by the block and single-vector solvers.
     """
-    Y = est.S.T @ V[: setup.ncv]
-    Y = Y / jnp.linalg.norm(Y, axis=1, keepdims=True)
-    AY = setup.mm(Y)
     G = Y @ AY.T
     mu, Wm = jnp.linalg.eigh((G + G.T) / 2)
-    Wm = Wm[:, jnp.argsort(-priority(mu, setup.which_id, setup.k), stable=True)]
+    Wm = Wm[:, jnp.argsort(-priority(mu, which_id, k), stable=True)]
     Y, AY = Wm.T @ Y, Wm.T @ AY
     scale = jnp.linalg.norm(Y, axis=1, keepdims=True)
     Y, AY = Y / scale, AY / scale
     theta = jnp.sum(Y * AY, axis=1)
     resid = jnp.linalg.norm(AY - theta[:, None] * Y, axis=1)
-    return Pairs(theta, Y, resid, resid <= setup.rtol * jnp.maximum(jnp.abs(theta), est.tiny))
+    return Pairs(theta, Y, resid, resid <= rtol * jnp.maximum(jnp.abs(theta), tiny))
+
+
+def rayleigh_ritz(setup: BlockSetup, est: Estimates, V) -> Pairs:
+    """Wanted Ritz pairs refined by Rayleigh-Ritz on their span (:func:`refined_pairs`; ``k``
+    products, one batched product)."""
+    Y = est.S.T @ V[: setup.ncv]
+    Y = Y / jnp.linalg.norm(Y, axis=1, keepdims=True)
+    return refined_pairs(Y, setup.mm(Y), setup.which_id, setup.k, setup.rtol, est.tiny)
 
 
 def _start_probe(setup: BlockSetup, state: BlockState) -> BlockState:

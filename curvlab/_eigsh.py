@@ -179,13 +179,7 @@ class _Estimates(NamedTuple):
     converged: jax.Array
 
 
-class _Pairs(NamedTuple):
-    """The wanted pairs as last verified with true residuals."""
-
-    theta: jax.Array  # (k,) Rayleigh quotients
-    Y: jax.Array  # (k, n) unit vectors (rows)
-    resid: jax.Array  # (k,) true residual norms
-    converged: jax.Array  # (k,) bool
+_Pairs = _block_lanczos.Pairs  # the wanted pairs as last verified with true residuals
 
 
 class _EigshState(NamedTuple):
@@ -345,25 +339,12 @@ def _compress(setup: _Setup, state: _EigshState) -> _EigshState:
 
 
 def _rayleigh_ritz(setup: _Setup, est: _Estimates, V) -> _Pairs:
-    """Wanted Ritz pairs refined by Rayleigh-Ritz on their span, with true residuals (``k`` matvecs).
-
-    With ``Y`` the unit Ritz vectors and ``AY`` their products, the eigenpairs of
-    :math:`G = Y (AY)^\\top` (symmetrized) give the best pairs in ``span(Y)``: rotating both
-    ``Y`` and ``AY`` costs no matvec and lowers the residuals that rounding left in the
-    Lanczos projection (float32 especially).
-    """
+    """Wanted Ritz pairs refined by Rayleigh-Ritz on their span, with true residuals (``k`` matvecs;
+    :func:`curvlab._block_lanczos.refined_pairs`)."""
     Y = est.S.T @ V[: setup.ncv]
     Y = Y / jnp.linalg.norm(Y, axis=1, keepdims=True)
     AY = jax.lax.map(setup.mv, Y)
-    G = Y @ AY.T
-    mu, W = jnp.linalg.eigh((G + G.T) / 2)
-    W = W[:, jnp.argsort(-_priority(mu, setup.which_id, setup.k), stable=True)]
-    Y, AY = W.T @ Y, W.T @ AY
-    scale = jnp.linalg.norm(Y, axis=1, keepdims=True)
-    Y, AY = Y / scale, AY / scale
-    theta = jnp.sum(Y * AY, axis=1)
-    resid = jnp.linalg.norm(AY - theta[:, None] * Y, axis=1)
-    return _Pairs(theta, Y, resid, resid <= setup.rtol * jnp.maximum(jnp.abs(theta), est.tiny))
+    return _block_lanczos.refined_pairs(Y, AY, setup.which_id, setup.k, setup.rtol, est.tiny)
 
 
 def _verify(setup: _Setup, state: _EigshState) -> _EigshState:

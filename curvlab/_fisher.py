@@ -209,4 +209,3 @@ def mc_fisher_operator(
     """
     params, _, model_fn, _ = _unwrap_module(params, None, model_fn, None)
     return MCFisherOperator(model_fn, output_loss_fn, params, batch, num_samples=num_samples, key=key)
-

@@ -403,3 +403,43 @@ def test_kernel_whose_page_disconnected_is_reclaimed(monkeypatch):
     asyncio.run(scenario())
     assert manager.shut == ["k1"]
     assert manager._kernel_connections == {"k2": 1}
+
+
+def test_binary_websocket_headers_are_read_in_both_framings_with_bounded_work():
+    """Voila's header reader assumed the v1 framing; a legacy-framed message (what jupyter_server
+    sends a client without subprotocol) read as a count near 10^17 and froze the server."""
+    from jupyter_server.services.kernels.connection.base import (
+        serialize_binary_message,
+        serialize_msg_to_ws_v1,
+    )
+
+    from curvlab.app._voila_server import read_binary_header
+
+    header = {"msg_id": "m1", "msg_type": "comm_msg", "session": "s", "username": "", "version": "5.3"}
+    msg = {
+        "header": header,
+        "parent_header": {},
+        "metadata": {},
+        "content": {"data": {}},
+        "channel": "iopub",
+        "buffers": [b"\x00\x01" * 500, memoryview(b"xyz")],
+    }
+    legacy = serialize_binary_message(dict(msg))
+    assert read_binary_header(legacy) == header
+    parts = [json.dumps(p).encode() for p in (header, {}, {}, {"data": {}})]
+    v1 = serialize_msg_to_ws_v1([*parts, b"\x00" * 64], "iopub")
+    assert read_binary_header(v1) == header
+    # execute_input is recognised in either framing (Voila drops those messages)
+    hidden = dict(msg, header=dict(header, msg_type="execute_input"))
+    assert read_binary_header(serialize_binary_message(hidden))["msg_type"] == "execute_input"
+    # hostile or truncated input: no header (counts are checked against the length before any loop)
+    for bad in (
+        b"",
+        b"\x00" * 3,
+        b"\xff" * 64,
+        legacy[:10],
+        v1[:20],
+        b"\x00\x00\x00\x02" + b"\x7f" * 4096,
+        (10**17).to_bytes(8, "little") + b"\x00" * 100,
+    ):
+        assert read_binary_header(bad) is None

@@ -112,7 +112,12 @@ def test_dataset_mc_fisher_mean_is_dataset_ggn():
 
     F = np.asarray(jax.jit(jax.vmap(dense))(jax.random.split(jax.random.key(2), 2000)))
     ggn = curvlab.dataset_operator(
-        None, params, (X, y), curvature="ggn", batch_size=2, model_fn=_model,
+        None,
+        params,
+        (X, y),
+        curvature="ggn",
+        batch_size=2,
+        model_fn=_model,
         output_loss_fn=curvlab.softmax_cross_entropy,
     )
     G = np.asarray(ggn.to_dense())
@@ -150,8 +155,12 @@ def test_float32_close_to_float64():
     )
     p32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
     f32 = curvlab.mc_fisher_operator(
-        _model, curvlab.softmax_cross_entropy, p32, (batch[0].astype(jnp.float32), batch[1]),
-        num_samples=2, key=jax.random.key(0),
+        _model,
+        curvlab.softmax_cross_entropy,
+        p32,
+        (batch[0].astype(jnp.float32), batch[1]),
+        num_samples=2,
+        key=jax.random.key(0),
     )
     D32 = f32.to_dense()
     assert D32.dtype == jnp.float32

@@ -343,3 +343,60 @@ def test_dashboard_placeholder_quotes_the_measured_build_time(cache_dir):
     dash.tab.selected_index = 1
     assert shown and "about 22 s" in shown[0] and "Loading" in shown[0]
     assert "curvlab-loading" in dash.tab.children[2].children[1]._dom_classes
+
+
+def test_send_batch_sends_one_update_with_only_real_values():
+    """Edits on traces of different kinds go out as one ``update`` (one plotly redraw in the
+    browser), with no ``Undefined`` placeholder; replaying the message on the state a front end
+    had before (as plotly's front-end model does, without deserializing) gives the Python state."""
+    import copy
+
+    import numpy as np
+    import plotly.graph_objects as go
+    from plotly.basedatatypes import Undefined
+
+    from curvlab.widgets._base import batched
+
+    fig = go.FigureWidget(
+        [
+            go.Scatter(x=[0, 1], y=[0, 1], name="a", customdata=[5, 6]),
+            go.Scatter(x=[0, 1], y=[2, 3], name="b"),
+            go.Scatterpolar(r=[1, 2], theta=[0, 90], name="c"),
+            go.Scatter(x=[9], y=[9], name="untouched"),
+        ]
+    )
+    before = copy.deepcopy(fig._data)
+    sent = []
+    fig._send_update_msg = lambda **kw: sent.append(copy.deepcopy(kw))
+    with batched(fig):
+        fig.data[0].x = [1, 2]
+        fig.data[0].y = [3, 4]
+        fig.data[1].y = [7, 8]
+        fig.data[2].r = np.array([4.0, 5.0])
+        fig.layout.title.text = "t"
+    assert len(sent) == 1
+    msg = sent[0]
+    assert msg["trace_indexes"] == [0, 1, 2]
+    assert msg["relayout_data"] == {"title.text": "t"}
+    style = msg["restyle_data"]
+    assert set(style) == {"x", "y", "r"}
+    flat = [v for vals in style.values() for v in vals]
+    assert not any(v is Undefined for v in flat)
+    assert style["x"][1] == [0, 1]  # trace b's x was not edited: its stored value goes along
+    assert style["r"][0] is None and style["x"][2] is None  # no such property on that trace type
+    # replay as the front-end model does: set each listed property (null deletes it)
+    replay = copy.deepcopy(before)
+    for p, vals in style.items():
+        for i, v in zip(msg["trace_indexes"], vals, strict=True):
+            if v is None:
+                replay[i].pop(p, None)
+            else:
+                replay[i][p] = v
+    for got, want in zip(replay, fig._data, strict=True):
+        assert set(got) == set(want)
+        for k in want:
+            assert (
+                np.array_equal(np.asarray(got[k]), np.asarray(want[k])) if k != "type" else got[k] == want[k]
+            )
+    assert list(fig.data[0].x) == [1, 2] and list(fig.data[1].y) == [7, 8] and list(fig.data[2].r) == [4, 5]
+    assert list(fig.data[0].customdata) == [5, 6]  # untouched properties stay

@@ -122,6 +122,75 @@ def _patch_kernel_manager() -> None:
     voila.app.voila_kernel_manager_factory = patched_factory
 
 
+def _parts(ws_msg: bytes, width: int, byteorder: str) -> list[bytes] | None:
+    """Split a framed message: a part count, that many offsets (``width`` bytes each), the parts.
+
+    ``None`` unless the count, the offsets and the length agree (offsets increasing, inside the
+    message, the first one just past the offset table).
+    """
+    if len(ws_msg) < width:
+        return None
+    count = int.from_bytes(ws_msg[:width], byteorder)
+    if not 1 <= count <= len(ws_msg) // width - 1:
+        return None
+    table_end = width * (count + 1)
+    offsets = [int.from_bytes(ws_msg[width * (i + 1) : width * (i + 2)], byteorder) for i in range(count)]
+    if (
+        offsets[0] != table_end
+        or any(b < a for a, b in zip(offsets, offsets[1:]))
+        or offsets[-1] > len(ws_msg)
+    ):
+        return None
+    return [ws_msg[a:b] for a, b in zip(offsets, [*offsets[1:], len(ws_msg)])]
+
+
+def read_binary_header(ws_msg: bytes) -> dict | None:
+    """The Jupyter message header of a binary kernel-websocket message, in either framing.
+
+    ``v1.kernel.websocket.jupyter.org``: an 8-byte little-endian count of offsets, then the parts
+    channel, header, parent header, metadata, content, buffers. Legacy (no subprotocol): a 4-byte
+    big-endian count, then the whole message as JSON, then its buffers. Work is bounded by the
+    message's length; ``None`` when neither framing fits.
+
+    >>> import json, struct
+    >>> js = json.dumps({"header": {"msg_type": "comm_msg"}}).encode()
+    >>> legacy = struct.pack("!II", 2, 12) + struct.pack("!I", 12 + len(js)) + js + b"buf"
+    >>> read_binary_header(legacy)
+    {'msg_type': 'comm_msg'}
+    >>> read_binary_header(b"\\xff" * 64) is None
+    True
+    """
+    import json
+
+    if not isinstance(ws_msg, (bytes, bytearray, memoryview)):
+        return None
+    ws_msg = bytes(ws_msg)
+    v1 = _parts(ws_msg, 8, "little")
+    if v1 is not None and len(v1) >= 2:
+        try:
+            header = json.loads(v1[1].decode("utf-8"))
+            if isinstance(header, dict):
+                return header
+        except (UnicodeDecodeError, ValueError):
+            pass
+    legacy = _parts(ws_msg, 4, "big")
+    if legacy is not None:
+        try:
+            msg = json.loads(legacy[0].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        header = msg.get("header") if isinstance(msg, dict) else None
+        return header if isinstance(header, dict) else None
+    return None
+
+
+def _patch_websocket_header() -> None:
+    """Voila's kernel websocket handler reads binary headers with :func:`read_binary_header`."""
+    import voila.tornado.kernel_websocket_handler as kwh
+
+    kwh.read_header_from_binary_message = read_binary_header
+
+
 ALLOWED_HOSTS_ENV = "CURVLAB_ALLOWED_HOSTS"
 MAX_KERNELS_ENV = "CURVLAB_MAX_KERNELS"
 
@@ -281,6 +350,7 @@ def main() -> None:
     _patch_kernel_manager()
     _patch_settings()
     _patch_page_handler()
+    _patch_websocket_header()
     import voila.app
 
     voila.app.main()

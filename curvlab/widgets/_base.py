@@ -183,8 +183,20 @@ def css_class(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
 
 
+_ABSENT = object()
+
+
+def _stored_value(trace: dict, path: str):
+    """The value at dotted ``path`` in a trace's stored properties, or ``_ABSENT``."""
+    for part in path.split("."):
+        if not isinstance(trace, dict) or part not in trace:
+            return _ABSENT
+        trace = trace[part]
+    return trace
+
+
 def send_batch(fig: go.FigureWidget) -> None:
-    """Apply and send the edits queued in ``fig``'s batch mode, with no ``"_undefined_"`` placeholder.
+    """Apply and send the edits queued in ``fig``'s batch mode as one message, with no placeholder.
 
     plotly's ``batch_update`` sends all queued trace edits as one ``update`` message whose
     ``style_data`` lists, for every property edited on *some* trace, one value per trace, with
@@ -197,11 +209,17 @@ def send_batch(fig: go.FigureWidget) -> None:
     loses its ``y`` (markers at y = index, a flat line). Views alive when the message arrives
     deserialize it first and are right, hence a timing-dependent fault.
 
-    Here the traces are grouped by the set of properties edited on them and each group is sent
-    as its own ``update`` message (the layout edits ride with the first one), so every value
-    sent is a real one. The figure's Python state ends up the same as after ``batch_update``.
-    Then :func:`sync_widget_state` makes the synced state the figure's current state.
+    Here the edits are applied to the figure group by group (traces grouped by the set of
+    properties edited on them), and sent as **one** ``update`` message (one redraw in the
+    browser; a message per group cost a plotly redraw each, ~4 per slider step) in which every
+    value is a real one: a property edited on some traces carries, for the others, their stored
+    value, or ``null`` where the trace type has no such property or it was never set (plotly.js:
+    the default). Property paths with an index (``"a[0]"``) fall back to a message per group.
+    The figure's Python state ends up the same as after ``batch_update``. Then
+    :func:`sync_widget_state` makes the synced state the figure's current state.
     """
+    from plotly.basedatatypes import BaseFigure
+
     trace_edits = {i: dict(edits) for i, edits in fig._batch_trace_edits.items() if edits}
     layout_edits = dict(fig._batch_layout_edits)
     fig._batch_trace_edits.clear()
@@ -209,12 +227,50 @@ def send_batch(fig: go.FigureWidget) -> None:
     groups: dict[tuple, list[int]] = {}
     for i in sorted(trace_edits):
         groups.setdefault(tuple(sorted(trace_edits[i])), []).append(i)
-    if not groups and layout_edits:
-        fig.plotly_update(restyle_data={}, relayout_data=layout_edits, trace_indexes=[])
+    if not groups:
+        if layout_edits:
+            fig.plotly_update(restyle_data={}, relayout_data=layout_edits, trace_indexes=[])
+        sync_widget_state(fig)
+        return
+    if len(groups) == 1 or any("[" in p for props in groups for p in props):
+        for props, indexes in groups.items():
+            restyle = {p: [trace_edits[i][p] for i in indexes] for p in props}
+            fig.plotly_update(restyle_data=restyle, relayout_data=layout_edits, trace_indexes=indexes)
+            layout_edits = {}
+        sync_widget_state(fig)
+        return
+    changed_traces: dict[int, set] = {}
+    relayout_changes: dict = {}
     for props, indexes in groups.items():
         restyle = {p: [trace_edits[i][p] for i in indexes] for p in props}
-        fig.plotly_update(restyle_data=restyle, relayout_data=layout_edits, trace_indexes=indexes)
+        changes, layout_changes, _ = fig._perform_plotly_update(
+            restyle_data=restyle, relayout_data=layout_edits, trace_indexes=indexes
+        )
+        relayout_changes.update(layout_changes or {})
         layout_edits = {}
+        for p in changes:
+            for i in indexes:
+                changed_traces.setdefault(i, set()).add(p)
+    if changed_traces or relayout_changes:
+        indexes = sorted(changed_traces)
+        props = sorted(set().union(*changed_traces.values())) if changed_traces else []
+        restyle = {}
+        for p in props:
+            values = []
+            for i in indexes:
+                if p in trace_edits[i]:
+                    values.append(trace_edits[i][p])
+                elif BaseFigure._is_key_path_compatible(p, fig.data[i]):
+                    v = _stored_value(fig._data[i], p)
+                    values.append(None if v is _ABSENT else v)
+                else:
+                    values.append(None)
+            restyle[p] = values
+        fig._send_update_msg(restyle_data=restyle, relayout_data=relayout_changes, trace_indexes=indexes)
+        if restyle:
+            fig._dispatch_trace_change_callbacks(restyle, indexes)
+        if relayout_changes:
+            fig._dispatch_layout_change_callbacks(relayout_changes)
     sync_widget_state(fig)
 
 

@@ -377,6 +377,7 @@ class CGExplorer(Explorer):
                 out[probes] = hi / lo if lo > 0 else math.inf
             lo, hi = _extreme_eigenvalues(Ad, 1.0 / true_diag)
             return out, hi / lo
+
         by_probes, kappa_jacobi = self._sweeps.get((problem, kappa, clusters, damping), sweep)
         w = np.linalg.eigvalsh(Ad)
         kappa_none = float(w[-1] / w[0]) if w[0] > 0 else math.inf
@@ -516,6 +517,7 @@ def _bound_check(r: CGExplorerResult) -> str:
 
 def _hutchinson_text(h: dict) -> str:
     """Why the Hutchinson diagonal helps or hurts, and how many probes it takes to help."""
+
     def probes(m):
         return f"<b>{m}</b>" if m is not None else f"more than {PROBE_GRID[-1]}"
 

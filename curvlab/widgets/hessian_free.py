@@ -145,14 +145,20 @@ class HessianFreeExplorer(TrainingExplorer):
             options=[(v, k) for k, v in MODELS.items()], value=DEFAULTS["model"], description="model"
         )
         self.damping = widgets.FloatLogSlider(
-            value=DEFAULTS["damping"], base=10, min=-4, max=2, step=0.25, description="initial λ",
-            readout_format=".2g"
+            value=DEFAULTS["damping"],
+            base=10,
+            min=-4,
+            max=2,
+            step=0.25,
+            description="initial λ",
+            readout_format=".2g",
         )
         self.cg_maxiter = widgets.IntSlider(
             value=DEFAULTS["cg_maxiter"], min=5, max=250, step=5, description="CG max iter"
         )
         self.preconditioner = widgets.Dropdown(
-            options=[(v, k) for k, v in PRECONDITIONERS.items()], value=DEFAULTS["preconditioner"],
+            options=[(v, k) for k, v in PRECONDITIONERS.items()],
+            value=DEFAULTS["preconditioner"],
             description="preconditioner",
         )
         self.curvature = widgets.Dropdown(

@@ -103,3 +103,34 @@ def test_kernel_of_a_page_that_never_connects_is_reclaimed(server):
     # reclaimed after the idle timeout (6 s here; 60 s by default), not 10 minutes
     assert wait_for(lambda: not server.kernel_alive(kernel_id), 30)
     assert wait_for(lambda: not server.kernel_pids(), 10)
+
+
+def test_a_legacy_protocol_visitor_gets_widget_states_and_cannot_stall_the_server(server):
+    """jupyter_server serves the kernel websocket without a subprotocol too (4-byte big-endian
+    framing of binary messages). Voila read every binary header as the v1 framing, so the widget
+    states (a binary message) sent to such a client froze the server's event loop and grew it by
+    ~30 MB/s. Here the states arrive, a slider update answers, and the server keeps serving."""
+    import psutil
+
+    from tests.browser.visitor_client import ScriptedVisitor
+
+    assert wait_for(lambda: not server.kernel_pids(), 30)
+    visitor = ScriptedVisitor(server.url, timeout=120)
+    try:
+        visitor.open()
+        names = {s["model_name"] for s in visitor.states.values()}
+        assert {"TabModel", "FloatSliderModel", "AnyModel"} <= names, names
+        rss_before = psutil.Process(server.voila_pid()).memory_info().rss
+        [slider] = visitor.models("FloatSliderModel", "curvlab-control-x")
+        readouts = visitor.models("HTMLModel", "curvlab-readout")
+        figures = visitor.models("AnyModel", "curvlab-figure")
+        assert readouts and figures
+        visitor.move_slider(slider, readouts, figures)  # raises TimeoutError if nothing comes back
+        assert request(server, path="/voila/static/voila.js", timeout=10)[0] == 200  # still serving
+        grown = psutil.Process(server.voila_pid()).memory_info().rss - rss_before
+        assert grown < 200 * 2**20, f"the server grew by {grown / 2**20:.0f} MiB"
+    finally:
+        kernel_id = visitor.kernel_id
+        visitor.close()
+    # its websocket closed and nothing came back: reclaimed (10 s by default)
+    assert wait_for(lambda: not server.kernel_alive(kernel_id), 40)

@@ -400,3 +400,35 @@ def test_send_batch_sends_one_update_with_only_real_values():
             )
     assert list(fig.data[0].x) == [1, 2] and list(fig.data[1].y) == [7, 8] and list(fig.data[2].r) == [4, 5]
     assert list(fig.data[0].customdata) == [5, 6]  # untouched properties stay
+
+
+def test_synced_state_follows_edits_once_the_figure_is_quiet(monkeypatch):
+    """Without an event loop the synced state is refreshed with every batch; in a kernel (a running
+    loop) once, SYNC_QUIET_S after the last of a burst of edits (a slider drag)."""
+    import plotly.graph_objects as go
+
+    import curvlab.widgets._base as base
+
+    monkeypatch.setattr(base, "SYNC_QUIET_S", 1.0)
+    fig = go.FigureWidget([go.Scatter(x=[0, 1], y=[0, 1]), go.Scatterpolar(r=[1], theta=[0])])
+    with base.batched(fig):
+        fig.data[0].y = [5, 6]
+    assert list(fig._widget_data[0]["y"]) == [5, 6]  # no loop: at once
+    sent = []
+    fig.observe(lambda change: sent.append(change["name"]), names=["_widget_data"])
+
+    async def drag():
+        for k in range(5):
+            with base.batched(fig):
+                fig.data[0].y = [k, k + 1]
+                fig.data[1].r = [k]
+            await asyncio.sleep(0)
+        assert sent == [] and list(fig._widget_data[0]["y"]) == [5, 6]  # not at every step
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if sent:
+                break
+
+    asyncio.run(drag())
+    assert sent == ["_widget_data"]  # once, after the burst
+    assert list(fig._widget_data[0]["y"]) == [4, 5] and list(fig._widget_data[1]["r"]) == [4]

@@ -84,7 +84,15 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
         "pip install curvlab[viz]"
     ) from _err
 
-__all__ = ["Explorer", "css_class", "send_batch", "sync_widget_state", "BUSY_DELAY_S", "EXPLORER_CSS"]
+__all__ = [
+    "Explorer",
+    "css_class",
+    "send_batch",
+    "sync_widget_state",
+    "BUSY_DELAY_S",
+    "EXPLORER_CSS",
+    "SYNC_QUIET_S",
+]
 
 #: Seconds a refresh must run before its "computing…" line shows and its figure dims.
 BUSY_DELAY_S = 0.3
@@ -216,7 +224,9 @@ def send_batch(fig: go.FigureWidget) -> None:
     value, or ``null`` where the trace type has no such property or it was never set (plotly.js:
     the default). Property paths with an index (``"a[0]"``) fall back to a message per group.
     The figure's Python state ends up the same as after ``batch_update``. Then
-    :func:`sync_widget_state` makes the synced state the figure's current state.
+    :func:`sync_widget_state` makes the synced state the figure's current state, once the figure
+    has had no edits for :data:`SYNC_QUIET_S` seconds when an event loop runs (a kernel: a slider
+    drag sends that state once, not at every step), at once otherwise.
     """
     from plotly.basedatatypes import BaseFigure
 
@@ -230,14 +240,14 @@ def send_batch(fig: go.FigureWidget) -> None:
     if not groups:
         if layout_edits:
             fig.plotly_update(restyle_data={}, relayout_data=layout_edits, trace_indexes=[])
-        sync_widget_state(fig)
+        _schedule_sync(fig)
         return
     if len(groups) == 1 or any("[" in p for props in groups for p in props):
         for props, indexes in groups.items():
             restyle = {p: [trace_edits[i][p] for i in indexes] for p in props}
             fig.plotly_update(restyle_data=restyle, relayout_data=layout_edits, trace_indexes=indexes)
             layout_edits = {}
-        sync_widget_state(fig)
+        _schedule_sync(fig)
         return
     changed_traces: dict[int, set] = {}
     relayout_changes: dict = {}
@@ -271,7 +281,7 @@ def send_batch(fig: go.FigureWidget) -> None:
             fig._dispatch_trace_change_callbacks(restyle, indexes)
         if relayout_changes:
             fig._dispatch_layout_change_callbacks(relayout_changes)
-    sync_widget_state(fig)
+    _schedule_sync(fig)
 
 
 @contextlib.contextmanager
@@ -294,6 +304,34 @@ def batched(fig: go.FigureWidget):
     finally:
         fig._in_batch_mode = False
     send_batch(fig)
+
+
+#: Seconds without edits before a figure's synced state is refreshed (see :func:`send_batch`).
+SYNC_QUIET_S = 0.3
+
+
+def _schedule_sync(fig: go.FigureWidget) -> None:
+    """:func:`sync_widget_state` after :data:`SYNC_QUIET_S` seconds without edits, or now without a loop.
+
+    The synced state is the whole figure (136 KB of JSON on the Curvature tab); sending it at every
+    slider step was a large part of a step's server CPU. Views alive meanwhile draw from the edit
+    messages; the synced state only serves views created later.
+    """
+    handle = fig.__dict__.get("_curvlab_sync_handle")
+    if handle is not None:
+        handle.cancel()
+        fig.__dict__["_curvlab_sync_handle"] = None
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        sync_widget_state(fig)
+        return
+
+    def sync():
+        fig.__dict__["_curvlab_sync_handle"] = None
+        sync_widget_state(fig)
+
+    fig.__dict__["_curvlab_sync_handle"] = loop.call_later(SYNC_QUIET_S, sync)
 
 
 def sync_widget_state(fig: go.FigureWidget) -> None:

@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "dashboard_load.json"
 
 
+sys.path.insert(0, str(REPO))  # tests.browser: the server helpers and the scripted visitor
+
+
 def _helpers():
     """The browser-test helpers (server start/stop, page driver) from tests/browser/conftest.py."""
     spec = importlib.util.spec_from_file_location(
@@ -102,7 +105,6 @@ def _scripted(url: str, arrive_at: float, go, moves: int, period: float, out: di
     phase (``period = 0``: back to back), wait for ``out['leave']``, leave."""
     import random
 
-    sys.path.insert(0, str(REPO))
     from tests.browser.visitor_client import ScriptedVisitor
 
     time.sleep(max(0.0, arrive_at - time.monotonic()))
@@ -110,7 +112,7 @@ def _scripted(url: str, arrive_at: float, go, moves: int, period: float, out: di
     try:
         out["ready_s"] = v.open()
         out["kernel_id"] = v.kernel_id
-        [slider] = v.models("FloatSliderModel", "curvlab-control-x")[:1]
+        slider = v.models("FloatSliderModel", "curvlab-control-x")[0]
         readouts = v.models("HTMLModel", "curvlab-readout")
         figures = v.models("AnyModel", "curvlab-figure")
         out["opened"].set()

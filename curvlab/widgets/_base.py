@@ -313,9 +313,10 @@ SYNC_QUIET_S = 0.3
 def _schedule_sync(fig: go.FigureWidget) -> None:
     """:func:`sync_widget_state` after :data:`SYNC_QUIET_S` seconds without edits, or now without a loop.
 
-    The synced state is the whole figure (136 KB of JSON on the Curvature tab); sending it at every
-    slider step was a large part of a step's server CPU. Views alive meanwhile draw from the edit
-    messages; the synced state only serves views created later.
+    The synced state is the whole figure (136 KB of JSON on the Curvature tab); it was sent after
+    every slider step, and is now sent once per burst of edits, after the step's own messages.
+    Views alive meanwhile draw from the edit messages; the synced state only serves views created
+    later. A loop that ends before the delay (``asyncio.run`` in a script) leaves it unsent.
     """
     handle = fig.__dict__.get("_curvlab_sync_handle")
     if handle is not None:
